@@ -1,0 +1,1 @@
+"""Stage one: skeletons, datasets, crop geometry, teacher runtime and the caching job."""

@@ -1,0 +1,1 @@
+"""Stage two: data streaming, student models, losses, training and evaluation."""
