@@ -104,7 +104,8 @@ def warp_heatmaps(heatmaps: np.ndarray, affine: np.ndarray, out_wh: tuple[int, i
     return out.reshape(out_wh[1], out_wh[0], -1).transpose(2, 0, 1)
 
 
-def visible_mask(affine: np.ndarray, src_wh: tuple[int, int], out_wh: tuple[int, int]) -> np.ndarray:
+def visible_mask(affine: np.ndarray, src_wh: tuple[int, int],
+                 out_wh: tuple[int, int]) -> np.ndarray:
     """(out_h, out_w) float32: 1 where out pixels map (through `affine`) inside the src grid."""
     ones = np.ones((src_wh[1], src_wh[0]), dtype=np.float32)
     return cv2.warpAffine(ones, affine, out_wh, flags=cv2.INTER_NEAREST,
