@@ -7,9 +7,7 @@ An instance is addressed by (dataset id = sha256 of the annotation file, instanc
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -19,7 +17,7 @@ import numpy as np
 
 from pipeline.errors import UniError
 from pipeline.geometry import mpii_bbox
-from pipeline.skeletons import Skeleton, get_skeleton, native_to_unified
+from pipeline.skeletons import UNIFIED_NAMES, Skeleton, get_skeleton, native_to_unified
 
 FORMATS = {"coco": "coco17", "mpii": "mpii16", "halpe": "halpe26"}
 
@@ -102,7 +100,10 @@ def _read_json(path: Path):
 def _image_path(root: Path, name: object, where: str) -> Path:
     if not isinstance(name, str) or not name:
         raise UniError(f"{where}: image file name must be a non-empty string")
-    path = (root / name).resolve()
+    try:
+        path = (root / name).resolve()
+    except (OSError, ValueError) as e:  # NUL bytes, symlink loops
+        raise UniError(f"{where}: bad image file name {name!r:.60} ({e})") from None
     if not path.is_relative_to(root.resolve()):
         raise UniError(f"{where}: image path {name!r} escapes the image root {root}")
     return path
@@ -112,7 +113,7 @@ def _floats(value: object, n: int | None, where: str) -> np.ndarray:
     """A flat list of finite numbers, of length n when given."""
     try:
         arr = np.asarray(value, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UniError(f"{where}: expected a list of numbers") from None
     if n is not None and arr.size != n:
         raise UniError(f"{where}: expected {n} numbers, got {arr.size}")
@@ -134,10 +135,14 @@ def _check_box(bbox: np.ndarray, where: str) -> None:
         raise UniError(f"{where}: bbox width and height must be positive, got {bbox.tolist()}")
 
 
-def _load_coco_like(spec: DataSpec, data: object, skeleton: Skeleton) -> tuple[list[Instance], int]:
-    """COCO and Halpe: COCO-format JSON, read with pycocotools' index."""
-    from pycocotools.coco import COCO
+def _int_id(value: object, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UniError(f"{where}: expected an integer id, got {value!r:.40}")
+    return value
 
+
+def _load_coco_like(spec: DataSpec, data: object, skeleton: Skeleton) -> tuple[list[Instance], int]:
+    """COCO and Halpe: COCO-format JSON {images, annotations}; crowd / unlabeled people skipped."""
     src = str(spec.annotations)
     for key in ("images", "annotations"):
         if not isinstance(_field(data, key, src), list):
@@ -145,16 +150,21 @@ def _load_coco_like(spec: DataSpec, data: object, skeleton: Skeleton) -> tuple[l
     images = {}
     for i, img in enumerate(data["images"]):
         where = f"{src}: images[{i}]"
-        images[_field(img, "id", where)] = _image_path(
-            spec.image_root, _field(img, "file_name", where), where)
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
+        image_id = _int_id(_field(img, "id", where), f"{where} field 'id'")
+        if image_id in images:
+            raise UniError(f"{where} field 'id': duplicate image id {image_id}")
+        images[image_id] = _image_path(spec.image_root, _field(img, "file_name", where), where)
+    anns = {}
+    for i, ann in enumerate(data["annotations"]):
+        where = f"{src}: annotations[{i}]"
+        ann_id = _int_id(_field(ann, "id", where), f"{where} field 'id'")
+        if ann_id in anns:
+            raise UniError(f"{where} field 'id': duplicate annotation id {ann_id}")
+        anns[ann_id] = ann
     k = skeleton.num_keypoints
     instances = []
-    for ann_id in sorted(coco.anns):
-        ann = coco.anns[ann_id]
+    for ann_id in sorted(anns):
+        ann = anns[ann_id]
         where = f"{src}: annotation id {ann_id}"
         if ann.get("iscrowd", 0) or ann.get("num_keypoints", 1) == 0:
             continue
@@ -168,12 +178,13 @@ def _load_coco_like(spec: DataSpec, data: object, skeleton: Skeleton) -> tuple[l
         bbox = _floats(_field(ann, "bbox", where), 4, f"{where} field 'bbox'")
         _check_box(bbox, f"{where} field 'bbox'")
         image_id = _field(ann, "image_id", where)
-        if image_id not in images:
-            raise UniError(f"{where} field 'image_id': no image with id {image_id}")
+        if isinstance(image_id, bool) or not isinstance(image_id, int) or image_id not in images:
+            raise UniError(f"{where} field 'image_id': no image with id {image_id!r:.40}")
+        area = (_floats(ann["area"], 1, f"{where} field 'area'")[0] if "area" in ann
+                else bbox[2] * bbox[3])
         instances.append(Instance(
-            instance_id=int(ann_id), image_id=int(image_id), image_path=images[image_id],
-            bbox=bbox, keypoints=kp, unified=native_to_unified(kp, skeleton),
-            area=float(ann.get("area", bbox[2] * bbox[3]))))
+            instance_id=ann_id, image_id=image_id, image_path=images[image_id],
+            bbox=bbox, keypoints=kp, unified=native_to_unified(kp, skeleton), area=float(area)))
     return instances, len(images)
 
 
@@ -254,3 +265,12 @@ def load_dataset(spec: str | DataSpec, head_boxes: Path | None = None) -> Datase
 def head_size(head_box: np.ndarray) -> float:
     """MPII head size: 0.6 × the diagonal of the head box (x1, y1, x2, y2)."""
     return 0.6 * math.hypot(head_box[2] - head_box[0], head_box[3] - head_box[1])
+
+
+def summarize(dataset: Dataset) -> dict:
+    """{"images", "instances", "keypoints": {unified name: labeled (v > 0) count}}."""
+    counts = np.zeros(len(UNIFIED_NAMES), dtype=np.int64)
+    for inst in dataset.instances:
+        counts += inst.unified[:, 2] > 0
+    return {"images": int(dataset.num_images), "instances": len(dataset.instances),
+            "keypoints": {n: int(c) for n, c in zip(UNIFIED_NAMES, counts, strict=True)}}

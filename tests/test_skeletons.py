@@ -1,0 +1,152 @@
+"""The skeleton table against SPEC.md, checked by keypoint name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.errors import UniError
+from pipeline.skeletons import (
+    NUM_UNIFIED,
+    SKELETONS,
+    UNIFIED_NAMES,
+    UNIFIED_SIGMAS,
+    get_skeleton,
+    native_to_unified,
+    unified_to_native,
+)
+
+# SPEC.md "Unified skeleton (index: name)".
+SPEC_UNIFIED = ("nose left_eye right_eye left_ear right_ear left_shoulder right_shoulder "
+                "left_elbow right_elbow left_wrist right_wrist left_hip right_hip left_knee "
+                "right_knee left_ankle right_ankle pelvis thorax upper_neck head_top").split()
+
+# SPEC.md "Dataset → unified", written as native name → unified name.
+SPEC_MAPPINGS = {
+    "coco17": {n: n for n in SPEC_UNIFIED[:17]},
+    "mpii16": {
+        "r_ankle": "right_ankle", "r_knee": "right_knee", "r_hip": "right_hip",
+        "l_hip": "left_hip", "l_knee": "left_knee", "l_ankle": "left_ankle",
+        "pelvis": "pelvis", "thorax": "thorax", "upper_neck": "upper_neck",
+        "head_top": "head_top", "r_wrist": "right_wrist", "r_elbow": "right_elbow",
+        "r_shoulder": "right_shoulder", "l_shoulder": "left_shoulder", "l_elbow": "left_elbow",
+        "l_wrist": "left_wrist",
+    },
+    "halpe26": {**{n: n for n in SPEC_UNIFIED[:17]}, "head": "head_top", "neck": "upper_neck",
+                "hip": "pelvis", "left_big_toe": None, "right_big_toe": None,
+                "left_small_toe": None, "right_small_toe": None, "left_heel": None,
+                "right_heel": None},
+}
+# SPEC.md native index order (MPII list, Halpe-26 body order).
+SPEC_ORDER = {
+    "mpii16": ["r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis", "thorax",
+               "upper_neck", "head_top", "r_wrist", "r_elbow", "r_shoulder", "l_shoulder",
+               "l_elbow", "l_wrist"],
+}
+# SPEC.md index pairs for MPII (source index → unified index).
+SPEC_MPII_INDEX = {13: 5, 12: 6, 14: 7, 11: 8, 15: 9, 10: 10, 3: 11, 2: 12, 4: 13, 1: 14, 5: 15,
+                   0: 16, 6: 17, 7: 18, 8: 19, 9: 20}
+SPEC_SIGMAS = {"nose": .026, "eye": .025, "ear": .035, "shoulder": .079, "elbow": .072,
+               "wrist": .062, "hip": .107, "knee": .087, "ankle": .089, "pelvis": .08,
+               "thorax": .08, "upper_neck": .08, "head_top": .08}
+
+
+def test_unified_names_and_count():
+    assert list(UNIFIED_NAMES) == SPEC_UNIFIED
+    assert NUM_UNIFIED == 21
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_MAPPINGS))
+def test_mapping_by_name(name):
+    sk = SKELETONS[name]
+    assert dict(zip(sk.keypoints, (None if u is None else UNIFIED_NAMES[u]
+                                   for u in sk.to_unified), strict=True)) == SPEC_MAPPINGS[name]
+    if name in SPEC_ORDER:
+        assert list(sk.keypoints) == SPEC_ORDER[name]
+
+
+def test_mpii_index_pairs_from_spec():
+    sk = SKELETONS["mpii16"]
+    assert {i: u for i, u in enumerate(sk.to_unified)} == SPEC_MPII_INDEX
+
+
+def test_unlabeled_unified_keypoints():
+    def missing(name):
+        return [UNIFIED_NAMES[i] for i in np.flatnonzero(~SKELETONS[name].unified_mask)]
+
+    assert missing("coco17") == ["pelvis", "thorax", "upper_neck", "head_top"]
+    assert missing("mpii16") == ["nose", "left_eye", "right_eye", "left_ear", "right_ear"]
+    assert missing("halpe26") == ["thorax"]
+    assert missing("unified21") == []
+
+
+def test_sigmas():
+    for name, sigma in zip(UNIFIED_NAMES, UNIFIED_SIGMAS, strict=True):
+        kind = name.split("_", 1)[1] if name.startswith(("left_", "right_")) else name
+        assert sigma == pytest.approx(SPEC_SIGMAS[kind]), name
+
+
+def test_flip_pairs_unified_match_spec():
+    spec = {(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)}
+    assert set(SKELETONS["unified21"].flip_pairs) == spec
+    flip = SKELETONS["unified21"].flip_index
+    assert (flip[17:] == np.arange(17, 21)).all()  # midline
+
+
+def _side(name: str) -> tuple[str, str]:
+    for prefix, side in (("left_", "left"), ("right_", "right"), ("l_", "left"), ("r_", "right")):
+        if name.startswith(prefix):
+            return side, name[len(prefix):]
+    return "mid", name
+
+
+@pytest.mark.parametrize("name", sorted(SKELETONS))
+def test_flip_pairs_are_left_right_of_one_joint(name):
+    sk = SKELETONS[name]
+    for a, b in sk.flip_pairs:
+        (sa, ja), (sb, jb) = _side(sk.keypoints[a]), _side(sk.keypoints[b])
+        assert (sa, sb, ja) == ("left", "right", jb)
+    flip = sk.flip_index
+    assert (flip[flip] == np.arange(sk.num_keypoints)).all()
+    # Flipping commutes with the mapping: a native flip pair maps onto a unified flip pair.
+    unified_pairs = set(SKELETONS["unified21"].flip_pairs)
+    for a, b in sk.flip_pairs:
+        ua, ub = sk.to_unified[a], sk.to_unified[b]
+        if ua is not None:
+            assert (min(ua, ub), max(ua, ub)) in unified_pairs
+    sides = [n for n in sk.keypoints if _side(n)[0] != "mid"]
+    assert len(sk.flip_pairs) * 2 == len(sides)
+
+
+def test_get_skeleton_unknown():
+    with pytest.raises(UniError, match="unknown skeleton"):
+        get_skeleton("coco18")
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.sampled_from(sorted(SKELETONS)), st.integers(0, 2**32 - 1))
+def test_native_unified_round_trip(name, seed):
+    sk = SKELETONS[name]
+    rng = np.random.default_rng(seed)
+    kp = rng.uniform(1, 100, (2, sk.num_keypoints, 3))  # batch dims are kept
+    uni = native_to_unified(kp, sk)
+    assert uni.shape == (2, 21, 3)
+    back = unified_to_native(uni, sk)
+    known = np.array([u is not None for u in sk.to_unified])
+    np.testing.assert_array_equal(back[:, known], kp[:, known])
+    assert (back[:, ~known] == 0).all()
+    assert (uni[:, ~sk.unified_mask] == 0).all()  # unmapped → v = 0 (and x = y = 0)
+    for src, dst in enumerate(sk.to_unified):
+        if dst is not None:
+            np.testing.assert_array_equal(uni[:, dst], kp[:, src])
+
+
+def test_mpii_head_top_lands_on_unified_head_top():
+    sk = SKELETONS["mpii16"]
+    kp = np.zeros((16, 3))
+    kp[sk.keypoints.index("head_top")] = (10, 20, 2)
+    uni = native_to_unified(kp, sk)
+    assert tuple(uni[UNIFIED_NAMES.index("head_top")]) == (10, 20, 2)
+    assert (uni[:, 2] > 0).sum() == 1

@@ -1,0 +1,195 @@
+"""Synthetic datasets: real formats, determinism, labels that match the pixels."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.datasets import load_dataset, summarize
+from pipeline.errors import UniError
+from pipeline.skeletons import SKELETONS, UNIFIED_NAMES
+from pipeline.synth import dot_colour, generate
+
+FILES = ["coco/train.json", "coco/val.json", "mpii/train.json", "mpii/val.json", "halpe/val.json"]
+
+
+def _all_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def test_layout(synth_dir):
+    for f in FILES:
+        assert (synth_dir / f).is_file(), f
+    for fmt in ("coco", "mpii", "halpe"):
+        assert any((synth_dir / fmt / "images").glob("*.jpg"))
+    assert not list(synth_dir.glob(".synth-*"))  # the temporary build folder is gone
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    a = generate(tmp_path / "a", persons=12, seed=3, progress=False)
+    generate(tmp_path / "b", persons=12, seed=3, progress=False)
+    generate(tmp_path / "c", persons=12, seed=4, progress=False)
+    fa, fb, fc = (_all_files(tmp_path / x) for x in "abc")
+    assert fa == fb and len(fa) > 10
+    assert fa["coco/val.json"] != fc["coco/val.json"]
+    assert set(a) == {f[: -len(".json")] for f in FILES}
+
+
+def test_refuses_to_overwrite_unless_asked(tmp_path):
+    generate(tmp_path, persons=4, seed=0, progress=False)
+    before = (tmp_path / "coco" / "train.json").read_bytes()
+    with pytest.raises(UniError, match="already exists"):
+        generate(tmp_path, persons=4, seed=1, progress=False)
+    assert (tmp_path / "coco" / "train.json").read_bytes() == before
+    generate(tmp_path, persons=4, seed=1, overwrite=True, progress=False)
+    assert (tmp_path / "coco" / "train.json").read_bytes() != before
+
+
+def test_counts_and_split(synth_dir):
+    persons = {"train": 51, "val": 9}  # 60 persons, 15 % val
+    for fmt in ("coco", "mpii"):
+        for split, n in persons.items():
+            ds = load_dataset(f"{fmt}:{synth_dir}/{fmt}/{split}.json")
+            # Every figure keeps its pelvis in the image, so (almost) all get annotated.
+            assert n - 2 <= len(ds.instances) <= n
+            assert 1 <= ds.num_images <= n
+    halpe = load_dataset(f"halpe:{synth_dir}/halpe/val.json")
+    assert 7 <= len(halpe.instances) <= 9
+    # Like real COCO: occluded points are labeled v=1, points outside the image v=0.
+    coco = load_dataset(f"coco:{synth_dir}/coco/train.json")
+    v = np.concatenate([i.keypoints[:, 2] for i in coco.instances])
+    assert (v == 1).any() and (v == 0).any() and (v == 2).mean() > 0.5
+
+
+def test_coco_files_are_valid_coco(synth_dir):
+    from pycocotools.coco import COCO
+
+    for split in ("train", "val"):
+        raw = json.loads((synth_dir / "coco" / f"{split}.json").read_text())
+        cat = raw["categories"][0]
+        assert cat["keypoints"] == list(UNIFIED_NAMES[:17]) and len(cat["skeleton"]) == 19
+        sizes = {}
+        for im in raw["images"]:
+            h, w = cv2.imread(str(synth_dir / "coco" / "images" / im["file_name"])).shape[:2]
+            assert (im["width"], im["height"]) == (w, h)
+            sizes[im["id"]] = (w, h)
+        for a in raw["annotations"]:
+            kp = np.array(a["keypoints"], float).reshape(17, 3)
+            assert a["num_keypoints"] == (kp[:, 2] > 0).sum() > 0
+            assert a["iscrowd"] == 0 and a["area"] > 0 and a["category_id"] == 1
+            w, h = sizes[a["image_id"]]
+            x, y, bw, bh = a["bbox"]
+            assert 0 <= x and 0 <= y and bw > 0 and bh > 0 and x + bw <= w and y + bh <= h
+            lab = kp[kp[:, 2] > 0]
+            assert ((lab[:, 0] >= 0) & (lab[:, 0] <= w - 1) & (lab[:, 1] >= 0)
+                    & (lab[:, 1] <= h - 1)).all()
+            assert (kp[kp[:, 2] == 0, :2] == 0).all()
+            assert set(kp[:, 2]) <= {0, 1, 2}
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco = COCO(str(synth_dir / "coco" / f"{split}.json"))
+        assert len(coco.getAnnIds()) == len(raw["annotations"])
+
+
+def test_coco_val_scores_ap_1_with_gt_as_predictions(synth_dir):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(synth_dir / "coco" / "val.json"))
+        dets = [{"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"],
+                 "score": 1.0} for a in gt.dataset["annotations"]]
+        ev = COCOeval(gt, gt.loadRes(dets), "keypoints")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert ev.stats[0] == pytest.approx(1.0)
+    # And a prediction moved by 30 px scores lower: the metric can fail.
+    with contextlib.redirect_stdout(io.StringIO()):
+        moved = [dict(d, keypoints=[v + 30 if i % 3 != 2 else v
+                                    for i, v in enumerate(d["keypoints"])]) for d in dets]
+        ev = COCOeval(gt, gt.loadRes(moved), "keypoints")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert ev.stats[0] < 0.5
+
+
+def test_mpii_format_is_one_based_and_labels_only_mpii(synth_dir):
+    raw = json.loads((synth_dir / "mpii" / "val.json").read_text())
+    ds = load_dataset(f"mpii:{synth_dir}/mpii/val.json")
+    assert len(raw) == len(ds.instances)
+    for rec, inst in zip(raw, ds.instances, strict=True):
+        assert set(rec) == {"image", "center", "scale", "joints", "joints_vis", "head_box"}
+        assert len(rec["joints"]) == 16 and len(rec["joints_vis"]) == 16
+        vis = np.array(rec["joints_vis"]) > 0
+        np.testing.assert_allclose(inst.keypoints[vis, :2], np.array(rec["joints"])[vis] - 1)
+        np.testing.assert_allclose(inst.head_box, np.array(rec["head_box"]) - 1)
+        hb = inst.head_box
+        assert hb[2] > hb[0] and hb[3] > hb[1]
+        # The head box holds the head top.
+        top = inst.unified[UNIFIED_NAMES.index("head_top")]
+        if top[2] > 0:
+            assert hb[0] <= top[0] <= hb[2] and hb[1] - 1 <= top[1] <= hb[3]
+        # The crop box made from (center, scale) holds every labeled joint.
+        x, y, w, h = inst.bbox
+        lab = inst.keypoints[vis]
+        assert ((lab[:, 0] >= x) & (lab[:, 0] <= x + w) & (lab[:, 1] >= y)
+                & (lab[:, 1] <= y + h)).all()
+    s = summarize(ds)["keypoints"]
+    assert all(s[n] == 0 for n in UNIFIED_NAMES[:5])  # MPII never labels the face
+    assert all(s[n] > 0 for n in UNIFIED_NAMES[5:])
+
+
+def test_halpe_labels_head_neck_hip_not_feet(synth_dir):
+    raw = json.loads((synth_dir / "halpe" / "val.json").read_text())
+    assert raw["categories"][0]["keypoints"] == list(SKELETONS["halpe26"].keypoints)
+    for a in raw["annotations"]:
+        kp = np.array(a["keypoints"], float).reshape(26, 3)
+        assert (kp[20:] == 0).all()
+    s = summarize(load_dataset(f"halpe:{synth_dir}/halpe/val.json"))["keypoints"]
+    assert s["thorax"] == 0 and min(s[n] for n in ("head_top", "upper_neck", "pelvis")) > 0
+    coco = summarize(load_dataset(f"coco:{synth_dir}/coco/train.json"))["keypoints"]
+    assert all(coco[n] == 0 for n in UNIFIED_NAMES[17:])
+    assert all(coco[n] > 0 for n in UNIFIED_NAMES[:17])
+
+
+def test_visible_keypoints_sit_on_their_coloured_dots(synth_dir):
+    """Every unified keypoint is findable from pixels: a v=2 point shows its own dot colour."""
+    for fmt, split in (("coco", "train"), ("mpii", "train"), ("halpe", "val")):
+        ds = load_dataset(f"{fmt}:{synth_dir}/{fmt}/{split}.json")
+        errors: dict[str, list[float]] = {}
+        images: dict[Path, np.ndarray] = {}
+        for inst in ds.instances:
+            if inst.image_path not in images:
+                images[inst.image_path] = cv2.imread(str(inst.image_path))[..., ::-1]
+            img = images[inst.image_path].astype(int)
+            for k, name in enumerate(UNIFIED_NAMES):
+                x, y, v = inst.unified[k]
+                if v == 2:
+                    px = img[int(round(y)), int(round(x))]
+                    errors.setdefault(name, []).append(np.abs(px - dot_colour(name)).max())
+        for name, errs in errors.items():
+            assert np.median(errs) < 70, (fmt, name, np.median(errs))
+
+
+def test_cli_synth(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import uni
+
+    r = CliRunner().invoke(uni, ["synth", "--out", str(tmp_path), "--persons", "6",
+                                 "--seed", "1"])
+    assert r.exit_code == 0, r.output
+    specs = [line.split(": ", 1)[1] for line in r.stdout.splitlines() if ": " in line]
+    assert len(specs) == 5
+    for spec in specs:
+        assert load_dataset(spec).instances
+    r = CliRunner().invoke(uni, ["synth", "--out", str(tmp_path), "--persons", "6"])
+    assert r.exit_code == 2 and "already exists" in r.stderr
