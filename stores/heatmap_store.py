@@ -1,0 +1,631 @@
+"""The soft-label store: one HDF5 file of teacher heatmaps per (teacher, dataset).
+
+Schema (format_version 1) — readable with plain h5py (``import hdf5plugin`` first, for the
+compression filter); N instances, K keypoints in the teacher's native order, H×W heatmap grid:
+
+  heatmaps      (N, K, H, W) uint8    chunks (1, K, H, W): one instance per chunk, so a shuffled
+                                      read decodes exactly one chunk; compressed (CODEC below),
+                                      fletcher32 checksum on every chunk.
+  scales        (N, K) float32        value = uint8 × scale; scale = channel max / 255 (0 for an
+                                      all-zero channel), so each channel's peak is stored as 255.
+  affines       (N, 2, 3) float64     image pixels → heatmap grid pixels (pipeline.geometry
+                                      conventions); a target is only valid for this view.
+  instance_ids  (N,) int64            the dataset's instance ids; row r holds instance_ids[r].
+  done          (N,) uint8            1 = row r is written (data flushed before done is set).
+
+  attributes    format_version (int), every StoreMeta field (dicts and tuples as JSON strings,
+                flip as a bool), to_unified (JSON list: native channel → unified index or null,
+                from pipeline.skeletons), software_version, created / updated / completed (UTC
+                ISO 8601, completed "" until finished), complete (0/1), skipped (JSON object
+                {instance id: reason}), codec (a CODECS key), threshold (float).
+  A reader must not use rows whose done is 0 (StoreReader.read raises UniError for them).
+
+Decoding row r:  heatmaps[r].astype(float32) * scales[r][:, None, None].
+
+Quantisation: per instance and keypoint, values under THRESHOLD × channel max are zeroed first
+(teacher background noise would otherwise fill every byte and ruin compression), then
+round(value / scale), capped at 254 except the first maximum (255). Error per value ≤ scale / 2
+above the threshold (≤ scale next to the peak), ≤ THRESHOLD × max under it.
+
+Why these choices — measured by bench/store_codecs.py on the 2-core dev machine (shared, load
+≈4, so rates are pessimistic and noisy), 1000 synthetic teacher instances, one per chunk,
+fletcher32 on, reads in shuffled order from the page cache through StoreReader:
+
+  codec                  sigmoid-head 17×64×48        SimCC-grid 16×64×64
+                         B/inst  ×fp16  raw-read/s    B/inst  ×fp16  raw-read/s   write/s*
+  fp16, no quantisation  75,130   1.4   (blosc-lz4)   51,052   2.6   (zstd-3)
+  zstd-1 (chosen)        10,353  10.1   11,753         1,380  95.0   27,689       ~1,300
+  zstd-3                 10,052  10.4    9,469         1,405  93.3   23,429       ~1,000
+  blosc-zstd (shuffle)    9,638  10.8   12,195         1,424  92.1   18,752       ~1,000
+  lz4                    17,230   6.1   18,953         2,219  59.1   27,658       ~1,200
+  blosc-lz4 (shuffle)    17,735   5.9   18,338         2,330  56.2   27,331       ~1,400
+  blosc-lz4 (bitshuffle) 14,628   7.1   15,638         3,634  36.1   11,829       ~1,200
+  gzip-4                  9,825  10.6    5,536         1,569  83.6    3,930         ~750
+  (B/inst = file bytes per instance; raw fp32 is 208,896 / 262,144 B, fp16 half that;
+  *write/s of the SimCC maps; the noisier sigmoid maps write at about the same rate.)
+zstd-1 is within 3-7 % of the smallest codec, and decodes as fast as any zstd; lz4 reads up to
+1.6× faster but stores 1.6× more — at COCO scale (150k instances) 1.5 GB against 2.6 GB per
+teacher, while a training step's JPEG decode costs far more than either read. Byte shuffle is a
+no-op on uint8. Per-read cost is mostly HDF5's own overhead (read_direct_chunk without decoding
+reaches ~170k/s), so the reader caches the dataset handle, file space and memory type (the
+last alone doubles the rate). Write speed includes quantising and two flushes per 32-row call.
+
+Threshold 2/255 of the channel max: error ≤ 2/255 of the peak (0.8 %), well under a teacher's
+own noise, and under the paper's KD (β = 10 sharpening) such values contribute (2/255)^10 ≈ 0.
+It removes the lowest background levels: 9 % (sigmoid) to 27 % (SimCC) smaller than 1/255,
+zeroing 20 % / 5 % of the maps' total mass, nearly all of it background noise. 4/255 would save
+another third but doubles the error. The argmax pixel alone keeps level 255 (near-ties drop to
+254), so decoding a stored map gives the teacher's argmax exactly.
+
+Kill safety: the writer writes heatmaps / scales / affines, flushes, then sets done and flushes
+again, so after a SIGKILL done ⊆ rows really written. One writer at a time: StoreWriter holds
+``<store>.lock`` (its pid); a lock left by a dead process is taken over with a warning. The
+file uses HDF5's default (earliest) format: the "latest" format marks files open for writing in
+the superblock, and a killed writer leaves a file HDF5 then refuses to open (checked).
+60 SIGKILLs at random moments of a 30,000-row write: every store reopened, verify() clean,
+every done row held its own data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import hdf5plugin
+import numpy as np
+
+from pipeline.errors import UniError
+from pipeline.skeletons import get_skeleton
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+THRESHOLD = 2.0 / 255.0  # × channel max: zeroes the background noise of the lowest two levels
+# Compression filters for the heatmaps (hdf5plugin); stores record the name in attr "codec".
+CODECS = {
+    "zstd-1": lambda: hdf5plugin.Zstd(clevel=1),
+    "zstd-3": lambda: hdf5plugin.Zstd(clevel=3),
+    "zstd-9": lambda: hdf5plugin.Zstd(clevel=9),
+    "lz4": lambda: hdf5plugin.LZ4(),
+    "blosc-lz4": lambda: hdf5plugin.Blosc(cname="lz4", clevel=5,
+                                          shuffle=hdf5plugin.Blosc.SHUFFLE),
+    "blosc-lz4-bitshuffle": lambda: hdf5plugin.Blosc(cname="lz4", clevel=5,
+                                                     shuffle=hdf5plugin.Blosc.BITSHUFFLE),
+    "blosc-zstd": lambda: hdf5plugin.Blosc(cname="zstd", clevel=3,
+                                           shuffle=hdf5plugin.Blosc.SHUFFLE),
+    "blosc-zstd-bitshuffle": lambda: hdf5plugin.Blosc(cname="zstd", clevel=3,
+                                                      shuffle=hdf5plugin.Blosc.BITSHUFFLE),
+    "gzip-4": lambda: {"compression": "gzip", "compression_opts": 4},
+}
+CODEC = "zstd-1"
+DATASETS = ("heatmaps", "scales", "affines", "instance_ids", "done")
+_META_CHUNK = 4096  # rows per chunk of the small per-instance datasets
+
+
+@dataclass
+class StoreMeta:
+    """What identifies a store's contents; two stores with equal meta hold the same targets."""
+
+    teacher_name: str
+    teacher_sha256: str
+    teacher_metadata: dict  # the teacher's ONNX metadata (JSON-able)
+    skeleton: str  # the teacher's native skeleton (pipeline.skeletons.SKELETONS key)
+    dataset_id: str  # sha256 of the annotation file
+    dataset_spec: str
+    input_wh: tuple[int, int]  # teacher crop size (w, h)
+    padding: float  # crop box = person box × padding
+    flip: bool  # flip test used
+    heatmap_shape: tuple[int, int, int]  # (K, H, W)
+
+    def __post_init__(self) -> None:
+        self.input_wh = tuple(int(v) for v in self.input_wh)
+        self.heatmap_shape = tuple(int(v) for v in self.heatmap_shape)
+        self.padding = float(self.padding)
+        self.flip = bool(self.flip)
+
+
+# Fields that must match for a store to be resumed or reused (dataset_spec may move).
+_IDENTITY = ("teacher_name", "teacher_sha256", "skeleton", "dataset_id", "input_wh", "padding",
+             "flip", "heatmap_shape")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _software_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("uni")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _meta_to_attrs(meta: StoreMeta) -> dict:
+    out = {}
+    for f in fields(StoreMeta):
+        v = getattr(meta, f.name)
+        out[f.name] = (json.dumps(list(v) if isinstance(v, tuple) else v)
+                       if isinstance(v, dict | tuple | list) else v)
+    return out
+
+
+def _meta_from_attrs(attrs, where: str) -> StoreMeta:
+    kw = {}
+    for f in fields(StoreMeta):
+        if f.name not in attrs:
+            raise UniError(f"{where}: attribute {f.name!r} missing")
+        v = attrs[f.name]
+        if isinstance(v, bytes):
+            v = v.decode()
+        if f.name in ("teacher_metadata", "input_wh", "heatmap_shape"):
+            try:
+                v = json.loads(v)
+            except (TypeError, ValueError):
+                raise UniError(f"{where}: attribute {f.name!r} is not JSON") from None
+        kw[f.name] = v.item() if isinstance(v, np.generic) else v
+    try:
+        return StoreMeta(**kw)
+    except (TypeError, ValueError) as e:
+        raise UniError(f"{where}: bad attributes ({e})") from None
+
+
+# --------------------------------------------------------------------------- quantisation
+
+
+def quantize(heatmaps: np.ndarray, threshold: float = THRESHOLD
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """heatmaps: (n, K, H, W) float ≥ 0 → (uint8 (n, K, H, W), scales (n, K) float32)."""
+    hm = np.maximum(np.asarray(heatmaps, np.float32), 0.0)
+    peak = hm.max(axis=(2, 3))  # (n, K)
+    scales = (peak / 255.0).astype(np.float32)
+    inv = np.divide(1.0, scales, out=np.zeros_like(scales), where=scales > 0)
+    q = np.rint(hm * inv[:, :, None, None])
+    q[hm < (threshold * peak)[:, :, None, None]] = 0
+    q = np.clip(q, 0, 254).astype(np.uint8)
+    # Only the first maximum gets 255, so the argmax (the decoded keypoint) survives exactly.
+    n, k = peak.shape
+    top = hm.reshape(n, k, -1).argmax(-1)
+    q.reshape(n, k, -1)[np.arange(n)[:, None], np.arange(k), top] = np.where(peak > 0, 255, 0)
+    return q, scales
+
+
+def dequantize(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """uint8 (..., K, H, W), scales (..., K) → float32 (..., K, H, W)."""
+    return np.multiply(q, scales[..., None, None], dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise UniError(f"{path}: store not found")
+    if not h5py.is_hdf5(str(path)):
+        raise UniError(f"{path}: not an HDF5 file")
+
+
+def _open_h5(path: Path, mode: str = "r") -> h5py.File:
+    _check_file(path)
+    try:
+        return h5py.File(str(path), mode)
+    except OSError as e:
+        msg = str(e)
+        if "already open" in msg:
+            raise UniError(f"{path}: already open in this process (close its reader before "
+                           "writing)") from None
+        if "lock" in msg:
+            raise UniError(f"{path}: cannot open, another process has it open ({msg})") from None
+        raise UniError(f"{path}: cannot open as HDF5 ({msg})") from None
+
+
+def _check_layout(f: h5py.File, where: str) -> StoreMeta:
+    """Format version, datasets and attributes present and consistent; returns the meta."""
+    version = f.attrs.get("format_version")
+    if version is None:
+        raise UniError(f"{where}: attribute 'format_version' missing (not a uni store?)")
+    if int(version) != FORMAT_VERSION:
+        raise UniError(f"{where}: format_version {int(version)}, this uni reads "
+                       f"{FORMAT_VERSION}")
+    for name in DATASETS:
+        if name not in f:
+            raise UniError(f"{where}: dataset {name!r} missing")
+    meta = _meta_from_attrs(f.attrs, where)
+    n = f["instance_ids"].shape[0]
+    want = {"heatmaps": (n, *meta.heatmap_shape), "scales": (n, meta.heatmap_shape[0]),
+            "affines": (n, 2, 3), "done": (n,)}
+    for name, shape in want.items():
+        if f[name].shape != shape:
+            raise UniError(f"{where}: dataset {name!r} has shape {f[name].shape}, "
+                           f"expected {shape}")
+    return meta
+
+
+# --------------------------------------------------------------------------- creating
+
+
+def create_store(path: Path, meta: StoreMeta, instance_ids, codec: str = CODEC) -> None:
+    """Write an empty store for these instances (done all 0): a temp file, then renamed."""
+    path = Path(path)
+    if codec not in CODECS:
+        raise UniError(f"unknown store codec {codec!r}; known: {', '.join(CODECS)}")
+    ids = np.asarray(instance_ids, dtype=np.int64).reshape(-1)
+    if len(ids) == 0:
+        raise UniError(f"{path}: no instances to store")
+    if len(np.unique(ids)) != len(ids):
+        raise UniError(f"{path}: instance ids are not unique")
+    k, h, w = meta.heatmap_shape
+    get_skeleton(meta.skeleton)  # UniError for an unknown skeleton
+    n = len(ids)
+    c = min(n, _META_CHUNK)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
+    try:
+        with h5py.File(str(tmp), "w") as f:
+            f.create_dataset("heatmaps", (n, k, h, w), np.uint8, chunks=(1, k, h, w),
+                             fletcher32=True, fillvalue=0, **dict(CODECS[codec]()))
+            f.create_dataset("scales", (n, k), np.float32, chunks=(c, k), fletcher32=True)
+            f.create_dataset("affines", (n, 2, 3), np.float64, chunks=(c, 2, 3),
+                             fletcher32=True)
+            f.create_dataset("instance_ids", data=ids, chunks=(c,), fletcher32=True)
+            f.create_dataset("done", (n,), np.uint8, chunks=(c,), fletcher32=True, fillvalue=0)
+            a = f.attrs
+            a["format_version"] = FORMAT_VERSION
+            for key, value in _meta_to_attrs(meta).items():
+                a[key] = value
+            a["to_unified"] = json.dumps(list(get_skeleton(meta.skeleton).to_unified))
+            a["software_version"] = _software_version()
+            a["created"] = a["updated"] = _now()
+            a["completed"] = ""
+            a["complete"] = 0
+            a["skipped"] = "{}"
+            a["codec"] = codec
+            a["threshold"] = THRESHOLD
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_lock(lock: Path) -> tuple[int, str] | None:
+    try:
+        text = lock.read_text().split()
+        return int(text[0]), (text[1] if len(text) > 1 else "")
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+
+
+def _take_lock(path: Path) -> Path:
+    """Create <path>.lock holding our pid; take over a lock whose process is gone."""
+    lock = Path(str(path) + ".lock")
+    host = socket.gethostname()
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            held = _read_lock(lock)
+            if held is None:  # being written this instant, or garbage: look again
+                time.sleep(0.05)
+                held = _read_lock(lock)
+            if held is not None:
+                pid, owner_host = held
+                if owner_host and owner_host != host:
+                    raise UniError(f"{path}: is being written by pid {pid} on {owner_host} "
+                                   f"(remove {lock} if that is not true)") from None
+                if _pid_alive(pid):
+                    raise UniError(f"{path}: is being written by pid {pid}") from None
+            log.warning("%s: taking over the lock of pid %s, which is gone", path,
+                        held[0] if held else "?")
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{os.getpid()} {host}\n")
+        return lock
+    raise UniError(f"{path}: could not take {lock}")
+
+
+class StoreWriter:
+    """The single writer of a store (a context manager); holds ``<store>.lock`` while open."""
+
+    def __init__(self, path: Path, flush_every_s: float = 0.0):
+        self.path = Path(path)
+        _check_file(self.path)
+        self._lock = _take_lock(self.path)
+        try:
+            self._f = _open_h5(self.path, "r+")
+            self.meta = _check_layout(self._f, str(self.path))
+        except BaseException:
+            self._release()
+            raise
+        self._hm = self._f["heatmaps"]
+        self._scales = self._f["scales"]
+        self._affines = self._f["affines"]
+        self._done = self._f["done"]
+        self._ids = self._f["instance_ids"][:]
+        self.flush_every_s = flush_every_s
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def write(self, rows: np.ndarray, heatmaps: np.ndarray, affines: np.ndarray) -> None:
+        """rows (n,) int, heatmaps (n, K, H, W) float ≥ 0, affines (n, 2, 3) image → grid."""
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        heatmaps = np.asarray(heatmaps)
+        affines = np.asarray(affines, np.float64)
+        n = len(rows)
+        if heatmaps.shape != (n, *self.meta.heatmap_shape) or affines.shape != (n, 2, 3):
+            raise UniError(f"{self.path}: write of {n} rows got heatmaps {heatmaps.shape} and "
+                           f"affines {affines.shape}, expected (n, {self.meta.heatmap_shape}) "
+                           "and (n, 2, 3)")
+        if n == 0:
+            return
+        if rows.min() < 0 or rows.max() >= len(self._ids) or len(np.unique(rows)) != n:
+            raise UniError(f"{self.path}: write rows out of range or repeated")
+        bad = ~np.isfinite(heatmaps).all(axis=(1, 2, 3)) | ~np.isfinite(affines).all(axis=(1, 2))
+        if bad.any():
+            raise UniError(f"{self.path}: instance {self._ids[rows[bad][0]]}: heatmaps or "
+                           "affine not finite")
+        q, scales = quantize(heatmaps)
+        order = np.argsort(rows)
+        rows, q, scales, affines = rows[order], q[order], scales[order], affines[order]
+        for i, r in enumerate(rows):
+            self._hm[r] = q[i]
+        self._scales[rows] = scales
+        self._affines[rows] = affines
+        self._f.flush()  # data on disk before it is marked done
+        self._done[rows] = 1
+        self._f.flush()
+
+    def finalize(self, skipped: dict[int, str] | None = None) -> None:
+        """Mark the store complete: every row done or skipped ({instance id: reason})."""
+        skipped = {int(k): str(v) for k, v in (skipped or {}).items()}
+        done = self._done[:].astype(bool)
+        known = set(self._ids.tolist())
+        unknown = [i for i in skipped if i not in known]
+        if unknown:
+            raise UniError(f"{self.path}: skipped instance {unknown[0]} is not in the store")
+        skipped = {i: r for i, r in skipped.items() if not done[self._row(i)]}
+        missing = [int(i) for i, d in zip(self._ids, done, strict=True)
+                   if not d and int(i) not in skipped]
+        if missing:
+            raise UniError(f"{self.path}: cannot finalize, {len(missing)} instances neither "
+                           f"written nor skipped (first: {missing[0]})")
+        a = self._f.attrs
+        a["skipped"] = json.dumps({str(k): v for k, v in sorted(skipped.items())})
+        a["complete"] = 1
+        a["completed"] = a["updated"] = _now()
+        self._f.flush()
+
+    def _row(self, instance_id: int) -> int:
+        if not hasattr(self, "_row_of"):
+            self._row_of = {int(i): r for r, i in enumerate(self._ids)}
+        return self._row_of[instance_id]
+
+    def close(self) -> None:
+        f = getattr(self, "_f", None)
+        if f is not None and f.id.valid:
+            if not int(f.attrs["complete"]):
+                f.attrs["updated"] = _now()
+            f.close()
+        self._release()
+
+    def _release(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            held = _read_lock(lock)
+            if held is not None and held[0] == os.getpid():
+                lock.unlink(missing_ok=True)
+            self._lock = None
+
+
+def write_store(path: Path, meta: StoreMeta, instance_ids, heatmaps: np.ndarray,
+                affines: np.ndarray) -> None:
+    """One shot: a complete store of these instances (heatmaps (N, K, H, W), affines (N, 2, 3))."""
+    create_store(path, meta, instance_ids)
+    with StoreWriter(path) as w:
+        w.write(np.arange(len(heatmaps)), heatmaps, affines)
+        w.finalize()
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class StoreReader:
+    """Random access to a store's rows. Pickles as its path; each process opens its own handle."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        with _open_h5(self.path) as f:
+            self.meta = _check_layout(f, str(self.path))
+            try:
+                self.instance_ids = f["instance_ids"][:].astype(np.int64)
+                self.done = f["done"][:].astype(bool)
+            except OSError as e:
+                raise UniError(f"{self.path}: instance_ids / done unreadable ({e})") from None
+            a = f.attrs
+            self.complete = bool(int(a.get("complete", 0)))
+            self.attrs = {k: (v.item() if isinstance(v, np.generic) else v)
+                          for k, v in a.items()}
+        try:
+            self.skipped = {int(k): v for k, v in json.loads(self.attrs["skipped"]).items()}
+        except (KeyError, ValueError, AttributeError):
+            raise UniError(f"{self.path}: attribute 'skipped' missing or not JSON") from None
+        self.row_of = {int(i): r for r, i in enumerate(self.instance_ids)}
+        self._pid = None  # the process whose handle _f is
+
+    def __getstate__(self) -> dict:
+        return {"path": str(self.path)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"])
+
+    def __len__(self) -> int:
+        return len(self.instance_ids)
+
+    def _open(self) -> None:
+        """Open (or, after a fork, reopen) this process's handle; cache what every read needs."""
+        if self._pid == os.getpid():
+            return
+        f = _open_h5(self.path)
+        self._f = f
+        self._hm = f["heatmaps"]
+        try:
+            self._scales = f["scales"][:]
+            self._affines = f["affines"][:]
+        except OSError as e:
+            raise UniError(f"{self.path}: scales / affines unreadable ({e})") from None
+        k, h, w = self.meta.heatmap_shape
+        self._fspace = self._hm.id.get_space()
+        self._mspace = h5py.h5s.create_simple((1, k, h, w))
+        self._mtype = self._hm.id.get_type()  # cached: deriving it per read halves the rate
+        self._count = (1, k, h, w)
+        self._pid = os.getpid()
+
+    def read_raw(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Row → (uint8 (K, H, W), scales (K,) float32, affine (2, 3) float64)."""
+        self._open()
+        if not self.done[row]:
+            raise UniError(f"{self.path}: instance {self.instance_ids[row]} (row {row}) is "
+                           "not in the store (skipped or not computed yet)")
+        out = np.empty(self._count, np.uint8)
+        self._fspace.select_hyperslab((row, 0, 0, 0), self._count)
+        try:
+            self._hm.id.read(self._mspace, self._fspace, out, self._mtype)
+        except OSError as e:
+            raise UniError(f"{self.path}: heatmaps of instance {self.instance_ids[row]} "
+                           f"(row {row}) unreadable, checksum or decode failed ({e})") from None
+        return out[0], self._scales[row], self._affines[row]
+
+    def read(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row → (heatmaps (K, H, W) float32 dequantised, affine (2, 3) float64)."""
+        q, scales, affine = self.read_raw(row)
+        return dequantize(q, scales), affine
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            self._f.close()
+        self._pid = None
+
+    def verify(self, progress: bool = False) -> list[str]:
+        """Read every chunk (checksums) and check done mask and attributes; problems found."""
+        return _verify(self, progress)
+
+    def summary(self) -> dict:
+        return _summary(self)
+
+
+def open_store(path: Path) -> StoreReader:
+    return StoreReader(Path(path))
+
+
+def check_compatible(path: Path, meta: StoreMeta) -> str:
+    """'missing', 'complete' or 'partial'; UniError naming the field when built differently."""
+    path = Path(path)
+    if not path.exists():
+        return "missing"
+    r = open_store(path)
+    for name in _IDENTITY:
+        have, want = getattr(r.meta, name), getattr(meta, name)
+        if have != want:
+            raise UniError(f"{path}: built with {name} {have!r}, now {want!r}")
+    return "complete" if r.complete else "partial"
+
+
+# --------------------------------------------------------------------------- verify, summary
+
+
+def _verify(r: StoreReader, progress: bool) -> list[str]:
+    from tqdm import tqdm
+
+    problems = []
+    r._open()
+    k = r.meta.heatmap_shape[0]
+    allocated = np.zeros(len(r), bool)
+
+    def seen(info) -> None:
+        allocated[info.chunk_offset[0]] = True
+
+    r._hm.id.chunk_iter(seen)
+    for row in tqdm(range(len(r)), desc="verify", unit="inst", disable=not progress,
+                    file=sys.stderr):
+        iid = int(r.instance_ids[row])
+        if not allocated[row]:
+            if r.done[row]:
+                problems.append(f"instance {iid} (row {row}): marked done but has no data")
+            continue
+        out = np.empty(r._count, np.uint8)
+        r._fspace.select_hyperslab((row, 0, 0, 0), r._count)
+        try:
+            r._hm.id.read(r._mspace, r._fspace, out, r._mtype)
+        except OSError:
+            problems.append(f"instance {iid} (row {row}): heatmap chunk fails its checksum")
+            continue
+        if not r.done[row]:
+            continue
+        s = r._scales[row]
+        if not (np.isfinite(s).all() and (s >= 0).all()):
+            problems.append(f"instance {iid} (row {row}): scales not finite and ≥ 0")
+        elif not np.isfinite(r._affines[row]).all():
+            problems.append(f"instance {iid} (row {row}): affine not finite")
+        else:
+            peak = out[0].reshape(k, -1).max(-1)
+            wrong = np.flatnonzero((s > 0) != (peak == 255))
+            if len(wrong):
+                problems.append(f"instance {iid} (row {row}): keypoint {wrong[0]} peak "
+                                f"{peak[wrong[0]]} does not match its scale {s[wrong[0]]}")
+    if r.complete:
+        missing = [int(i) for i, d in zip(r.instance_ids, r.done, strict=True)
+                   if not d and int(i) not in r.skipped]
+        if missing:
+            problems.append(f"marked complete but {len(missing)} instances neither done nor "
+                            f"skipped (first: instance {missing[0]})")
+    return problems
+
+
+def _summary(r: StoreReader) -> dict:
+    r._open()
+    k, h, w = r.meta.heatmap_shape
+    n_done = int(r.done.sum())
+    size = r.path.stat().st_size
+    raw16 = 2 * k * h * w * n_done
+    attrs = {key: (v.decode() if isinstance(v, bytes) else v) for key, v in r.attrs.items()}
+    return {
+        "path": str(r.path),
+        "instances": len(r), "done": n_done, "skipped": len(r.skipped), "complete": r.complete,
+        "teacher": r.meta.teacher_name, "teacher_sha256": r.meta.teacher_sha256,
+        "skeleton": r.meta.skeleton, "dataset_id": r.meta.dataset_id,
+        "dataset_spec": r.meta.dataset_spec, "input_wh": list(r.meta.input_wh),
+        "padding": r.meta.padding, "flip": r.meta.flip, "heatmap_shape": [k, h, w],
+        "bytes_on_disk": size, "heatmap_bytes": int(r._hm.id.get_storage_size()),
+        "bytes_per_instance": size / n_done if n_done else None,
+        "raw_fp32_bytes": 2 * raw16, "raw_fp16_bytes": raw16,
+        "compression_ratio_fp16": raw16 / size if n_done else None,
+        "codec": attrs.get("codec"), "format_version": attrs.get("format_version"),
+        "attrs": {key: (v.tolist() if isinstance(v, np.ndarray) else v)
+                  for key, v in attrs.items()},
+    }
+
