@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from dataclasses import asdict
+from pathlib import Path
 
 import click
 
@@ -27,6 +30,308 @@ class _Group(click.Group):
 @click.version_option(package_name="uni")
 def uni() -> None:
     """Train one human-pose student from many datasets and many teachers."""
+
+
+def _floats3(value: str | None, option: str) -> tuple[float, float, float] | None:
+    if value is None:
+        return None
+    try:
+        parts = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3:
+        raise UniError(f"{option}: expected three comma-separated numbers, got {value!r}")
+    return parts
+
+
+@uni.command("describe-teacher")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--skeleton", required=True, help="Native keypoint order: coco17, mpii16, ...")
+@click.option("--head", required=True, type=click.Choice(["heatmap", "simcc"]))
+@click.option("--name", help="Teacher name (default: the file name without .onnx).")
+@click.option("--mean", help="Per-channel mean in 0–255 units, R,G,B (default ImageNet).")
+@click.option("--std", help="Per-channel std in 0–255 units, R,G,B (default ImageNet).")
+@click.option("--bgr", is_flag=True, help="The model expects BGR channel order.")
+@click.option("--input-size", help="WxH; read from the model when its input is static.")
+@click.option("--simcc-split", type=float, default=2.0, show_default=True)
+@click.option("--output", "outputs", multiple=True,
+              help="Output name(s): the heatmap output, or the SimCC x then y outputs.")
+@click.option("--keypoint-channels", type=int, default=0,
+              help="Leading output channels that are keypoints (default: the skeleton's count).")
+@click.option("--activation", type=click.Choice(["none", "sigmoid", "softmax"]),
+              help="Raw output → probability (default: none for heatmap, softmax for SimCC).")
+@click.option("--padding", type=float, default=1.25, show_default=True,
+              help="Crop box = person box × padding.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a described copy here instead of editing MODEL in place.")
+def describe_teacher(model: Path, skeleton: str, head: str, name: str | None, mean: str | None,
+                     std: str | None, bgr: bool, input_size: str | None, simcc_split: float,
+                     outputs: tuple[str, ...], keypoint_channels: int, activation: str | None,
+                     padding: float, out: Path | None) -> None:
+    """Stamp how to run MODEL (a pose ONNX model) into its metadata, making it a teacher."""
+    from pipeline.crops import DEFAULT_MEAN, DEFAULT_STD
+    from pipeline.teachers import TeacherInfo, describe_model, model_input_wh, read_info
+
+    if input_size:
+        try:
+            wh = tuple(int(v) for v in input_size.lower().split("x"))
+        except ValueError:
+            wh = ()
+        if len(wh) != 2:
+            raise UniError(f"--input-size: expected WxH, got {input_size!r}")
+    else:
+        wh = model_input_wh(model)
+        if wh is None:
+            raise UniError(f"{model}: the input size is not static; give --input-size WxH")
+    info = TeacherInfo(
+        name=name or model.stem, skeleton=skeleton, head=head, input_wh=wh,
+        mean=_floats3(mean, "--mean") or DEFAULT_MEAN, std=_floats3(std, "--std") or DEFAULT_STD,
+        bgr=bgr, simcc_split=simcc_split, outputs=outputs, num_keypoints=keypoint_channels,
+        activation=activation or ("softmax" if head == "simcc" else "none"), padding=padding)
+    dst = describe_model(model, info, out)
+    click.echo(f"{dst}: {json.dumps(asdict(read_info(dst)))}")
+
+
+@uni.command("cache-teachers")
+@click.option("--data", "data", multiple=True, required=True,
+              help="FORMAT:ANNOTATIONS[:IMAGE_ROOT]; repeat for more datasets.")
+@click.option("--teacher", "teachers", multiple=True, required=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="A described ONNX teacher; repeat for more.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Store directory: one TEACHER__FORMAT-DATASETID.h5 per teacher × dataset.")
+@click.option("--workers", type=int, help="Local dask worker processes (default: CPU count; "
+              "1 runs in this process).")
+@click.option("--scheduler", help="Use a running dask cluster instead (tcp://host:8786).")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Crops per task.")
+@click.option("--no-flip", is_flag=True, help="Skip the flip test (half the compute).")
+@click.option("--overwrite", is_flag=True, help="Rebuild stores, also incompatible ones.")
+@click.option("--strict", is_flag=True, help="Stop at the first unreadable image.")
+def cache_teachers(data: tuple[str, ...], teachers: tuple[Path, ...], out: Path,
+                   workers: int | None, scheduler: str | None, batch_size: int, no_flip: bool,
+                   overwrite: bool, strict: bool) -> None:
+    """Stage one: run every teacher once over every person crop into compressed stores."""
+    from pipeline.cache import cache_teachers as run
+    from pipeline.cache import format_summary
+
+    if workers is not None and workers < 1:
+        raise UniError(f"--workers must be at least 1, got {workers}")
+    for s in run(list(data), list(teachers), out, workers=workers, scheduler=scheduler,
+                 batch_size=batch_size, flip=not no_flip, overwrite=overwrite, strict=strict):
+        click.echo(format_summary(s))
+
+
+@uni.command("synth")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write coco/, mpii/ and halpe/ into.")
+@click.option("--persons", type=int, default=600, show_default=True,
+              help="People per dataset (COCO-style and MPII-style; Halpe val gets 15 %).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace existing coco/, mpii/, halpe/ in OUT.")
+def synth(out: Path, persons: int, seed: int, overwrite: bool) -> None:
+    """Write synthetic COCO / MPII / Halpe datasets of stick people (real file formats)."""
+    from pipeline.synth import generate
+
+    for key, path in generate(out, persons, seed, overwrite).items():
+        fmt = key.split("/")[0]
+        click.echo(f"{key}: {fmt}:{path}")
+
+
+@uni.command("inspect-data")
+@click.argument("spec")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--draw", type=int, default=0, help="Draw boxes and skeletons on N images.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the --draw PNGs.")
+@click.option("--head-boxes", type=click.Path(dir_okay=False, path_type=Path),
+              help="MPII head boxes (mpii_gt_val.mat).")
+def inspect_data(spec: str, as_json: bool, draw: int, out: Path | None,
+                 head_boxes: Path | None) -> None:
+    """Count images, instances and labeled unified keypoints of SPEC (FORMAT:ANN[:IMAGES])."""
+    from pipeline.datasets import load_dataset, summarize
+
+    if draw and out is None:
+        raise UniError("--draw needs --out DIR")
+    ds = load_dataset(spec, head_boxes)
+    summary = summarize(ds)
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(f"dataset    {ds.spec}  (sha256 {ds.dataset_id[:12]})")
+        click.echo(f"images     {summary['images']}\ninstances  {summary['instances']}")
+        click.echo(f"{'keypoint':<16}{'labeled':>8}")
+        for name, count in summary["keypoints"].items():
+            click.echo(f"{name:<16}{count:>8}")
+    if draw:
+        from pipeline.draw import draw_dataset
+
+        for path in draw_dataset(ds, draw, out):
+            click.echo(f"wrote {path}", err=as_json)
+
+
+@uni.command("train-student")
+@click.option("--data", "data", multiple=True, help="FORMAT:ANN[:IMAGES] training data; repeat.")
+@click.option("--stores", "stores", multiple=True, type=click.Path(path_type=Path),
+              help="Teacher stores (folders of *.h5 or files); none = ground truth only.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML file of these options (CLI options override it).")
+@click.option("--model", type=click.Choice(["tiny", "small", "base"]),
+              help="Student size [tiny]: tiny ≈1M, small ≈5M, base ≈16M parameters.")
+@click.option("--input-size", help="Crop size HxW, as in the paper [256x192].")
+@click.option("--epochs", type=int, help="[10]")
+@click.option("--batch-size", type=int, help="Per process [32].")
+@click.option("--lr", type=float, help="AdamW peak learning rate, cosine schedule [0.002].")
+@click.option("--workers", type=int, help="DataLoader worker processes [2].")
+@click.option("--gt-weight", type=float, help="Ground-truth loss weight [0.3].")
+@click.option("--kd-weight", "kd_weight", multiple=True,
+              help="TEACHER=W; default 0.25 COCO / 0.45 MPII teacher, else 0.7 shared equally.")
+@click.option("--kd-decay", "kd_decay", multiple=True,
+              help="TEACHER=none|linear; default linear for the MPII teacher, else none.")
+@click.option("--kd-loss", type=click.Choice(["kl", "mse"]),
+              help="kl: spatial-softmax KL at temperature 1/β (β=10) [kl].")
+@click.option("--seed", type=int, help="[0]")
+@click.option("--val-data", "val_data", multiple=True,
+              help="Validation data (GT loss picks best.pt); default: 5 %% of --data held out.")
+@click.option("--resume", is_flag=True, default=None, help="Continue OUT/last.pt exactly.")
+@click.option("--amp", is_flag=True, default=None, help="bf16 autocast on CPU, fp16 on CUDA.")
+@click.option("--strict", is_flag=True, default=None, help="An unreadable image is fatal.")
+def train_student(config_file: Path | None, input_size: str | None, **options) -> None:
+    """Stage two: train a student on GT and cached teacher targets (torchrun-able)."""
+    from student.train import parse_input_size, read_config_file, train
+
+    cfg = read_config_file(config_file) if config_file else {}
+    if input_size:
+        options["input_wh"] = parse_input_size(input_size)
+    for key, value in options.items():
+        if value is None or value == ():
+            continue
+        cfg[key] = list(value) if isinstance(value, tuple) else value
+    if "out" not in cfg:
+        raise UniError("--out RUN_DIR is required")
+    if not cfg.get("data") and not options.get("resume"):
+        raise UniError("--data is required (FORMAT:ANNOTATIONS[:IMAGES]; repeat for more)")
+    run = train(cfg)
+    click.echo(f"{run}: done")
+
+
+@uni.command("inspect-store")
+@click.argument("store", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option("--verify", is_flag=True,
+              help="Read every chunk (checksums) and check the done mask; exit 1 on problems.")
+@click.option("--draw", type=int, default=0, help="Overlay N instances' heatmaps on their crops.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the --draw PNGs.")
+def inspect_store(store: Path, as_json: bool, verify: bool, draw: int, out: Path | None) -> None:
+    """Show a soft-label STORE's provenance and size; optionally verify or draw it."""
+    from stores.heatmap_store import open_store
+    from stores.inspect import draw_store, format_summary
+
+    if draw and out is None:
+        raise UniError("--draw needs --out DIR")
+    reader = open_store(store)
+    summary = reader.summary()
+    problems = reader.verify(progress=not as_json) if verify else []
+    if as_json:
+        if verify:
+            summary["problems"] = problems
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(format_summary(summary))
+        if verify:
+            for p in problems:
+                click.echo(f"problem      {p}")
+            click.echo(f"verify       {len(problems)} problem(s)" if problems else
+                       "verify       ok")
+    if draw:
+        for path in draw_store(reader, draw, out):
+            click.echo(f"wrote {path}", err=as_json)
+    if problems:
+        sys.exit(1)
+
+
+@uni.command("evaluate")
+@click.argument("model", required=False, type=click.Path(path_type=Path))
+@click.option("--data", "data", multiple=True, required=True,
+              help="FORMAT:ANNOTATIONS[:IMAGE_ROOT] to evaluate on; repeat for more.")
+@click.option("--predictions", type=click.Path(dir_okay=False, path_type=Path),
+              help="Score this predictions file instead of running a MODEL.")
+@click.option("--save-predictions", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write MODEL's predictions (JSON) here.")
+@click.option("--head-boxes", type=click.Path(dir_okay=False, path_type=Path),
+              help="MPII head boxes (mpii_gt_val.mat) for PCKh.")
+@click.option("--no-flip", is_flag=True, help="Skip the flip test.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def evaluate_cmd(model: Path | None, data: tuple[str, ...], predictions: Path | None,
+                 save_predictions: Path | None, head_boxes: Path | None, no_flip: bool,
+                 batch_size: int, as_json: bool) -> None:
+    """Score MODEL (run dir, .pt or described .onnx) on GT boxes: COCO/Halpe AP, MPII PCKh."""
+    from student.evaluate import evaluate, format_results
+
+    if save_predictions and predictions:
+        raise UniError("--save-predictions needs a MODEL, not --predictions")
+    results = evaluate(list(data), model, predictions, not no_flip, head_boxes,
+                       save_predictions, batch_size, progress=not as_json)
+    click.echo(json.dumps(results) if as_json else format_results(results))
+
+
+@uni.command("report")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--data", "data", multiple=True, required=True,
+              help="FORMAT:ANNOTATIONS[:IMAGE_ROOT]; one table column per dataset.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Write report.md, report.csv and report.png here.")
+@click.option("--names", help="Comma-separated row names, one per RUN (default: model names).")
+@click.option("--head-boxes", type=click.Path(dir_okay=False, path_type=Path),
+              help="MPII head boxes (mpii_gt_val.mat) for PCKh.")
+@click.option("--no-flip", is_flag=True, help="Skip the flip test.")
+def report_cmd(runs: tuple[Path, ...], data: tuple[str, ...], out: Path | None,
+               names: str | None, head_boxes: Path | None, no_flip: bool) -> None:
+    """The cross-dataset table: every RUN (model) on every dataset, plus the paper's Average."""
+    from student.report import report
+
+    table, written = report(list(runs), list(data), out, names.split(",") if names else None,
+                            head_boxes, not no_flip)
+    click.echo(table)
+    for path in written:
+        click.echo(f"wrote {path}", err=True)
+
+
+@uni.command("export")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The ONNX file to write (described: usable as a teacher).")
+@click.option("--name", help="Model name in its metadata (default: the run's name).")
+def export_cmd(run: Path, out: Path, name: str | None) -> None:
+    """Export a student to ONNX (dynamic batch), checked against PyTorch, teacher-described."""
+    from student.export import export_onnx
+
+    path, diff = export_onnx(run, out, name)
+    click.echo(f"{path}: onnxruntime vs torch max |diff| {diff:.2e}")
+
+
+@uni.command("predict")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--boxes", type=click.Path(dir_okay=False, path_type=Path),
+              help="COCO detection results JSON; images match image_id by the digits of their "
+                   "file name. Default: the whole image is one person box.")
+@click.option("--score-threshold", type=float, default=0.3, show_default=True,
+              help="Drop boxes scoring lower.")
+@click.option("--keypoint-threshold", type=float, default=0.3, show_default=True,
+              help="Draw keypoints scoring higher.")
+@click.option("--no-flip", is_flag=True, help="Skip the flip test.")
+def predict_cmd(model: Path, images: tuple[Path, ...], out: Path, boxes: Path | None,
+                score_threshold: float, keypoint_threshold: float, no_flip: bool) -> None:
+    """Draw MODEL's 21 keypoints on IMAGEs → OUT/<image>.png and OUT/predictions.json."""
+    from student.predict import predict_images
+
+    for path in predict_images(model, list(images), out, boxes, score_threshold,
+                               keypoint_threshold, not no_flip):
+        click.echo(f"wrote {path}")
 
 
 def main() -> None:

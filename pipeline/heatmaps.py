@@ -49,3 +49,13 @@ def decode_heatmaps(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     coords[..., 0] += np.where(inner_x, np.sign(dx) * 0.25, 0.0)
     coords[..., 1] += np.where(inner_y, np.sign(dy) * 0.25, 0.0)
     return coords, scores
+
+
+def merge_flipped(plain: np.ndarray, flipped: np.ndarray, flip_index: np.ndarray) -> np.ndarray:
+    """Flip test: plain, flipped (N, K, h, w) maps of a crop and of its mirror → their average.
+
+    The mirror's maps are mirrored back (x → w - 1 - x, as geometry.flip_affine) and their
+    left/right channels swapped (flip_index: the skeleton's, see Skeleton.flip_index).
+    """
+    back = flipped[:, flip_index, :, ::-1]
+    return np.ascontiguousarray((plain + back) * 0.5, dtype=np.float32)

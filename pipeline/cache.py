@@ -1,0 +1,317 @@
+"""Stage one's job: every teacher × every dataset → one HDF5 store of soft heatmaps.
+
+One store per (teacher, dataset): ``OUT/<teacher name>__<format>-<dataset id[:12]>.h5``.
+Work is split into batches of B instances, cut at fixed places in image order (so an image is
+decoded once) whatever is already done; a batch is written at once, so a resumed run feeds the
+model exactly the batches a fresh run would and the store comes out the same. Batches run on
+dask workers (decode, crop, infer; the ONNX session is built once per worker process), at most
+2 per worker in flight so memory stays flat; this process is the single HDF5 writer.
+``workers=1`` without a scheduler runs the batches in this process instead (no cluster start).
+
+Layering: this is the one place stage one meets the store, so `stores.heatmap_store` is imported
+inside `cache_teachers` only; everything else here (and all of pipeline/) stays store-free.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.crops import crop_person, read_image
+from pipeline.datasets import Dataset, load_dataset
+from pipeline.errors import UniError
+from pipeline.geometry import compose, crop_to_heatmap
+from pipeline.teachers import Teacher
+
+DEFAULT_BATCH = 32
+IN_FLIGHT_PER_WORKER = 2
+
+
+def store_name(teacher_name: str, dataset: Dataset) -> str:
+    return f"{teacher_name}__{dataset.format}-{dataset.dataset_id[:12]}.h5"
+
+
+@dataclass
+class StoreSummary:
+    path: Path
+    instances: int
+    heatmap_shape: tuple[int, int, int]  # (K, h, w)
+    computed: int = 0  # crops run in this invocation
+    skipped: dict[int, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    up_to_date: bool = False
+    bytes_on_disk: int = 0
+    written: int = 0  # rows in the store (done), for the compression ratio
+
+    @property
+    def crops_per_s(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else 0.0
+
+
+# --------------------------------------------------------------------------- worker side
+
+_TEACHERS: dict[tuple[str, str, int], Teacher] = {}  # per worker process: sessions can't pickle
+
+
+def _teacher(path: str, sha256: str, threads: int) -> Teacher:
+    key = (path, sha256, threads)
+    if key not in _TEACHERS:
+        t = Teacher(Path(path), threads=threads)
+        if t.sha256 != sha256:
+            raise UniError(f"{path}: the model changed while caching (sha256 differs)")
+        _TEACHERS[key] = t
+    return _TEACHERS[key]
+
+
+def infer_batch(teacher_path: str, sha256: str, threads: int, flip: bool,
+                items: list[tuple[int, int, str, list[float]]]
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:
+    """One task: items (row, instance id, image path, bbox xywh) → rows (n,) int64,
+    heatmaps (n, K, h, w) float32, affines (n, 2, 3) image → heatmap grid, skipped {id: reason}.
+    """
+    t = _teacher(teacher_path, sha256, threads)
+    info = t.info
+    to_grid = crop_to_heatmap(info.input_wh, t.heatmap_wh)
+    images: dict[str, np.ndarray] = {}
+    rows, crops, affines, skipped = [], [], [], {}
+    for row, instance_id, image_path, bbox in items:
+        try:
+            if image_path not in images:
+                images = {image_path: read_image(Path(image_path))}  # items are image-sorted
+            crop, affine = crop_person(images[image_path], np.asarray(bbox), info.input_wh,
+                                       info.padding)
+        except UniError as e:
+            skipped[instance_id] = str(e)
+            continue
+        rows.append(row)
+        crops.append(crop)
+        affines.append(compose(to_grid, affine))
+    k, (w, h) = info.num_keypoints, t.heatmap_wh
+    heatmaps = (t.predict(np.stack(crops), flip_test=flip) if crops
+                else np.zeros((0, k, h, w), np.float32))
+    return (np.asarray(rows, np.int64), heatmaps,
+            np.asarray(affines, np.float64).reshape(-1, 2, 3), skipped)
+
+
+# --------------------------------------------------------------------------- client side
+
+
+@dataclass
+class _Job:
+    teacher: Teacher
+    dataset: Dataset
+    path: Path  # where the store ends up
+    work_path: Path  # where it is written (a temp file when overwriting)
+    meta: object
+
+
+def _batches(dataset: Dataset, instance_ids: list[int], done: np.ndarray, batch: int
+             ) -> list[list[tuple[int, int, str, list[float]]]]:
+    """Rows in image order (one decode per image), cut every `batch` rows, minus done rows.
+
+    The cuts do not depend on `done`, and a batch is written at once, so a resumed run sees
+    exactly the batches of an uninterrupted one.
+    """
+    by_id = dataset.by_id()
+    insts = [by_id[i] for i in instance_ids]
+    order = sorted(range(len(insts)), key=lambda r: (str(insts[r].image_path), r))
+    out = []
+    for start in range(0, len(order), batch):
+        items = [(row, insts[row].instance_id, str(insts[row].image_path),
+                  insts[row].bbox.tolist())
+                 for row in order[start:start + batch] if not done[row]]
+        if items:
+            out.append(items)
+    return out
+
+
+def _local_results(batches, args) -> Iterator:
+    for items in batches:
+        yield infer_batch(*args, items)
+
+
+def _dask_results(client, batches, args, in_flight: int) -> Iterator:
+    """Results as they complete, never more than `in_flight` batches submitted at once."""
+    from distributed import as_completed
+
+    todo = iter(batches)
+    ac = as_completed()
+    for items in todo:
+        ac.add(client.submit(infer_batch, *args, items, pure=False, retries=2))
+        if ac.count() >= in_flight:
+            break
+    for fut in ac:
+        result = fut.result()
+        fut.release()
+        nxt = next(todo, None)
+        if nxt is not None:
+            ac.add(client.submit(infer_batch, *args, nxt, pure=False, retries=2))
+        yield result
+
+
+def _start_client(workers: int, scheduler: str | None):
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError) as e:
+            raise UniError(f"--scheduler {scheduler}: cannot connect ({e})") from None
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                           dashboard_address=None, silence_logs=logging.ERROR)
+    return Client(cluster)
+
+
+def _prepare(store, teacher: Teacher, dataset: Dataset, out_dir: Path, flip: bool,
+             overwrite: bool) -> _Job | None:
+    """The job for one store, or None when it is already complete."""
+    info = teacher.info
+    k, (w, h) = info.num_keypoints, teacher.heatmap_wh
+    meta = store.StoreMeta(
+        teacher_name=info.name, teacher_sha256=teacher.sha256, teacher_metadata=asdict(info),
+        skeleton=info.skeleton, dataset_id=dataset.dataset_id, dataset_spec=str(dataset.spec),
+        input_wh=tuple(info.input_wh), padding=info.padding, flip=flip,
+        heatmap_shape=(k, h, w))
+    path = out_dir / store_name(info.name, dataset)
+    if overwrite:
+        tmp = path.with_name(path.name + ".tmp")
+        try:  # resume an interrupted rebuild when it is the same rebuild
+            state = store.check_compatible(tmp, meta)
+        except UniError:
+            state = "missing"
+        if state == "missing":
+            tmp.unlink(missing_ok=True)
+            store.create_store(tmp, meta, [i.instance_id for i in dataset.instances])
+        return _Job(teacher, dataset, path, tmp, meta)
+    try:
+        state = store.check_compatible(path, meta)
+    except UniError as e:
+        raise UniError(f"{e} (use --overwrite to rebuild it)") from None
+    if state == "complete":
+        return None
+    if state == "missing":
+        store.create_store(path, meta, [i.instance_id for i in dataset.instances])
+    return _Job(teacher, dataset, path, path, meta)
+
+
+def _run_job(store, job: _Job, results_for, batch_size: int, strict: bool,
+             progress: bool) -> StoreSummary:
+    from tqdm import tqdm
+
+    reader = store.open_store(job.work_path)
+    ids, done = list(reader.instance_ids), np.asarray(reader.done, bool).copy()
+    del reader
+    batches = _batches(job.dataset, ids, done, batch_size)
+    summary = StoreSummary(job.path, len(ids), tuple(job.meta.heatmap_shape))
+    name = f"{job.teacher.info.name} × {job.dataset.format}"
+    t0 = time.perf_counter()
+    with store.StoreWriter(job.work_path) as writer, tqdm(
+            total=len(ids), initial=int(done.sum()), unit="crop", desc=name, file=sys.stderr,
+            dynamic_ncols=True, disable=not progress, smoothing=0.1) as bar:
+        for rows, heatmaps, affines, skipped in results_for(batches):
+            if skipped and strict:
+                first = next(iter(skipped.values()))
+                raise UniError(f"{first} (instance {next(iter(skipped))}; --strict)")
+            if len(rows):
+                writer.write(rows, heatmaps, affines)
+            summary.skipped.update(skipped)
+            summary.computed += len(rows)
+            bar.update(len(rows) + len(skipped))
+        writer.finalize(skipped=summary.skipped)
+    summary.seconds = time.perf_counter() - t0
+    if job.work_path != job.path:
+        job.work_path.replace(job.path)
+    return _with_sizes(store, summary)
+
+
+def _with_sizes(store, summary: StoreSummary) -> StoreSummary:
+    reader = store.open_store(summary.path)
+    summary.written = int(np.asarray(reader.done).sum())
+    summary.bytes_on_disk = summary.path.stat().st_size
+    if summary.up_to_date:
+        summary.skipped = dict(reader.skipped)
+    return summary
+
+
+def cache_teachers(data: list[str], teachers: list[Path], out_dir: Path,
+                   workers: int | None = None, scheduler: str | None = None,
+                   batch_size: int = DEFAULT_BATCH, flip: bool = True, overwrite: bool = False,
+                   strict: bool = False, progress: bool = True) -> list[StoreSummary]:
+    """Run every teacher over every person of every dataset into OUT stores (resumable)."""
+    from stores import heatmap_store as store
+
+    if batch_size < 1:
+        raise UniError(f"--batch-size must be at least 1, got {batch_size}")
+    workers = workers or os.cpu_count() or 1
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    datasets = [load_dataset(d) for d in data]
+    # Client-side teachers only describe the store (grid, sha); workers build their own.
+    models = [Teacher(Path(t), providers=["CPUExecutionProvider"], threads=1) for t in teachers]
+    names = [m.info.name for m in models]
+    if len(set(names)) != len(names):
+        raise UniError(f"teacher names must differ, got {', '.join(names)} (--name when "
+                       "describing)")
+    summaries, jobs = [], []
+    for teacher in models:
+        for ds in datasets:
+            job = _prepare(store, teacher, ds, out_dir, flip, overwrite)
+            if job is None:
+                path = out_dir / store_name(teacher.info.name, ds)
+                k, (w, h) = teacher.info.num_keypoints, teacher.heatmap_wh
+                summaries.append(_with_sizes(store, StoreSummary(
+                    path, len(ds.instances), (k, h, w), up_to_date=True)))
+            else:
+                jobs.append(job)
+    if not jobs:
+        return summaries
+    client = None if workers == 1 and not scheduler else _start_client(workers, scheduler)
+    try:
+        if client is not None:
+            n_threads = sum(client.nthreads().values())
+            in_flight = IN_FLIGHT_PER_WORKER * max(n_threads, 1)
+            threads = 1 if n_threads > 1 else 0  # one ORT thread per worker: no oversubscribing
+        else:
+            threads = 0
+        for job in jobs:
+            # Absolute paths: a remote worker's working directory is not ours.
+            args = (str(job.teacher.path.resolve()), job.teacher.sha256, threads, flip)
+            if client is None:
+                def results_for(batches, args=args):
+                    return _local_results(batches, args)
+            else:
+                def results_for(batches, args=args):
+                    return _dask_results(client, batches, args, in_flight)
+            summaries.append(_run_job(store, job, results_for, batch_size, strict, progress))
+    finally:
+        if client is not None:
+            cluster = client.cluster
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    return summaries
+
+
+def format_summary(s: StoreSummary, max_skipped: int = 20) -> str:
+    """Lines for one store: counts, time, rate, size on disk and ratio to raw fp16."""
+    raw_fp16 = 2 * int(np.prod(s.heatmap_shape)) * s.written
+    ratio = f" ({raw_fp16 / s.bytes_on_disk:.1f}x smaller than raw fp16)" if s.bytes_on_disk else ""
+    head = f"{s.path}: {s.instances} instances"
+    if s.up_to_date:
+        return (f"{head}, {len(s.skipped)} skipped, up to date, "
+                f"{s.bytes_on_disk / 1e6:.2f} MB on disk{ratio}")
+    lines = [f"{head}, {s.computed} computed, {len(s.skipped)} skipped, {s.seconds:.1f} s, "
+             f"{s.crops_per_s:.1f} crops/s, {s.bytes_on_disk / 1e6:.2f} MB on disk{ratio}"]
+    for i, (instance_id, reason) in enumerate(sorted(s.skipped.items())):
+        if i == max_skipped:
+            lines.append(f"  ... and {len(s.skipped) - max_skipped} more skipped")
+            break
+        lines.append(f"  skipped instance {instance_id}: {reason}")
+    return "\n".join(lines)

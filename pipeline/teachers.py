@@ -1,0 +1,401 @@
+"""ONNX teachers: what a model declares about itself, and person crops → soft heatmaps.
+
+A teacher is any ONNX pose model whose description is stamped into its metadata_props (keys
+``uni.<field>``, values JSON) by ``describe_model`` / ``uni describe-teacher``. The description
+says everything needed to run it — input size and normalisation, which outputs hold keypoints,
+how to turn them into probabilities — so third-party models need no special cases.
+
+Output of every teacher: (N, K, h, w) float32 non-negative soft heatmaps on the "store grid" in
+the teacher's native keypoint order. Heatmap heads keep their native grid; SimCC heads are
+turned into 2-D maps on the input/4 grid (outer product of the x and y marginals).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.crops import DEFAULT_MEAN, DEFAULT_STD, normalize
+from pipeline.datasets import file_sha256
+from pipeline.errors import UniError
+from pipeline.geometry import PADDING
+from pipeline.skeletons import SKELETONS, get_skeleton
+
+HEADS = ("heatmap", "simcc")
+ACTIVATIONS = ("none", "sigmoid", "softmax")
+SIMCC_STRIDE = 4  # SimCC maps land on the input/4 grid, like heatmap heads (SPEC "Conventions")
+_PREFIX = "uni."
+
+
+@dataclass(frozen=True)
+class TeacherInfo:
+    """A teacher's self-description, stored in its ONNX metadata_props as ``uni.<field>``.
+
+    outputs: heatmap head → (name,); SimCC → (x name, y name); empty = the model's first one/two.
+    num_keypoints: leading output channels that are keypoints (must equal the skeleton's count);
+    any further channels are ignored. activation turns raw outputs into probabilities: heatmap
+    heads 'none' (MSE-trained maps, negatives clipped) | 'sigmoid' | 'softmax' (over h×w);
+    SimCC heads 'softmax' (logits) | 'none' (already probabilities).
+    """
+
+    name: str
+    skeleton: str
+    head: str
+    input_wh: tuple[int, int]
+    mean: tuple[float, float, float] = DEFAULT_MEAN
+    std: tuple[float, float, float] = DEFAULT_STD
+    bgr: bool = False
+    simcc_split: float = 2.0
+    outputs: tuple[str, ...] = ()
+    num_keypoints: int = 0  # 0 = the skeleton's count
+    activation: str = "none"
+    padding: float = PADDING
+
+    def __post_init__(self) -> None:
+        # JSON round trips give lists; keep tuples so infos compare and hash equal.
+        for f in ("input_wh", "mean", "std", "outputs"):
+            object.__setattr__(self, f, tuple(getattr(self, f)))
+        if not self.num_keypoints and self.skeleton in SKELETONS:
+            object.__setattr__(self, "num_keypoints", SKELETONS[self.skeleton].num_keypoints)
+
+    def to_metadata(self) -> dict[str, str]:
+        return {_PREFIX + k: json.dumps(v) for k, v in asdict(self).items()}
+
+
+_REQUIRED = ("name", "skeleton", "head", "input_wh")
+
+
+def _check_fields(info: TeacherInfo, where: str) -> None:
+    """Values that make sense on their own (no model needed)."""
+    if info.skeleton not in SKELETONS:
+        raise UniError(f"{where}: field 'skeleton': unknown {info.skeleton!r}; "
+                       f"known: {', '.join(SKELETONS)}")
+    if info.head not in HEADS:
+        raise UniError(f"{where}: field 'head': {info.head!r} is not one of {', '.join(HEADS)}")
+    ok = ("softmax", "none") if info.head == "simcc" else ACTIVATIONS
+    if info.activation not in ok:
+        raise UniError(f"{where}: field 'activation': {info.activation!r} is not one of "
+                       f"{', '.join(ok)} for a {info.head} head")
+    if len(info.input_wh) != 2 or min(info.input_wh) <= 0:
+        raise UniError(f"{where}: field 'input_wh': expected two positive sizes, "
+                       f"got {list(info.input_wh)}")
+    for f in ("mean", "std"):
+        if len(getattr(info, f)) != 3:
+            raise UniError(f"{where}: field {f!r}: expected 3 numbers")
+    if min(info.std) <= 0 or info.simcc_split <= 0 or info.padding <= 0:
+        raise UniError(f"{where}: fields 'std', 'simcc_split', 'padding' must be positive")
+    k = get_skeleton(info.skeleton).num_keypoints
+    if info.num_keypoints != k:
+        raise UniError(f"{where}: field 'num_keypoints': {info.num_keypoints} but skeleton "
+                       f"{info.skeleton} has {k} keypoints")
+    n_out = 2 if info.head == "simcc" else 1
+    if info.outputs and len(info.outputs) != n_out:
+        raise UniError(f"{where}: field 'outputs': a {info.head} head names {n_out} output(s), "
+                       f"got {len(info.outputs)}")
+
+
+def _dims(value_info) -> list[int | None]:
+    """Static dims of an ONNX value as ints, symbolic ones as None."""
+    return [d.dim_value if d.HasField("dim_value") else None
+            for d in value_info.type.tensor_type.shape.dim]
+
+
+def _load_onnx(path: Path):
+    import onnx
+
+    if not Path(path).is_file():
+        raise UniError(f"{path}: model file not found")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf raises several types for a bad file
+        raise UniError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
+
+
+def _output_names(info: TeacherInfo, model_outputs: list[str]) -> tuple[str, ...]:
+    return info.outputs or tuple(model_outputs[: 2 if info.head == "simcc" else 1])
+
+
+def _check_model(info: TeacherInfo, model, where: str) -> None:
+    """The model's input and outputs agree with what the description declares."""
+    inputs = [i for i in model.graph.input
+              if i.name not in {t.name for t in model.graph.initializer}]
+    if len(inputs) != 1:
+        raise UniError(f"{where}: expected one image input, the model has {len(inputs)}")
+    d = _dims(inputs[0])
+    w, h = info.input_wh
+    if len(d) != 4 or d[1] not in (3, None):
+        raise UniError(f"{where}: input {inputs[0].name!r} has shape {d}, expected (N, 3, H, W)")
+    if (d[2] is not None and d[2] != h) or (d[3] is not None and d[3] != w):
+        raise UniError(f"{where}: field 'input_wh' is {w}x{h} but input {inputs[0].name!r} "
+                       f"is {d[3]}x{d[2]}")
+    outs = {o.name: _dims(o) for o in _infer_shapes(model).graph.output}
+    _check_outputs(info, outs, where)
+
+
+def _infer_shapes(model):
+    """The model with output shapes inferred where exporters left them symbolic."""
+    import onnx
+
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # inference is best effort; Teacher checks real shapes on a probe run
+        return model
+
+
+def _check_outputs(info: TeacherInfo, outs: dict[str, list[int | None]], where: str) -> None:
+    """Output shapes (None = unknown dim) agree with the declared head, keypoints and sizes."""
+    w, h = info.input_wh
+    names = _output_names(info, list(outs))
+    k = info.num_keypoints
+    for name in names:
+        if name not in outs:
+            raise UniError(f"{where}: field 'outputs': the model has no output {name!r} "
+                           f"(it has {', '.join(outs)})")
+    if info.head == "heatmap":
+        s = outs[names[0]]
+        if len(s) != 4:
+            raise UniError(f"{where}: heatmap output {names[0]!r} has rank {len(s)}, "
+                           "expected 4 (N, K, h, w)")
+        if s[1] is not None and s[1] < k:
+            raise UniError(f"{where}: heatmap output {names[0]!r} has {s[1]} channels, fewer "
+                           f"than the {k} keypoints of {info.skeleton}")
+        return
+    for name, size, axis in zip(names, (w, h), "xy", strict=True):
+        s = outs[name]
+        bins = round(size * info.simcc_split)
+        if len(s) != 3:
+            raise UniError(f"{where}: SimCC {axis} output {name!r} has rank {len(s)}, "
+                           "expected 3 (N, K, bins)")
+        if s[1] is not None and s[1] < k:
+            raise UniError(f"{where}: SimCC {axis} output {name!r} has {s[1]} channels, fewer "
+                           f"than the {k} keypoints of {info.skeleton}")
+        if s[2] is not None and s[2] != bins:
+            raise UniError(f"{where}: SimCC {axis} output {name!r} has {s[2]} bins, expected "
+                           f"{size} x simcc_split {info.simcc_split} = {bins}")
+
+
+def read_info(path: Path) -> TeacherInfo:
+    """The TeacherInfo stamped into a model; UniError (one line) when missing or inconsistent."""
+    model = _load_onnx(path)
+    props = {p.key[len(_PREFIX):]: p.value for p in model.metadata_props
+             if p.key.startswith(_PREFIX)}
+    if not props:
+        raise UniError(f"{path}: no uni teacher metadata; describe it first with "
+                       "`uni describe-teacher MODEL --skeleton ... --head ...`")
+    missing = [f for f in _REQUIRED if f not in props]
+    if missing:
+        raise UniError(f"{path}: teacher metadata lacks field(s) {', '.join(missing)}")
+    known = {f.name for f in fields(TeacherInfo)}
+    values = {}
+    for key, raw in props.items():
+        if key not in known:
+            continue  # written by a newer uni; ignoring keeps old readers working
+        try:
+            values[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            raise UniError(f"{path}: metadata field 'uni.{key}' is not JSON: "
+                           f"{raw[:40]!r}") from None
+    try:
+        info = TeacherInfo(**values)
+    except TypeError as e:
+        raise UniError(f"{path}: bad teacher metadata ({e})") from None
+    _check_fields(info, str(path))
+    _check_model(info, model, str(path))
+    return info
+
+
+def model_input_wh(path: Path) -> tuple[int, int] | None:
+    """(W, H) of a model's image input when both are static, else None."""
+    model = _load_onnx(path)
+    init = {t.name for t in model.graph.initializer}
+    d = _dims(next(i for i in model.graph.input if i.name not in init))
+    return (d[3], d[2]) if len(d) == 4 and d[2] and d[3] else None
+
+
+def describe_model(src: Path, info: TeacherInfo, dst: Path | None = None) -> Path:
+    """Stamp `info` into the model's metadata (in place when dst is None); checked first."""
+    import onnx
+
+    dst = Path(dst or src)
+    model = _load_onnx(src)
+    _check_fields(info, str(src))
+    _check_model(info, model, str(src))
+    keep = [p for p in model.metadata_props if not p.key.startswith(_PREFIX)]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for k, v in info.to_metadata().items():
+        model.metadata_props.add(key=k, value=v)
+    tmp = dst.with_name(dst.name + ".tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(dst)
+    return dst
+
+
+# --------------------------------------------------------------------------- providers
+
+
+def _cuda_libraries_load() -> bool:
+    """The driver and the CUDA libraries onnxruntime's CUDA provider links against are loadable."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    import onnxruntime as ort
+
+    if hasattr(ort, "preload_dlls"):  # ORT ≥ 1.21 can load CUDA/cuDNN from the nvidia-* wheels
+        try:
+            ort.preload_dlls()
+        except Exception:  # best effort; the probe session below decides
+            pass
+    return True
+
+
+def _probe_model() -> bytes:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+
+
+@functools.lru_cache(maxsize=1)
+def pick_providers() -> tuple[str, ...]:
+    """('CUDAExecutionProvider', 'CPUExecutionProvider') when CUDA really works, else CPU only.
+
+    Quiet: asking onnxruntime-gpu for CUDA on a machine without it prints red load errors, so
+    the driver is checked first and a tiny probe session runs with the logger silenced.
+    """
+    import onnxruntime as ort
+
+    cpu = ("CPUExecutionProvider",)
+    if "CUDAExecutionProvider" not in ort.get_available_providers() or not _cuda_libraries_load():
+        return cpu
+    ort.set_default_logger_severity(4)
+    try:
+        sess = ort.InferenceSession(_probe_model(),
+                                    providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        ok = "CUDAExecutionProvider" in sess.get_providers()
+    except Exception:
+        ok = False
+    finally:
+        ort.set_default_logger_severity(2)
+    return ("CUDAExecutionProvider",) + cpu if ok else cpu
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def simcc_to_grid(p: np.ndarray, split: float, stride: float, size: int) -> np.ndarray:
+    """1-D SimCC probabilities p: (..., bins) → mass per store-grid pixel: (..., size).
+
+    Bin i sits at crop coordinate i/split and covers [i - 0.5, i + 0.5) in bin units; grid pixel
+    j covers crop [j·stride - 0.5, (j+1)·stride - 0.5) (geometry's crop → heatmap convention).
+    The mass of each pixel is read off the piecewise-linear CDF, so the total is preserved.
+    """
+    bins = p.shape[-1]
+    cdf = np.concatenate([np.zeros(p.shape[:-1] + (1,)), np.cumsum(p, -1, dtype=np.float64)], -1)
+    edges_b = np.arange(bins + 1) - 0.5  # bin boundaries, bin units
+    edges_g = split * (np.arange(size + 1) * stride - 0.5)  # grid pixel boundaries, bin units
+    flat = cdf.reshape(-1, bins + 1)
+    at = np.stack([np.interp(edges_g, edges_b, row) for row in flat])
+    return np.diff(at, axis=-1).reshape(p.shape[:-1] + (size,)).astype(np.float32)
+
+
+class Teacher:
+    """An ONNX teacher ready to run: crops → (N, K, h, w) soft heatmaps in its native order."""
+
+    def __init__(self, path: Path, providers: list[str] | None = None, threads: int = 0):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.info = read_info(self.path)
+        self.sha256 = file_sha256(self.path)
+        self.skeleton = get_skeleton(self.info.skeleton)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads  # 0 = onnxruntime's default (all cores)
+        opts.inter_op_num_threads = 1 if threads else 0
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts,
+                                                providers=list(providers or pick_providers()))
+        except Exception as e:  # onnxruntime raises its own types for bad graphs
+            raise UniError(f"{self.path}: onnxruntime cannot load it ({str(e)[:200]})") from None
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        self.output_names = list(_output_names(
+            self.info, [o.name for o in self.session.get_outputs()]))
+        w, h = self.info.input_wh
+        # One probe run: the real output shapes, whatever the graph declares.
+        probe = self._run(np.zeros((1, 3, h, w), np.float32))
+        _check_outputs(self.info, {n: list(o.shape) for n, o in zip(
+            self.output_names, probe, strict=True)}, str(self.path))
+        if self.info.head == "simcc":
+            self.heatmap_wh = (round(w / SIMCC_STRIDE), round(h / SIMCC_STRIDE))
+        else:
+            self.heatmap_wh = (probe[0].shape[3], probe[0].shape[2])
+
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+        """x: (N, 3, H, W) float32 → raw outputs, batched as the model allows."""
+        b = self.fixed_batch or len(x)
+        parts = []
+        for i in range(0, len(x), b):
+            chunk = x[i:i + b]
+            n = len(chunk)
+            if n < b:  # fixed-batch model: pad the last chunk
+                chunk = np.concatenate([chunk, np.zeros((b - n,) + chunk.shape[1:], chunk.dtype)])
+            outs = self.session.run(self.output_names, {self.input_name: chunk})
+            parts.append([o[:n] for o in outs])
+        return [np.concatenate(p) for p in zip(*parts, strict=True)]
+
+    def _to_heatmaps(self, outs: list[np.ndarray]) -> np.ndarray:
+        """Raw outputs → (N, K, h, w) float32 non-negative maps on the store grid."""
+        k, act = self.info.num_keypoints, self.info.activation
+        if self.info.head == "heatmap":
+            hm = outs[0][:, :k].astype(np.float32)
+            if act == "sigmoid":
+                return 1.0 / (1.0 + np.exp(-hm))
+            if act == "softmax":
+                n, _, h, w = hm.shape
+                return _softmax(hm.reshape(n, k, h * w), -1).reshape(n, k, h, w)
+            return np.maximum(hm, 0.0)
+        w, h = self.heatmap_wh
+        px, py = (o[:, :k].astype(np.float32) for o in outs)
+        if act == "softmax":
+            px, py = _softmax(px, -1), _softmax(py, -1)
+        else:
+            px, py = np.maximum(px, 0.0), np.maximum(py, 0.0)
+        split = self.info.simcc_split
+        gx = simcc_to_grid(px, split, self.info.input_wh[0] / w, w)  # (N, K, w)
+        gy = simcc_to_grid(py, split, self.info.input_wh[1] / h, h)  # (N, K, h)
+        return gy[..., :, None] * gx[..., None, :]
+
+    def predict(self, crops: np.ndarray, flip_test: bool = True) -> np.ndarray:
+        """crops: (N, H, W, 3) uint8 RGB → (N, K, h, w) float32 soft heatmaps, native order.
+
+        Flip test: the mirrored crop's maps are mirrored back (x → w - 1 - x, as
+        geometry.flip_affine), left/right channels swapped, and averaged with the plain ones.
+        """
+        w, h = self.info.input_wh
+        if crops.ndim != 4 or crops.shape[1:] != (h, w, 3):
+            raise ValueError(f"crops must be (N, {h}, {w}, 3), got {crops.shape}")
+        x = normalize(crops, self.info.mean, self.info.std, self.info.bgr)  # (N, 3, H, W)
+        n = len(x)
+        if flip_test:
+            x = np.concatenate([x, x[..., ::-1]])
+        hm = self._to_heatmaps(self._run(np.ascontiguousarray(x)))
+        if not flip_test:
+            return hm
+        back = hm[n:, self.skeleton.flip_index, :, ::-1]
+        return np.ascontiguousarray((hm[:n] + back) * 0.5, dtype=np.float32)

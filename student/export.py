@@ -1,0 +1,72 @@
+"""A trained student → a described ONNX model (`uni export`), usable anywhere a teacher is.
+
+The graph has a dynamic batch axis; its metadata (pipeline.teachers.describe_model) says
+skeleton unified21, heatmap head, the run's input size, SPEC default normalisation, activation
+none. Before the file appears, onnxruntime must reproduce PyTorch on a random batch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.crops import DEFAULT_MEAN, DEFAULT_STD
+from pipeline.errors import UniError
+from pipeline.geometry import PADDING
+
+TOLERANCE = 1e-4  # max |onnxruntime - torch| on the check batch
+
+
+def export_model(model: torch.nn.Module, input_wh: tuple[int, int], name: str, out: Path,
+                 check_batch: int = 3, seed: int = 0) -> tuple[Path, float]:
+    """Export `model` (normalised (N, 3, H, W) → (N, 21, H/4, W/4)) to `out`, described.
+
+    Returns (out, max |diff| between onnxruntime and torch on a random batch of check_batch).
+    """
+    import onnxruntime as ort
+
+    from pipeline.teachers import TeacherInfo, describe_model
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    w, h = int(input_wh[0]), int(input_wh[1])
+    model = model.eval().cpu()
+    raw = out.with_name(out.name + ".export.tmp")
+    try:
+        with torch.no_grad():
+            torch.onnx.export(model, torch.zeros(1, 3, h, w), str(raw), dynamo=False,
+                              input_names=["image"], output_names=["heatmaps"], opset_version=17,
+                              dynamic_axes={"image": {0: "n"}, "heatmaps": {0: "n"}})
+        # A batch size other than the traced one checks that the batch axis is really dynamic.
+        x = torch.randn(check_batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            ref = model(x).numpy()
+        sess = ort.InferenceSession(str(raw), providers=["CPUExecutionProvider"])
+        got = sess.run(["heatmaps"], {"image": x.numpy()})[0]
+        if got.shape != ref.shape:
+            raise UniError(f"{out}: onnxruntime output shape {got.shape} != torch {ref.shape}")
+        diff = float(np.abs(got - ref).max())
+        if not diff <= TOLERANCE:
+            raise UniError(f"{out}: onnxruntime and torch outputs differ by {diff:.2e} "
+                           f"(> {TOLERANCE:g}); not written")
+        info = TeacherInfo(name=name, skeleton="unified21", head="heatmap", input_wh=(w, h),
+                           mean=DEFAULT_MEAN, std=DEFAULT_STD, outputs=("heatmaps",),
+                           activation="none", padding=PADDING)
+        describe_model(raw, info, out)
+    finally:
+        if raw.exists():
+            os.remove(raw)
+    return out, diff
+
+
+def export_onnx(run: Path, out: Path, name: str | None = None) -> tuple[Path, float]:
+    """RUN (run directory or .pt) → described ONNX at `out`; see export_model."""
+    from student.train import load_student
+
+    run = Path(run)
+    model, cfg = load_student(run)
+    name = name or (run.name if run.is_dir() else run.parent.name or run.stem)
+    return export_model(model, tuple(cfg["input_wh"]), name, out)

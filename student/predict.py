@@ -1,0 +1,257 @@
+"""Models → 21 unified keypoints per person box (`uni predict`, and the first half of evaluate).
+
+A MODEL is a student (run directory or .pt checkpoint) or a described ONNX model (an exported
+student or any teacher). Both become a `Predictor`: person crops → unified heatmaps plus the
+mask of unified keypoints the model knows; a teacher's missing keypoints get score 0 at (0, 0).
+
+Top-down on given boxes: crop (pipeline.crops, the model's padding), run with the flip test,
+decode peaks (pipeline.heatmaps), map heatmap pixels back through the inverse of
+crop → heatmap ∘ image → crop. Keypoint score = heatmap peak value.
+Instance score (MMPose "bbox_keypoint" rescoring): box score × mean of the keypoint scores
+above KEYPOINT_SCORE_THRESHOLD among the keypoints the model knows (0 when none is).
+
+`uni predict` boxes: a COCO detection results JSON (list of {image_id, bbox, score,
+category_id}); an image matches the image_id equal to the number formed by the digits of its
+file name (COCO style: 000000000785.jpg → 785). Without --boxes the whole image is one box.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.crops import DEFAULT_MEAN, DEFAULT_STD, crop_person, normalize, read_image
+from pipeline.errors import UniError
+from pipeline.geometry import PADDING, apply, compose, crop_to_heatmap, invert
+from pipeline.heatmaps import decode_heatmaps, merge_flipped
+from pipeline.skeletons import NUM_UNIFIED, UNIFIED, get_skeleton
+
+KEYPOINT_SCORE_THRESHOLD = 0.2  # MMPose's keypoint_score_thr for instance rescoring
+
+
+class Predictor:
+    """crops (N, H, W, 3) uint8 RGB → unified heatmaps (N, 21, h, w) float32.
+
+    name, input_wh (w, h), padding (crop box = person box × padding), known: (21,) bool.
+    """
+
+    name: str
+    input_wh: tuple[int, int]
+    padding: float = PADDING
+    known: np.ndarray
+
+    def heatmaps(self, crops: np.ndarray, flip: bool = True) -> np.ndarray:
+        raise NotImplementedError
+
+
+class StudentPredictor(Predictor):
+    """A torch student: inputs normalised with the SPEC defaults (RGB, ImageNet mean / std)."""
+
+    def __init__(self, model: torch.nn.Module, name: str, input_wh: tuple[int, int],
+                 device: str | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.eval().to(self.device)
+        self.name, self.input_wh = name, (int(input_wh[0]), int(input_wh[1]))
+        self.known = np.ones(NUM_UNIFIED, dtype=bool)
+
+    def heatmaps(self, crops: np.ndarray, flip: bool = True) -> np.ndarray:
+        x = torch.from_numpy(normalize(crops, DEFAULT_MEAN, DEFAULT_STD)).to(self.device)
+        with torch.inference_mode():
+            # Negatives clipped, as Teacher does for activation "none": the exported ONNX
+            # student then decodes exactly like this one.
+            plain = self.model(x).float().clamp_(min=0).cpu().numpy()  # (N, 21, h, w)
+            if not flip:
+                return plain
+            flipped = self.model(x.flip(-1)).float().clamp_(min=0).cpu().numpy()
+        return merge_flipped(plain, flipped, UNIFIED.flip_index)
+
+
+class OnnxPredictor(Predictor):
+    """A described ONNX model (pipeline.teachers.Teacher), native channels moved to unified."""
+
+    def __init__(self, path: Path):
+        from pipeline.teachers import Teacher
+
+        self.teacher = Teacher(path)
+        info = self.teacher.info
+        self.skeleton = get_skeleton(info.skeleton)
+        self.name, self.input_wh, self.padding = info.name, tuple(info.input_wh), info.padding
+        self.known = self.skeleton.unified_mask
+
+    def heatmaps(self, crops: np.ndarray, flip: bool = True) -> np.ndarray:
+        from pipeline.skeletons import native_to_unified
+
+        hm = self.teacher.predict(crops, flip_test=flip)  # (N, K, h, w) native order
+        n, k, h, w = hm.shape
+        return native_to_unified(hm.reshape(n, k, h * w), self.skeleton).reshape(
+            n, NUM_UNIFIED, h, w)
+
+
+def load_predictor(path: Path, device: str | None = None) -> Predictor:
+    """MODEL (run directory, .pt checkpoint or described .onnx) → Predictor."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        return OnnxPredictor(path)
+    from student.train import load_student
+
+    model, cfg = load_student(path)
+    name = path.name if path.is_dir() else path.parent.name or path.stem
+    return StudentPredictor(model, name, tuple(cfg["input_wh"]), device)
+
+
+def instance_score(keypoints: np.ndarray, known: np.ndarray, box_score: float = 1.0,
+                   threshold: float = KEYPOINT_SCORE_THRESHOLD) -> float:
+    """keypoints: (21, 3) [x, y, score] → box_score × mean of known scores above threshold."""
+    s = keypoints[known, 2]
+    s = s[s > threshold]
+    return float(box_score * s.mean()) if s.size else 0.0
+
+
+def predict_boxes(predictor: Predictor, items: list[tuple[Path, np.ndarray]], flip: bool = True,
+                  batch_size: int = 32, progress: bool = True) -> np.ndarray:
+    """items: (image path, person box (4,) x, y, w, h) → keypoints (N, 21, 3) [x, y, score].
+
+    Image coordinates; unknown keypoints are (0, 0, 0). Each image is read once.
+    """
+    if batch_size < 1:
+        raise UniError(f"--batch-size must be at least 1, got {batch_size}")
+    out = np.zeros((len(items), NUM_UNIFIED, 3), dtype=np.float64)
+    order = sorted(range(len(items)), key=lambda i: str(items[i][0]))  # stable: by image
+    w, h = predictor.input_wh
+    bar = tqdm(total=len(items), unit="person", desc=f"predict {predictor.name}",
+               file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    image_path, image = None, None
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        crops, affines = [], []
+        for i in idx:
+            path, bbox = items[i]
+            if path != image_path:
+                image_path, image = path, read_image(path)
+            crop, affine = crop_person(image, np.asarray(bbox, np.float64), (w, h),
+                                       predictor.padding)
+            crops.append(crop)
+            affines.append(affine)
+        hm = predictor.heatmaps(np.stack(crops), flip)  # (B, 21, hh, hw)
+        coords, scores = decode_heatmaps(hm)  # heatmap px (B, 21, 2), (B, 21)
+        hm_wh = (hm.shape[3], hm.shape[2])
+        to_grid = crop_to_heatmap((w, h), hm_wh)
+        for j, i in enumerate(idx):
+            back = invert(compose(to_grid, affines[j]))  # heatmap px → image px
+            out[i, :, :2] = apply(back, coords[j])
+            out[i, :, 2] = scores[j]
+        bar.update(len(idx))
+    bar.close()
+    out[:, ~predictor.known] = 0.0
+    return out
+
+
+# --------------------------------------------------------------------------- uni predict
+
+
+def image_id_from_name(path: Path) -> int | None:
+    """COCO style: the digits of the file name as a number (000000000785.jpg → 785)."""
+    digits = re.sub(r"\D", "", Path(path).stem)
+    return int(digits) if digits else None
+
+
+def load_detections(path: Path, score_threshold: float = 0.0) -> dict[int, list[tuple]]:
+    """COCO detection results JSON → {image_id: [(bbox (4,), score), …]}, person boxes only."""
+    path = Path(path)
+    if not path.is_file():
+        raise UniError(f"{path}: detections file not found")
+    try:
+        data = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UniError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, list):
+        raise UniError(f"{path}: expected a list of detections")
+    boxes: dict[int, list[tuple]] = {}
+    for i, d in enumerate(data):
+        where = f"{path}: detection {i}"
+        if not isinstance(d, dict) or not {"image_id", "bbox"} <= d.keys():
+            raise UniError(f"{where}: expected an object with 'image_id' and 'bbox'")
+        if d.get("category_id", 1) != 1:  # COCO's person category
+            continue
+        image_id = d["image_id"]
+        if isinstance(image_id, bool) or not isinstance(image_id, int):
+            raise UniError(f"{where} field 'image_id': expected an integer, got {image_id!r:.40}")
+        try:
+            bbox = np.asarray(d["bbox"], dtype=np.float64).reshape(4)
+            score = float(d.get("score", 1.0))
+        except (TypeError, ValueError):
+            raise UniError(f"{where}: 'bbox' must be 4 numbers and 'score' a number") from None
+        if not (np.isfinite(bbox).all() and np.isfinite(score)) or bbox[2] <= 0 or bbox[3] <= 0:
+            raise UniError(f"{where} field 'bbox': expected finite x, y, w, h with w, h > 0")
+        if score >= score_threshold:
+            boxes.setdefault(image_id, []).append((bbox, score))
+    return boxes
+
+
+def predict_images(model: Path, images: Iterable[Path], out_dir: Path,
+                   boxes: Path | None = None, score_threshold: float = 0.3,
+                   draw_threshold: float = 0.3, flip: bool = True, batch_size: int = 32,
+                   progress: bool = True) -> list[Path]:
+    """Draw the 21-keypoint skeleton of every person on each image → DIR/<image>.png, and
+    DIR/predictions.json (evaluate's predictions format plus 'image', 'bbox', 'box_score')."""
+    from pipeline.draw import draw_box, draw_skeleton, save_rgb
+
+    images = [Path(p) for p in images]
+    stems = [p.stem for p in images]
+    dup = next((s for s in stems if stems.count(s) > 1), None)
+    if dup is not None:
+        raise UniError(f"two images would both be written as {dup}.png; rename one")
+    for p in images:
+        if not p.is_file():
+            raise UniError(f"{p}: image file not found")
+    dets = load_detections(boxes, score_threshold) if boxes else None
+    predictor = load_predictor(model)
+    items, owners = [], []  # owners: (image index, box score)
+    for k, p in enumerate(images):
+        if dets is None:
+            height, width = read_image(p).shape[:2]
+            found = [(np.array([0.0, 0.0, width, height]), 1.0)]
+        else:
+            image_id = image_id_from_name(p)
+            found = dets.get(image_id, []) if image_id is not None else []
+            if not found:
+                print(f"uni: {p}: no person box (image id {image_id})", file=sys.stderr)
+        for bbox, score in found:
+            items.append((p, bbox))
+            owners.append((k, score))
+    kps = predict_boxes(predictor, items, flip, batch_size, progress)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records: list[dict] = []
+    written = []
+    for k, p in enumerate(images):
+        canvas = read_image(p)
+        for n, ((owner, box_score), (_, bbox)) in enumerate(zip(owners, items, strict=True)):
+            if owner != k:
+                continue
+            kp = kps[n]
+            draw_box(canvas, bbox, copy=False)
+            draw_skeleton(canvas, kp, threshold=draw_threshold, copy=False)
+            records.append({
+                "instance_id": len(records), "image_id": image_id_from_name(p),
+                "image": p.name, "bbox": [round(float(v), 2) for v in bbox],
+                "box_score": float(box_score),
+                "keypoints": [[round(float(x), 2), round(float(y), 2), float(s)]
+                              for x, y, s in kp],
+                "score": instance_score(kp, predictor.known, box_score)})
+        path = out_dir / f"{p.stem}.png"
+        save_rgb(path, canvas)
+        written.append(path)
+    dst = out_dir / "predictions.json"
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.write_text(json.dumps(records))
+    os.replace(tmp, dst)
+    return written + [dst]

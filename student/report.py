@@ -1,0 +1,149 @@
+"""The paper's cross-dataset table (`uni report`): every model on every dataset, plus Average.
+
+One row per model, one column per dataset metric ("coco AP", "mpii PCKh@0.5", "halpe AP"; a
+format given twice gets its annotation file's stem too). "Average" is the paper's average
+accuracy (SPEC "Cross-dataset table"): the mean of the COCO-format AP and MPII PCKh columns,
+present when the table has both kinds; Halpe columns are reported but not averaged.
+Outputs: markdown on stdout; report.md, report.csv and report.png (grouped bars) in --out.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.datasets import parse_spec
+from pipeline.errors import UniError
+
+AVERAGE = "Average"
+AVERAGED_FORMATS = ("coco", "mpii")
+
+
+def _columns(specs: list[str], metrics: dict[str, str]) -> dict[str, str]:
+    """spec → column label: 'FORMAT METRIC', plus the annotation stem when FORMAT repeats."""
+    formats = [parse_spec(s).format for s in specs]
+    out = {}
+    for s, fmt in zip(specs, formats, strict=True):
+        label = fmt if formats.count(fmt) == 1 else f"{fmt}:{parse_spec(s).annotations.stem}"
+        if label in out.values():
+            label = s  # same format and stem twice: only the full spec tells them apart
+        out[s] = f"{label} {metrics[s]}"
+    return out
+
+
+def report_rows(results: dict[str, dict[str, dict]]) -> list[dict]:
+    """{model name: {spec: evaluate result}} → rows [{"model": name, column: value | None, …,
+    "Average": value | None}] in a fixed column order (specs in first-seen order)."""
+    specs: list[str] = []
+    metrics: dict[str, str] = {}
+    for per_spec in results.values():
+        for s, r in per_spec.items():
+            if s not in metrics:
+                specs.append(s)
+                metrics[s] = r["metric"]
+    cols = _columns(specs, metrics)
+    averaged = [s for s in specs if parse_spec(s).format in AVERAGED_FORMATS]
+    with_average = {parse_spec(s).format for s in averaged} == set(AVERAGED_FORMATS)
+    rows = []
+    for name, per_spec in results.items():
+        row: dict = {"model": name}
+        for s in specs:
+            row[cols[s]] = float(per_spec[s]["value"]) if s in per_spec else None
+        if with_average:
+            vals = [row[cols[s]] for s in averaged]
+            row[AVERAGE] = None if None in vals else float(np.mean(vals))
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Rows → a markdown table, numbers with two decimals, missing ones as '—'."""
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "|".join(["---"] + ["---:"] * (len(keys) - 1))
+             + "|"]
+    for r in rows:
+        cells = [str(r["model"])] + ["—" if r[k] is None else f"{r[k]:.2f}" for k in keys[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def bar_chart(rows: list[dict], path: Path) -> Path:
+    """Grouped bars: one group per column, one bar per model (matplotlib, no display)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    keys = list(rows[0])[1:]
+    width = 0.8 / len(rows)
+    fig = Figure(figsize=(max(6.0, 1.6 * len(keys) + 1), 4.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    x = np.arange(len(keys))
+    for i, r in enumerate(rows):
+        vals = [np.nan if r[k] is None else r[k] for k in keys]
+        bars = ax.bar(x + (i - (len(rows) - 1) / 2) * width, vals, width, label=str(r["model"]))
+        ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.1f}" for v in vals],
+                     fontsize=7, padding=1)
+    ax.set_xticks(x, keys)
+    ax.set_ylabel("AP / PCKh@0.5 (0–100)")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title("Every model on every dataset")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    _atomic(path, buf.getvalue())
+    return path
+
+
+def write_report(rows: list[dict], out_dir: Path) -> list[Path]:
+    """report.md, report.csv (empty cell = not evaluated) and report.png into out_dir."""
+    if not rows:
+        raise UniError("report: no rows to write")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = out_dir / "report.md"
+    _atomic(md, (markdown_table(rows) + "\n").encode())
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    csv_path = out_dir / "report.csv"
+    _atomic(csv_path, buf.getvalue().encode())
+    return [md, csv_path, bar_chart(rows, out_dir / "report.png")]
+
+
+def report(runs: list[Path], specs: list[str], out_dir: Path | None = None,
+           names: list[str] | None = None, head_boxes: Path | None = None, flip: bool = True,
+           progress: bool = True) -> tuple[str, list[Path]]:
+    """Evaluate every run on every spec → (markdown table, files written)."""
+    from student.evaluate import as_predictions, evaluate_dataset, load_datasets, predict_datasets
+    from student.predict import load_predictor
+
+    if names is not None and len(names) != len(runs):
+        raise UniError(f"--names: {len(names)} names for {len(runs)} runs")
+    datasets = load_datasets(list(specs), head_boxes)
+    results: dict[str, dict[str, dict]] = {}
+    for i, run in enumerate(runs):
+        predictor = load_predictor(run)
+        name = names[i] if names else predictor.name
+        if name in results:
+            raise UniError(f"{run}: two runs are both named {name!r}; give --names")
+        records = predict_datasets(predictor, datasets, flip, progress=progress)
+        results[name] = {s: evaluate_dataset(ds, as_predictions(rs))
+                         for s, ds, rs in zip(specs, datasets, records, strict=True)}
+    rows = report_rows(results)
+    written = write_report(rows, out_dir) if out_dir is not None else []
+    return markdown_table(rows), written

@@ -1,0 +1,149 @@
+"""Shared fixtures: the real sample data in /work/shared and one small synthetic dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DATA = SHARED / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """/work/shared: SPEC.md, data/, models/."""
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """Real sample annotations and images (read-only; copy before changing)."""
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    """A small synthetic dataset (60 persons per dataset, seed 0), generated once per session.
+
+    Layout: coco/{train,val}.json, mpii/{train,val}.json, halpe/val.json, <fmt>/images/.
+    Read-only for tests: copy before changing.
+    """
+    from pipeline.synth import generate
+
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, persons=60, seed=0, progress=False)
+    return out
+
+
+# --------------------------------------------------------------------------- tiny ONNX teachers
+
+COCO_SPEC = f"coco:{DATA / 'coco/test_coco.json'}"
+
+
+def _export(model, input_wh: tuple[int, int], path: Path, outputs: list[str]) -> Path:
+    """A torch module → ONNX with a dynamic batch axis."""
+    import torch
+
+    w, h = input_wh
+    model.eval()
+    with torch.no_grad():
+        torch.onnx.export(model, torch.zeros(1, 3, h, w), str(path), dynamo=False,
+                          input_names=["image"], output_names=outputs,
+                          dynamic_axes={"image": {0: "n"}, **{o: {0: "n"} for o in outputs}})
+    return path
+
+
+def make_heatmap_teacher(path: Path, k: int = 17, input_wh=(48, 64), extra: int = 0,
+                         seed: int = 0) -> Path:
+    """A few random convs: (N, 3, 64, 48) → (N, k + extra, 16, 12) heatmap logits."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, 2, 1),
+                          nn.ReLU(), nn.Conv2d(16, k + extra, 3, 1, 1))
+    return _export(model, input_wh, path, ["heatmaps"])
+
+
+def make_simcc_teacher(path: Path, k: int = 17, input_wh=(48, 64), split: float = 2.0,
+                       seed: int = 0) -> Path:
+    """Random convs + two linear heads: (N, 3, H, W) → x (N, k, W·split), y (N, k, H·split)."""
+    import torch
+    from torch import nn
+
+    w, h = input_wh
+    wx, hy = round(w * split), round(h * split)
+
+    class SimCC(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 4, 1), nn.ReLU(),
+                                      nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU(), nn.Flatten())
+            feat = 8 * ((h + 7) // 8) * ((w + 7) // 8)
+            self.x = nn.Linear(feat, k * wx)
+            self.y = nn.Linear(feat, k * hy)
+
+        def forward(self, image):
+            f = self.body(image)
+            return self.x(f).reshape(-1, k, wx) * 8, self.y(f).reshape(-1, k, hy) * 8
+
+    torch.manual_seed(seed)
+    return _export(SimCC(), input_wh, path, ["simcc_x", "simcc_y"])
+
+
+@pytest.fixture(scope="session")
+def heatmap_teacher(tmp_path_factory) -> Path:
+    """A described coco17 heatmap teacher (input 48×64, grid 12×16, sigmoid)."""
+    from pipeline.teachers import TeacherInfo, describe_model
+
+    path = make_heatmap_teacher(tmp_path_factory.mktemp("teachers") / "hm.onnx")
+    info = TeacherInfo(name="hm", skeleton="coco17", head="heatmap", input_wh=(48, 64),
+                       activation="sigmoid")
+    return describe_model(path, info)
+
+
+@pytest.fixture(scope="session")
+def simcc_teacher(tmp_path_factory) -> Path:
+    """A described mpii16 SimCC teacher (input 48×64, split 2)."""
+    from pipeline.teachers import TeacherInfo, describe_model
+
+    path = make_simcc_teacher(tmp_path_factory.mktemp("teachers") / "simcc.onnx", k=16)
+    info = TeacherInfo(name="simcc", skeleton="mpii16", head="simcc", input_wh=(48, 64),
+                       activation="softmax")
+    return describe_model(path, info)
+
+
+@pytest.fixture(scope="session")
+def coco_crops():
+    """(12, 64, 48, 3) uint8: every labelled person of the real COCO sample, cropped."""
+    import numpy as np
+
+    from pipeline.crops import crop_person, read_image
+    from pipeline.datasets import load_dataset
+
+    ds = load_dataset(COCO_SPEC)
+    return np.stack([crop_person(read_image(i.image_path), i.bbox, (48, 64))[0]
+                     for i in ds.instances])
+
+
+@pytest.fixture(scope="session")
+def tiny_student_run(tmp_path_factory) -> Path:
+    """A run directory holding best.pt of an untrained tiny student (input 48×64, seed 0).
+
+    Its head weights are scaled up so heatmaps have distinct peaks (not near-flat noise).
+    """
+    import torch
+
+    from student.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    with torch.no_grad():
+        model.head.weight.mul_(300.0)
+    run = tmp_path_factory.mktemp("runs") / "tiny_run"
+    run.mkdir()
+    torch.save({"model": model.state_dict(), "config": {"model": "tiny", "input_wh": [48, 64]}},
+               run / "best.pt")
+    return run

@@ -1,0 +1,212 @@
+"""Stage one's caching job: stores match direct teacher runs, resume, refusal, workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import DATA
+
+from pipeline.cache import cache_teachers, format_summary, store_name
+from pipeline.crops import crop_person, read_image
+from pipeline.datasets import load_dataset
+from pipeline.errors import UniError
+from pipeline.geometry import compose, crop_to_heatmap
+from pipeline.heatmaps import decode_heatmaps
+from pipeline.teachers import Teacher
+from stores.heatmap_store import StoreWriter, open_store
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGES = DATA / "coco/images"
+
+
+def _coco(tmp: Path, times: int = 1, name: str = "ann.json", images: Path = IMAGES) -> str:
+    """The real COCO sample with its annotations repeated `times` times (new ids) → data spec."""
+    data = json.loads((DATA / "coco/test_coco.json").read_text())
+    anns = data["annotations"]
+    data["annotations"] = [dict(a, id=r * 1_000_000 + a["id"]) for r in range(times)
+                           for a in anns]
+    (tmp / name).write_text(json.dumps(data))
+    return f"coco:{tmp / name}:{images}"
+
+
+def _contents(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(done (N,), heatmaps (N, K, h, w), affines (N, 2, 3)) of a store, decoded; rows not
+    done are zero."""
+    r = open_store(path)
+    k, h, w = r.meta.heatmap_shape
+    hm, aff = np.zeros((len(r), k, h, w), np.float32), np.zeros((len(r), 2, 3))
+    for row in np.flatnonzero(r.done):
+        hm[row], aff[row] = r.read(row)
+    return np.asarray(r.done), hm, aff
+
+
+@pytest.mark.parametrize("teacher", ["heatmap_teacher", "simcc_teacher"])
+def test_store_matches_direct_run(teacher, request, tmp_path):
+    path = request.getfixturevalue(teacher)
+    spec = _coco(tmp_path)
+    (s,) = cache_teachers([spec], [path], tmp_path / "out", workers=1, progress=False)
+    assert s.computed == s.instances == 12 and not s.skipped
+    assert "12 instances, 12 computed, 0 skipped" in format_summary(s)
+    ds = load_dataset(spec)
+    assert s.path == tmp_path / "out" / store_name(Teacher(path).info.name, ds)
+    done, stored, affines = _contents(s.path)
+    assert done.all()
+
+    t = Teacher(path)
+    reader = open_store(s.path)
+    for inst in ds.instances:
+        row = reader.row_of[inst.instance_id]
+        crop, crop_aff = crop_person(read_image(inst.image_path), inst.bbox, t.info.input_wh,
+                                     t.info.padding)
+        raw = t.predict(crop[None])[0]  # (K, h, w) float32
+        want_aff = compose(crop_to_heatmap(t.info.input_wh, t.heatmap_wh), crop_aff)
+        np.testing.assert_allclose(affines[row], want_aff, rtol=1e-9, atol=1e-9)
+        # uint8 quantisation per keypoint: error within ~1/255 of each channel's peak
+        # (plus the zeroed background under the store's small threshold).
+        peak = raw.max(axis=(1, 2), keepdims=True)
+        assert (np.abs(stored[row] - raw) <= 0.02 * peak + 1e-7).all()
+        got_xy, _ = decode_heatmaps(stored[row][None])
+        raw_xy, _ = decode_heatmaps(raw[None])
+        assert np.abs(got_xy - raw_xy).max() <= 0.5
+
+
+def test_up_to_date_mismatch_overwrite(heatmap_teacher, simcc_teacher, tmp_path):
+    spec, out = _coco(tmp_path), tmp_path / "out"
+    (first,) = cache_teachers([spec], [heatmap_teacher], out, workers=1, progress=False)
+    before = _contents(first.path)
+
+    t0 = time.perf_counter()
+    (again,) = cache_teachers([spec], [heatmap_teacher], out, workers=4, progress=False)
+    assert again.up_to_date and time.perf_counter() - t0 < 5  # no cluster started
+    assert "up to date" in format_summary(again)
+
+    # Same store name, different settings: refused in one line, store untouched.
+    with pytest.raises(UniError, match="flip") as e:
+        cache_teachers([spec], [heatmap_teacher], out, workers=1, flip=False, progress=False)
+    assert "--overwrite" in str(e.value) and "\n" not in str(e.value)
+    np.testing.assert_array_equal(_contents(first.path)[1], before[1])
+
+    (rebuilt,) = cache_teachers([spec], [heatmap_teacher], out, workers=1, flip=False,
+                                overwrite=True, progress=False)
+    assert rebuilt.path == first.path and rebuilt.computed == 12
+    assert not list(out.glob("*.tmp"))
+    no_flip = _contents(first.path)
+    assert not np.allclose(no_flip[1], before[1], atol=1e-3)
+    np.testing.assert_array_equal(no_flip[2], before[2])  # same crops, same affines
+
+
+def test_unreadable_images_skipped_or_strict(heatmap_teacher, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(IMAGES, images)
+    victim = sorted(images.iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:100])  # truncated JPEG
+    spec, out = _coco(tmp_path, images=images), tmp_path / "out"
+    n_victim = sum(i.image_path == victim.resolve() for i in load_dataset(spec).instances)
+    assert n_victim > 0
+
+    with pytest.raises(UniError, match=re.escape(str(victim))):
+        cache_teachers([spec], [heatmap_teacher], out, workers=1, strict=True, progress=False)
+    path = next(out.glob("*.h5"))  # the partial store stays, resumable
+
+    # A second writer on the same store is refused while the first holds it.
+    with StoreWriter(path), pytest.raises(UniError, match="is being written by pid"):
+        cache_teachers([spec], [heatmap_teacher], out, workers=1, progress=False)
+
+    (s,) = cache_teachers([spec], [heatmap_teacher], out, workers=1, progress=False)
+    assert len(s.skipped) == n_victim and s.computed + n_victim == s.instances
+    text = format_summary(s)
+    assert f"{n_victim} skipped" in text and str(victim) in text
+    done, _, _ = _contents(s.path)
+    r = open_store(s.path)
+    skipped_rows = [r.row_of[i] for i in s.skipped]
+    assert done.sum() + n_victim == s.instances and not done[skipped_rows].any()
+
+
+def test_two_workers_match_one(heatmap_teacher, tmp_path):
+    spec = _coco(tmp_path, times=3)
+    (one,) = cache_teachers([spec], [heatmap_teacher], tmp_path / "one", workers=1,
+                            batch_size=5, progress=False)
+    (two,) = cache_teachers([spec], [heatmap_teacher], tmp_path / "two", workers=2,
+                            batch_size=5, progress=False)
+    assert one.computed == two.computed == 36
+    for a, b in zip(_contents(one.path), _contents(two.path), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_kill_and_resume_equals_uninterrupted(heatmap_teacher, tmp_path):
+    times, batch = 80, 8
+    spec = _coco(tmp_path, times=times)
+    total = 12 * times
+    (ref,) = cache_teachers([spec], [heatmap_teacher], tmp_path / "ref", workers=1,
+                            batch_size=batch, progress=False)
+    out = tmp_path / "out"
+    cmd = [str(REPO / ".venv/bin/uni"), "cache-teachers", "--data", spec, "--teacher",
+           str(heatmap_teacher), "--out", str(out), "--workers", "1",
+           "--batch-size", str(batch)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+                            start_new_session=True)
+    seen, buf = 0, b""
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        buf += os.read(proc.stderr.fileno(), 4096)
+        counts = re.findall(rb"(\d+)/%d" % total, buf)
+        seen = int(counts[-1]) if counts else 0
+        if seen >= 2 * batch:  # the store exists and some batches are in
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 2 * batch <= seen < total, f"killed at {seen}/{total}"
+    done_at_kill = int(np.asarray(open_store(next(out.glob("*.h5"))).done).sum())
+    assert 0 < done_at_kill < total
+
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"{total - done_at_kill} computed" in r.stdout
+    for a, b in zip(_contents(ref.path), _contents(next(out.glob("*.h5"))), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "cli", "cache-teachers", "--data",
+                        _coco(tmp_path), "--teacher", str(tmp_path / "none.onnx"), "--out",
+                        str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "none.onnx" in r.stderr
+
+
+def test_killed_dask_worker_loses_nothing(heatmap_teacher):
+    """A worker process SIGKILLed mid-run: dask reruns its tasks, every row comes back once."""
+    from pipeline.cache import _batches, _dask_results, _local_results, _start_client
+
+    ds = load_dataset(f"coco:{DATA / 'coco/test_coco.json'}")
+    ids = [i.instance_id for i in ds.instances] * 20  # 240 rows
+    batches = _batches(ds, ids, np.zeros(len(ids), bool), 4)
+    t = Teacher(heatmap_teacher)
+    args = (str(heatmap_teacher), t.sha256, 1, True)
+    want = {tuple(r[0]): r[1] for r in _local_results(batches[:3], args)}
+    client = _start_client(2, None)
+    try:
+        victim = next(iter(client.run(os.getpid).values()))
+        rows, got = [], {}
+        for i, (r, hm, _, _) in enumerate(_dask_results(client, batches, args, in_flight=4)):
+            rows.extend(r.tolist())
+            got[tuple(r)] = hm
+            if i == 5:
+                os.kill(victim, signal.SIGKILL)
+        assert sorted(rows) == list(range(len(ids)))
+        assert victim not in client.run(os.getpid).values()  # it really died
+        for key, hm in want.items():
+            np.testing.assert_array_equal(got[key], hm)
+    finally:
+        cluster = client.cluster
+        client.close()
+        cluster.close()
