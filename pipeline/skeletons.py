@@ -44,13 +44,32 @@ _HALPE26 = [(n, n) for n in _COCO17] + [
 ]
 
 
+# BlazePose-33 (MediaPipe pose landmarks; ../shared/models/README.md); the 17 COCO points share
+# the unified names, the rest (inner/outer eyes, mouth, hands, feet) have no unified counterpart.
+_BLAZEPOSE33 = [
+    "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye",
+    "right_eye_outer", "left_ear", "right_ear", "mouth_left", "mouth_right", "left_shoulder",
+    "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_pinky",
+    "right_pinky", "left_index", "right_index", "left_thumb", "right_thumb", "left_hip",
+    "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle", "left_heel",
+    "right_heel", "left_foot_index", "right_foot_index",
+]
+_SIDES = {"left": "right", "l": "r"}  # a name's "_"-separated word that marks its left side
+
+
 def _flip_pairs(names: list[str]) -> tuple[tuple[int, int], ...]:
-    """Left/right pairs found from the names (left_x/right_x, l_x/r_x)."""
+    """(left, right) index pairs found from the names: a left/l word anywhere in the name
+    (left_eye, l_ankle, mouth_left) swapped for right/r gives its mirror keypoint."""
     pairs = []
     for i, n in enumerate(names):
-        for left, right in (("left_", "right_"), ("l_", "r_")):
-            if n.startswith(left) and right + n[len(left):] in names:
-                pairs.append((i, names.index(right + n[len(left):])))
+        words = n.split("_")
+        for j, word in enumerate(words):
+            if word not in _SIDES:
+                continue
+            mirror = "_".join(words[:j] + [_SIDES[word]] + words[j + 1:])
+            if mirror in names:
+                pairs.append((i, names.index(mirror)))
+                break
     return tuple(pairs)
 
 
@@ -96,6 +115,7 @@ SKELETONS: dict[str, Skeleton] = {
         _make("coco17", [(n, n) for n in _COCO17]),
         _make("mpii16", _MPII16),
         _make("halpe26", _HALPE26),
+        _make("blazepose33", [(n, n if n in UNIFIED_NAMES else None) for n in _BLAZEPOSE33]),
     )
 }
 UNIFIED = SKELETONS["unified21"]

@@ -230,6 +230,7 @@ def describe_model(src: Path, info: TeacherInfo, dst: Path | None = None) -> Pat
     model.metadata_props.extend(keep)
     for k, v in info.to_metadata().items():
         model.metadata_props.add(key=k, value=v)
+    dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")
     onnx.save(model, str(tmp))
     tmp.replace(dst)

@@ -1,8 +1,10 @@
 """A trained student → a described ONNX model (`uni export`), usable anywhere a teacher is.
 
 The graph has a dynamic batch axis; its metadata (pipeline.teachers.describe_model) says
-skeleton unified21, heatmap head, the run's input size, SPEC default normalisation, activation
-none. Before the file appears, onnxruntime must reproduce PyTorch on a random batch.
+skeleton unified21 (or a native skeleton: the graph then outputs only that skeleton's channels,
+in its order, so a single-dataset model becomes a teacher that knows only its own keypoints),
+heatmap head, the run's input size, SPEC default normalisation, activation none. Before the file
+appears, onnxruntime must reproduce PyTorch on a random batch.
 """
 
 from __future__ import annotations
@@ -16,12 +18,26 @@ import torch
 from pipeline.crops import DEFAULT_MEAN, DEFAULT_STD
 from pipeline.errors import UniError
 from pipeline.geometry import PADDING
+from pipeline.skeletons import get_skeleton
+
+
+class _NativeChannels(torch.nn.Module):
+    """Unified heatmaps → a native skeleton's channels (each must have a unified counterpart)."""
+
+    def __init__(self, model: torch.nn.Module, index: list[int]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("index", torch.tensor(index, dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).index_select(1, self.index)
 
 TOLERANCE = 1e-4  # max |onnxruntime - torch| on the check batch
 
 
 def export_model(model: torch.nn.Module, input_wh: tuple[int, int], name: str, out: Path,
-                 check_batch: int = 3, seed: int = 0) -> tuple[Path, float]:
+                 check_batch: int = 3, seed: int = 0, skeleton: str = "unified21"
+                 ) -> tuple[Path, float]:
     """Export `model` (normalised (N, 3, H, W) → (N, 21, H/4, W/4)) to `out`, described.
 
     Returns (out, max |diff| between onnxruntime and torch on a random batch of check_batch).
@@ -34,6 +50,11 @@ def export_model(model: torch.nn.Module, input_wh: tuple[int, int], name: str, o
     out.parent.mkdir(parents=True, exist_ok=True)
     w, h = int(input_wh[0]), int(input_wh[1])
     model = model.eval().cpu()
+    sk = get_skeleton(skeleton)
+    if sk.name != "unified21":
+        if None in sk.to_unified:
+            raise UniError(f"--skeleton {skeleton}: has keypoints without a unified counterpart")
+        model = _NativeChannels(model, list(sk.to_unified)).eval()
     raw = out.with_name(out.name + ".export.tmp")
     try:
         with torch.no_grad():
@@ -52,7 +73,7 @@ def export_model(model: torch.nn.Module, input_wh: tuple[int, int], name: str, o
         if not diff <= TOLERANCE:
             raise UniError(f"{out}: onnxruntime and torch outputs differ by {diff:.2e} "
                            f"(> {TOLERANCE:g}); not written")
-        info = TeacherInfo(name=name, skeleton="unified21", head="heatmap", input_wh=(w, h),
+        info = TeacherInfo(name=name, skeleton=sk.name, head="heatmap", input_wh=(w, h),
                            mean=DEFAULT_MEAN, std=DEFAULT_STD, outputs=("heatmaps",),
                            activation="none", padding=PADDING)
         describe_model(raw, info, out)
@@ -62,11 +83,12 @@ def export_model(model: torch.nn.Module, input_wh: tuple[int, int], name: str, o
     return out, diff
 
 
-def export_onnx(run: Path, out: Path, name: str | None = None) -> tuple[Path, float]:
+def export_onnx(run: Path, out: Path, name: str | None = None, skeleton: str = "unified21"
+                ) -> tuple[Path, float]:
     """RUN (run directory or .pt) → described ONNX at `out`; see export_model."""
     from student.train import load_student
 
     run = Path(run)
     model, cfg = load_student(run)
     name = name or (run.name if run.is_dir() else run.parent.name or run.stem)
-    return export_model(model, tuple(cfg["input_wh"]), name, out)
+    return export_model(model, tuple(cfg["input_wh"]), name, out, skeleton=skeleton)

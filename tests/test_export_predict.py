@@ -115,6 +115,25 @@ def test_export_matches_torch_and_is_a_teacher(tmp_path, crops, tiny_student_run
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_export_to_a_native_skeleton_keeps_its_channels(tmp_path, crops, tiny_student_run):
+    from pipeline.skeletons import SKELETONS
+    from pipeline.teachers import Teacher, read_info
+    from student.train import load_student
+
+    model, _ = load_student(tiny_student_run)
+    r = _run("export", tiny_student_run, "--out", tmp_path / "m.onnx", "--skeleton", "mpii16")
+    assert r.exit_code == 0, r.output
+    assert read_info(tmp_path / "m.onnx").skeleton == "mpii16"
+    x = np.random.default_rng(3).integers(0, 256, (2, 64, 48, 3), dtype=np.uint8)
+    native = Teacher(tmp_path / "m.onnx").predict(x, flip_test=False)  # (2, 16, 16, 12)
+    unified = StudentPredictor(model, "s", (48, 64), device="cpu").heatmaps(x, False)
+    # MPII channel i is the unified channel its name maps to (r_ankle → right_ankle, ...).
+    index = list(SKELETONS["mpii16"].to_unified)
+    np.testing.assert_allclose(native, unified[:, index], atol=1e-4)
+    r = _run("export", tiny_student_run, "--out", tmp_path / "h.onnx", "--skeleton", "halpe26")
+    assert r.exit_code == 2 and "unified counterpart" in r.output
+
+
 def test_export_refuses_a_mismatch(tmp_path, monkeypatch):
     import student.export as ex
 

@@ -96,9 +96,13 @@ def test_flip_pairs_unified_match_spec():
 
 
 def _side(name: str) -> tuple[str, str]:
+    """(side, joint): left_eye_inner → (left, eye_inner), mouth_left → (left, mouth)."""
     for prefix, side in (("left_", "left"), ("right_", "right"), ("l_", "left"), ("r_", "right")):
         if name.startswith(prefix):
             return side, name[len(prefix):]
+    for suffix, side in (("_left", "left"), ("_right", "right")):
+        if name.endswith(suffix):
+            return side, name[:-len(suffix)]
     return "mid", name
 
 
@@ -150,3 +154,33 @@ def test_mpii_head_top_lands_on_unified_head_top():
     uni = native_to_unified(kp, sk)
     assert tuple(uni[UNIFIED_NAMES.index("head_top")]) == (10, 20, 2)
     assert (uni[:, 2] > 0).sum() == 1
+
+
+# ../shared/models/README.md: the BlazePose-33 order and its COCO-17 / unified 0–16 indices.
+README_BLAZEPOSE = ("nose left_eye_inner left_eye left_eye_outer right_eye_inner right_eye "
+                    "right_eye_outer left_ear right_ear mouth_left mouth_right left_shoulder "
+                    "right_shoulder left_elbow right_elbow left_wrist right_wrist left_pinky "
+                    "right_pinky left_index right_index left_thumb right_thumb left_hip right_hip "
+                    "left_knee right_knee left_ankle right_ankle left_heel right_heel "
+                    "left_foot_index right_foot_index").split()
+README_BLAZEPOSE_TO_COCO = [0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28]
+
+
+def test_blazepose33_order_and_mapping():
+    sk = SKELETONS["blazepose33"]
+    assert list(sk.keypoints) == README_BLAZEPOSE
+    expected = [None] * 33
+    for unified, native in enumerate(README_BLAZEPOSE_TO_COCO):
+        expected[native] = unified
+    assert list(sk.to_unified) == expected
+    assert (sk.unified_mask == SKELETONS["coco17"].unified_mask).all()
+
+
+def test_blazepose33_flip_pairs_by_name():
+    sk = SKELETONS["blazepose33"]
+    pairs = {(sk.keypoints[a], sk.keypoints[b]) for a, b in sk.flip_pairs}
+    joints = ["eye_inner", "eye", "eye_outer", "ear", "shoulder", "elbow", "wrist", "pinky",
+              "index", "thumb", "hip", "knee", "ankle", "heel", "foot_index"]
+    assert pairs == {(f"left_{j}", f"right_{j}") for j in joints} | {("mouth_left", "mouth_right")}
+    assert len(sk.flip_pairs) == 16
+    assert sk.flip_index[0] == 0  # the nose stays
