@@ -304,11 +304,13 @@ def report_cmd(runs: tuple[Path, ...], data: tuple[str, ...], out: Path | None,
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The ONNX file to write (described: usable as a teacher).")
 @click.option("--name", help="Model name in its metadata (default: the run's name).")
-def export_cmd(run: Path, out: Path, name: str | None) -> None:
+@click.option("--skeleton", default="unified21", show_default=True,
+              help="Keep only this skeleton's channels (e.g. coco17 for a COCO-only teacher).")
+def export_cmd(run: Path, out: Path, name: str | None, skeleton: str) -> None:
     """Export a student to ONNX (dynamic batch), checked against PyTorch, teacher-described."""
     from student.export import export_onnx
 
-    path, diff = export_onnx(run, out, name)
+    path, diff = export_onnx(run, out, name, skeleton)
     click.echo(f"{path}: onnxruntime vs torch max |diff| {diff:.2e}")
 
 
@@ -332,6 +334,18 @@ def predict_cmd(model: Path, images: tuple[Path, ...], out: Path, boxes: Path | 
     for path in predict_images(model, list(images), out, boxes, score_threshold,
                                keypoint_threshold, not no_flip):
         click.echo(f"wrote {path}")
+
+
+@uni.command("demo")
+@click.option("--out", default="demo_out", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path))
+@click.option("--quick", is_flag=True, help="Tiny sizes (about 3 minutes): a smoke run.")
+@click.option("--seed", default=0, show_default=True)
+def demo_cmd(out: Path, quick: bool, seed: int) -> None:
+    """The whole method on synthetic data: teachers, caches, four students, the paper's table."""
+    from student.demo import run_demo
+
+    run_demo(out, quick, seed)
 
 
 def main() -> None:

@@ -1,0 +1,289 @@
+"""Stage-two samples: image → augmented crop, GT heatmaps, and cached teacher targets warped by
+the very same augmentation.
+
+Augmentation follows MMPose's RandomFlip + RandomBBoxTransform (top-down), with the classic
+HRNet/SimpleBaseline ranges: horizontal flip p = 0.5; box shift uniform ±0.16 of the box size
+with p = 0.3; box scale normal(1, 0.35) clipped to 0.65…1.35 (p = 1); rotation normal(0, 40°)
+clipped to ±80° with p = 0.6. No half-body transform. Each sample's parameters come from an
+RNG seeded by (seed, epoch, index), so a resumed run replays exactly the same crops whatever
+the worker count.
+
+Keypoint channels on flip (MMPose's rule, applied to GT and teacher targets alike): the crop is
+mirrored, then channels are swapped with the unified flip_index, so "left_wrist" names what
+looks like a left wrist in the mirrored crop (the person's right wrist). Teacher maps are first
+put into unified channels (skeleton.to_unified), warped into the student's heatmap grid by
+M = A_student ∘ A_teacher⁻¹ (both image → grid, A_student includes the flip), then swapped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.crops import crop_person, normalize, read_image
+from pipeline.datasets import Dataset, Instance
+from pipeline.errors import UniError
+from pipeline.geometry import (
+    PADDING,
+    apply,
+    compose,
+    crop_to_heatmap,
+    invert,
+    visible_mask,
+    warp_heatmaps,
+)
+from pipeline.heatmaps import SIGMA, gaussian_heatmaps
+from pipeline.skeletons import NUM_UNIFIED, SKELETONS, UNIFIED
+
+_PEAK_EPS = 1e-6  # a cached map with a lower peak is empty: the teacher saw nothing there
+
+
+@dataclass(frozen=True)
+class Augment:
+    """MMPose-style ranges (see the module docstring)."""
+
+    flip_prob: float = 0.5
+    shift: float = 0.16
+    shift_prob: float = 0.3
+    scale: tuple[float, float] = (0.65, 1.35)
+    rotation: float = 40.0
+    rotation_prob: float = 0.6
+
+
+@dataclass(frozen=True)
+class View:
+    """One crop's augmentation parameters (crop_person's arguments)."""
+
+    shift: tuple[float, float] = (0.0, 0.0)
+    scale: float = 1.0
+    rotation: float = 0.0
+    flip: bool = False
+
+
+def sample_view(rng: np.random.Generator, aug: Augment) -> View:
+    """Random view, as MMPose's RandomBBoxTransform + RandomFlip draw it."""
+    shift = rng.uniform(-1.0, 1.0, 2) * aug.shift
+    if rng.random() >= aug.shift_prob:
+        shift = np.zeros(2)
+    lo, hi = aug.scale
+    scale = float(np.clip(rng.normal() * (hi - lo) / 2 + (hi + lo) / 2, lo, hi))
+    rotation = float(np.clip(rng.normal() * aug.rotation, -2 * aug.rotation, 2 * aug.rotation))
+    if rng.random() >= aug.rotation_prob:
+        rotation = 0.0
+    flip = bool(rng.random() < aug.flip_prob)
+    return View((float(shift[0]), float(shift[1])), scale, rotation, flip)
+
+
+@dataclass(frozen=True)
+class TeacherSource:
+    """The store holding one teacher's maps for one dataset (opened lazily per process)."""
+
+    teacher: str
+    skeleton: str
+    path: Path
+    reader: object  # stores.heatmap_store reader: picklable, opens h5py lazily
+
+
+def gt_targets(instance: Instance, a_grid: np.ndarray, flip: bool, hm_wh: tuple[int, int],
+               sigma: float = SIGMA) -> tuple[np.ndarray, np.ndarray]:
+    """GT for one view. a_grid: image → student heatmap grid (2, 3).
+
+    Returns heatmaps (21, h, w) float32 and weights (21,) float32 (0 where unlabelled or off
+    the grid).
+    """
+    pts = apply(a_grid, instance.unified[:, :2])  # (21, 2)
+    vis = instance.unified[:, 2] > 0
+    if flip:
+        pts, vis = pts[UNIFIED.flip_index], vis[UNIFIED.flip_index]
+    w, h = hm_wh
+    inside = (pts[:, 0] >= -0.5) & (pts[:, 0] < w - 0.5) & (pts[:, 1] >= -0.5) & (
+        pts[:, 1] < h - 0.5)
+    keep = vis & inside
+    return gaussian_heatmaps(pts, keep, hm_wh, sigma), keep.astype(np.float32)
+
+
+def teacher_targets(heatmaps: np.ndarray, a_teacher: np.ndarray, skeleton: str,
+                    a_grid: np.ndarray, flip: bool, hm_wh: tuple[int, int]
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cached maps (K, ht, wt) with their image → teacher grid affine → this view's targets.
+
+    Returns targets (21, h, w) float32 peak-normalised (each channel ÷ its cached peak), spatial
+    mask (1, h, w) float32 (1 where the teacher's grid covers the pixel), and keypoint weights
+    (21,) float32: 0 for keypoints the teacher does not know, else the fraction of the cached
+    map's mass still in view (≈1 when the keypoint is well inside the crop, →0 as it leaves).
+    """
+    sk = SKELETONS[skeleton]
+    k, ht, wt = heatmaps.shape
+    w, h = hm_wh
+    m = compose(a_grid, invert(a_teacher))  # teacher grid → student grid
+    peak = heatmaps.reshape(k, -1).max(-1)  # (K,)
+    alive = peak > _PEAK_EPS
+    norm = heatmaps / np.where(alive, peak, 1.0)[:, None, None]
+    warped = warp_heatmaps(norm.astype(np.float32), m, hm_wh)  # (K, h, w)
+    # Mass kept in view; |det| converts teacher-grid area to student-grid area. (The warped
+    # peak would under-rate keypoints whenever the student grid is coarser than the teacher's.)
+    mass = norm.reshape(k, -1).sum(-1) * abs(np.linalg.det(m[:, :2]))
+    presence = np.where(alive, np.clip(warped.reshape(k, -1).sum(-1) / np.maximum(
+        mass, 1e-12), 0.0, 1.0), 0.0)
+    targets = np.zeros((NUM_UNIFIED, h, w), np.float32)
+    weights = np.zeros(NUM_UNIFIED, np.float32)
+    for src, dst in enumerate(sk.to_unified):
+        if dst is not None:
+            targets[dst] = warped[src]
+            weights[dst] = presence[src]
+    if flip:
+        targets, weights = targets[UNIFIED.flip_index], weights[UNIFIED.flip_index]
+    spatial = visible_mask(m, (wt, ht), hm_wh)[None]
+    return np.ascontiguousarray(targets), spatial.astype(np.float32), weights
+
+
+class PoseSamples(torch.utils.data.Dataset):
+    """All instances of several datasets, as training (augmented) or validation samples.
+
+    Item i → dict: image (3, H, W) float32, gt_heatmaps (21, h, w), gt_weights (21,),
+    kd_targets (T, 21, h, w), kd_masks (T, 1, h, w), kd_weights (T, 21), index; or
+    {"skipped": "path: reason (format instance id)"} when the image cannot be read.
+    T = len(teachers) (fixed order);
+    a teacher with no store for the sample's dataset gives all-zero masks and weights.
+    """
+
+    def __init__(self, datasets: list[Dataset], input_wh: tuple[int, int],
+                 teachers: list[str] = (), sources: dict[tuple[str, str], TeacherSource] = None,
+                 augment: Augment | None = Augment(), seed: int = 0,
+                 padding: float = PADDING, sigma: float = SIGMA,
+                 instances: list[tuple[int, int]] | None = None):
+        self.datasets = datasets
+        self.input_wh = tuple(input_wh)
+        w, h = self.input_wh
+        if w % 4 or h % 4:
+            raise UniError(f"input size {h}x{w} (HxW): both sides must be multiples of 4")
+        self.hm_wh = (w // 4, h // 4)
+        self.teachers = list(teachers)
+        self.sources = dict(sources or {})  # (teacher, dataset id) → source
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self.padding = padding
+        self.sigma = sigma
+        # (dataset index, instance index) pairs; default: everything.
+        self.items = instances if instances is not None else [
+            (d, i) for d, ds in enumerate(datasets) for i in range(len(ds.instances))]
+        self._to_grid = crop_to_heatmap(self.input_wh, self.hm_wh)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def view(self, index: int) -> View:
+        if self.augment is None:
+            return View()
+        return sample_view(np.random.default_rng([self.seed, self.epoch, index]), self.augment)
+
+    def __getitem__(self, index: int) -> dict:
+        d, i = self.items[index]
+        ds = self.datasets[d]
+        inst = ds.instances[i]
+        try:
+            image = read_image(inst.image_path)
+        except UniError as e:
+            return {"skipped": f"{e} ({ds.format} instance {inst.instance_id})"}
+        v = self.view(index)
+        crop, a_crop = crop_person(image, inst.bbox, self.input_wh, self.padding, v.rotation,
+                                   v.scale, v.shift, v.flip)
+        a_grid = compose(self._to_grid, a_crop)
+        gt, gt_w = gt_targets(inst, a_grid, v.flip, self.hm_wh, self.sigma)
+        w, h = self.hm_wh
+        t = len(self.teachers)
+        kd = np.zeros((t, NUM_UNIFIED, h, w), np.float32)
+        kd_mask = np.zeros((t, 1, h, w), np.float32)
+        kd_w = np.zeros((t, NUM_UNIFIED), np.float32)
+        for j, name in enumerate(self.teachers):
+            src = self.sources.get((name, ds.dataset_id))
+            if src is None:
+                continue
+            row = src.reader.row_of.get(inst.instance_id)
+            if row is None or not src.reader.done[row]:
+                continue
+            maps, a_teacher = src.reader.read(row)
+            kd[j], kd_mask[j], kd_w[j] = teacher_targets(maps, a_teacher, src.skeleton, a_grid,
+                                                         v.flip, self.hm_wh)
+        return {"image": torch.from_numpy(normalize(crop[None])[0]),
+                "gt_heatmaps": torch.from_numpy(gt), "gt_weights": torch.from_numpy(gt_w),
+                "kd_targets": torch.from_numpy(kd), "kd_masks": torch.from_numpy(kd_mask),
+                "kd_weights": torch.from_numpy(kd_w), "index": index}
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack the readable samples; batch["skipped"] lists the unreadable ones ("path: reason")."""
+    good = [s for s in samples if "skipped" not in s]
+    batch: dict = {"skipped": [s["skipped"] for s in samples if "skipped" in s]}
+    if good:
+        for key in good[0]:
+            batch[key] = (torch.tensor([s[key] for s in good]) if key == "index"
+                          else torch.stack([s[key] for s in good]))
+    return batch
+
+
+# --------------------------------------------------------------------------- stores
+
+
+def match_stores(store_paths: list[Path], datasets: list[Dataset],
+                 other_datasets: list[Dataset] = ()
+                 ) -> tuple[list[str], dict[str, str], dict[tuple[str, str], TeacherSource]]:
+    """Stores (files, or folders of *.h5) → (teacher names sorted, {teacher: skeleton},
+    {(teacher, dataset id): source}) for the training datasets.
+
+    Stores of `other_datasets` (validation data) are accepted and ignored. UniError for a store
+    whose dataset is not given, whose skeleton is unknown, that lacks instances the training
+    data needs, or that repeats a (teacher, dataset) pair.
+    """
+    from stores.heatmap_store import open_store
+
+    files: list[Path] = []
+    for p in map(Path, store_paths):
+        if p.is_dir():
+            found = sorted(p.glob("*.h5"))
+            if not found:
+                raise UniError(f"--stores {p}: no *.h5 stores in this folder")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UniError(f"--stores {p}: no such file or folder")
+    by_id = {ds.dataset_id: ds for ds in datasets}
+    other_ids = {ds.dataset_id for ds in other_datasets}
+    skeletons: dict[str, str] = {}
+    sources: dict[tuple[str, str], TeacherSource] = {}
+    for f in files:
+        reader = open_store(f)
+        meta = reader.meta
+        if meta.skeleton not in SKELETONS:
+            raise UniError(f"{f}: unknown teacher skeleton {meta.skeleton!r}; "
+                           f"known: {', '.join(SKELETONS)}")
+        ds = by_id.get(meta.dataset_id)
+        if ds is None:
+            if meta.dataset_id in other_ids:
+                continue
+            raise UniError(f"{f}: its dataset {meta.dataset_spec} (id {meta.dataset_id[:12]}) "
+                           "is not one of the --data datasets")
+        key = (meta.teacher_name, meta.dataset_id)
+        if key in sources:
+            raise UniError(f"{f}: a second store of teacher {meta.teacher_name!r} for "
+                           f"{ds.spec} (the first is {sources[key].path})")
+        if skeletons.setdefault(meta.teacher_name, meta.skeleton) != meta.skeleton:
+            raise UniError(f"{f}: teacher {meta.teacher_name!r} has skeleton {meta.skeleton} "
+                           f"here but {skeletons[meta.teacher_name]} in another store")
+        row_of, done = reader.row_of, np.asarray(reader.done, bool)
+        skipped = set(getattr(reader, "skipped", {}) or {})
+        missing = sum(1 for inst in ds.instances if inst.instance_id not in skipped and (
+            inst.instance_id not in row_of or not done[row_of[inst.instance_id]]))
+        if missing:
+            raise UniError(f"{f}: missing {missing} of {len(ds.instances)} instances of "
+                           f"{ds.spec} (run uni cache-teachers again)")
+        sources[key] = TeacherSource(meta.teacher_name, meta.skeleton, f, reader)
+    return sorted(skeletons), skeletons, sources

@@ -1,0 +1,196 @@
+"""`uni train-student`: learning, exact resume after SIGKILL, two-process DDP, bad input."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from analytic_teacher import write_analytic_store
+from click.testing import CliRunner
+
+from cli import uni
+from pipeline.datasets import load_dataset
+from student.data import PoseSamples, collate, match_stores
+from student.losses import total_loss
+from student.models import build_model
+from student.train import load_student, teacher_weights, train
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = REPO / ".venv" / "bin"
+
+
+@pytest.fixture(scope="module")
+def synth(synth_dir, tmp_path_factory):
+    """(data specs, store dir): both synthetic train sets, two analytic teachers over both."""
+    out = tmp_path_factory.mktemp("train_stores")
+    specs = [f"coco:{synth_dir / 'coco/train.json'}", f"mpii:{synth_dir / 'mpii/train.json'}"]
+    sets = [load_dataset(s) for s in specs]
+    for name, skel in (("coco_t", "coco17"), ("mpii_t", "mpii16")):
+        for ds in sets:
+            write_analytic_store(out / f"{name}__{ds.format}.h5", ds, skel, name)
+    return specs, out
+
+
+def _config(specs, stores, out, **kw) -> dict:
+    cfg = dict(data=specs, stores=[str(stores)] if stores else [], out=str(out), model="tiny",
+               input_wh=[48, 64], epochs=1, batch_size=8, workers=0, val_fraction=0.0,
+               lr=3e-3, warmup_steps=5)
+    cfg.update(kw)
+    return cfg
+
+
+def _fixed_batch_loss(model, specs, stores) -> float:
+    sets = [load_dataset(s) for s in specs]
+    teachers, skeletons, sources = match_stores([stores], sets)
+    weights, decays = teacher_weights({"kd_weight": {}, "kd_decay": {}}, skeletons)
+    samples = PoseSamples(sets, (48, 64), teachers, sources, augment=None)
+    batch = collate([samples[i] for i in range(0, len(samples), 4)])
+    with torch.no_grad():
+        loss, _ = total_loss(model.eval()(batch["image"]), batch, teachers, 0.3, weights, decays)
+    return float(loss)
+
+
+def test_training_reduces_the_loss_on_a_fixed_batch(synth, tmp_path):
+    specs, stores = synth
+    torch.manual_seed(0)
+    before = _fixed_batch_loss(build_model("tiny"), specs, stores)
+    run = train(_config(specs, stores, tmp_path / "run", epochs=4), progress=False)
+    model, cfg = load_student(run)
+    after = _fixed_batch_loss(model, specs, stores)
+    assert after < 0.7 * before, (before, after)
+    assert cfg["model"] == "tiny" and cfg["input_wh"] == [48, 64]
+    assert cfg["kd_weight"] == {"coco_t": 0.25, "mpii_t": 0.45}
+    assert cfg["kd_decay"] == {"coco_t": "none", "mpii_t": "linear"}
+    for name in ("config.toml", "metrics.csv", "loss_curves.png", "last.pt"):
+        assert (run / name).is_file(), name
+    assert any((run / "tb").iterdir())
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert {"gt", "kd/coco_t", "kd/mpii_t", "lr", "samples_per_s"} <= set(rows[0])
+    assert [r["epoch"] for r in rows if r["val_loss"] == ""][-1] == "3"
+
+
+def _state(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_resume_after_sigkill_finishes_exactly(synth, tmp_path):
+    specs, stores = synth
+    cfg_file = tmp_path / "run.toml"
+    lines = [f"data = {specs!r}".replace("'", '"'), f'stores = ["{stores}"]', 'model = "tiny"',
+             'input-size = "64x48"', "epochs = 3", "batch-size = 8", "workers = 0",
+             "val-fraction = 0.1", "save-every = 1", "lr = 0.003", "warmup-steps = 5"]
+    cfg_file.write_text("\n".join(lines) + "\n")
+    run = tmp_path / "killed"
+    cmd = [str(BIN / "uni"), "train-student", "--config", str(cfg_file), "--out", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    killed_at = _state(run / "last.pt")
+    assert killed_at["epoch"] < 3
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    final = _state(run / "last.pt")
+    assert final["epoch"] == 3 and final["step"] > killed_at["step"]
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows if r["val_loss"]] == [0, 1, 2]
+    steps = [int(r["step"]) for r in rows]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)
+    # The same run without the kill ends with the same weights.
+    cfg = dict(data=specs, stores=[str(stores)], out=str(tmp_path / "straight"), model="tiny",
+               input_wh=[48, 64], epochs=3, batch_size=8, workers=0, val_fraction=0.1,
+               lr=0.003, warmup_steps=5)
+    straight = _state(train(cfg, progress=False) / "last.pt")
+    assert straight["step"] == final["step"]
+    for k, v in straight["model"].items():
+        torch.testing.assert_close(final["model"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_two_process_ddp(synth, tmp_path):
+    specs, stores = synth
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(BIN / "torchrun"), "--nproc-per-node", "2", "--master-port", "29731",
+           str(BIN / "uni"), "train-student", "--out", str(run), "--stores", str(stores),
+           "--input-size", "64x48", "--epochs", "1", "--batch-size", "8", "--workers", "0"]
+    for s in specs:
+        cmd += ["--data", s]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = _state(run / "last.pt")
+    n_train = len(PoseSamples([load_dataset(s) for s in specs], (48, 64))) * 0.95
+    per_rank = -(-round(n_train) // 2)
+    assert ckpt["epoch"] == 1 and ckpt["step"] == -(-per_rank // 8)
+    assert not list(run.glob("*.tmp"))
+    assert sum(1 for _ in open(run / "metrics.csv")) >= 2
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _cli(args: list[str]):
+    return CliRunner().invoke(uni, ["train-student", *args])
+
+
+def _one_line_error(result, pattern: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.strip().splitlines() if "batch/s" not in ln]  # tqdm
+    assert len(lines) == 1 and lines[0].startswith("uni: error:"), result.stderr
+    assert pattern in lines[0], lines[0]
+
+
+def test_unknown_config_key(tmp_path, synth):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('model = "tiny"\nlearning_rate = 0.1\n')
+    _one_line_error(_cli(["--config", str(cfg), "--data", synth[0][0], "--out",
+                          str(tmp_path / "r")]), "unknown key 'learning_rate'")
+
+
+def test_store_of_another_dataset_and_store_missing_instances(tmp_path, synth):
+    specs, _ = synth
+    coco, mpii = (load_dataset(s) for s in specs)
+    write_analytic_store(tmp_path / "a" / "t__mpii.h5", mpii, "mpii16", "t") if (
+        tmp_path / "a").mkdir() is None else None
+    _one_line_error(_cli(["--data", specs[0], "--stores", str(tmp_path / "a"), "--out",
+                          str(tmp_path / "r")]), "t__mpii.h5: its dataset")
+    ids = [i.instance_id for i in coco.instances][3:]
+    write_analytic_store(tmp_path / "b.h5", coco, "coco17", "t", ids=ids)
+    _one_line_error(_cli(["--data", specs[0], "--stores", str(tmp_path / "b.h5"), "--out",
+                          str(tmp_path / "r")]), f"b.h5: missing 3 of {len(coco.instances)}")
+    _one_line_error(_cli(["--data", specs[0], "--out", str(tmp_path / "r"), "--kd-weight",
+                          "nobody=0.3"]), "--kd-weight nobody: no such teacher")
+
+
+def test_corrupt_image_is_skipped_or_fatal_with_strict(synth_dir, tmp_path):
+    shutil.copytree(synth_dir / "coco", tmp_path / "coco")
+    spec = f"coco:{tmp_path / 'coco/train.json'}"
+    first = load_dataset(spec).instances[0].image_path
+    first.write_bytes(b"not a jpeg")
+    users = sum(i.image_path == first for i in load_dataset(spec).instances)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("max-steps = 200\nval-fraction = 0.0\n")
+    base = ["--config", str(cfg), "--data", spec, "--input-size", "64x48", "--epochs", "1",
+            "--batch-size", "8", "--workers", "0"]
+    ok = _cli(base + ["--out", str(tmp_path / "ok")])
+    assert ok.exit_code == 0, ok.output
+    assert f"skipped {users} unreadable samples; first: {first}" in ok.stderr
+    _one_line_error(_cli(base + ["--out", str(tmp_path / "strict"), "--strict"]),
+                    f"{first}: not a readable image")
+
+
+def test_help_is_quick():
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", "import cli"], capture_output=True, cwd=REPO)
+    assert out.returncode == 0
+    assert time.perf_counter() - t0 < 5
