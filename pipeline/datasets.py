@@ -87,9 +87,11 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _read_json(path: Path):
+def read_json(path: Path, what: str = "annotation file"):
+    """Parsed JSON, or UniError naming the file when it is missing or not JSON."""
+    path = Path(path)
     if not path.is_file():
-        raise UniError(f"{path}: annotation file not found")
+        raise UniError(f"{path}: {what} not found")
     try:
         with open(path, "rb") as f:
             return json.load(f)
@@ -253,7 +255,7 @@ def load_dataset(spec: str | DataSpec, head_boxes: Path | None = None) -> Datase
     """Read a dataset named by a data spec; raises UniError naming the file and field at fault."""
     spec = parse_spec(spec)
     skeleton = get_skeleton(FORMATS[spec.format])
-    data = _read_json(spec.annotations)
+    data = read_json(spec.annotations)
     if spec.format == "mpii":
         hb = load_mpii_head_boxes(head_boxes) if head_boxes else None
         instances, n_images = _load_mpii(spec, data, skeleton, hb)

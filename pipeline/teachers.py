@@ -24,6 +24,7 @@ from pipeline.crops import DEFAULT_MEAN, DEFAULT_STD, normalize
 from pipeline.datasets import file_sha256
 from pipeline.errors import UniError
 from pipeline.geometry import PADDING
+from pipeline.heatmaps import merge_flipped
 from pipeline.skeletons import SKELETONS, get_skeleton
 
 HEADS = ("heatmap", "simcc")
@@ -385,8 +386,7 @@ class Teacher:
     def predict(self, crops: np.ndarray, flip_test: bool = True) -> np.ndarray:
         """crops: (N, H, W, 3) uint8 RGB → (N, K, h, w) float32 soft heatmaps, native order.
 
-        Flip test: the mirrored crop's maps are mirrored back (x → w - 1 - x, as
-        geometry.flip_affine), left/right channels swapped, and averaged with the plain ones.
+        Flip test: pipeline.heatmaps.merge_flipped of the crop's and its mirror's maps.
         """
         w, h = self.info.input_wh
         if crops.ndim != 4 or crops.shape[1:] != (h, w, 3):
@@ -398,5 +398,4 @@ class Teacher:
         hm = self._to_heatmaps(self._run(np.ascontiguousarray(x)))
         if not flip_test:
             return hm
-        back = hm[n:, self.skeleton.flip_index, :, ::-1]
-        return np.ascontiguousarray((hm[:n] + back) * 0.5, dtype=np.float32)
+        return merge_flipped(hm[:n], hm[n:], self.skeleton.flip_index)

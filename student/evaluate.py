@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets import Dataset, head_size, load_dataset
+from pipeline.datasets import Dataset, head_size, load_dataset, read_json
 from pipeline.errors import UniError
 from pipeline.skeletons import NUM_UNIFIED, SKELETONS, UNIFIED_NAMES, UNIFIED_SIGMAS
 
@@ -103,12 +103,7 @@ def _check_record(rec: object, where: str) -> dict:
 def load_predictions(path: Path, datasets: list[Dataset]) -> list[dict[int, dict]]:
     """A predictions file → one {instance_id: record} per dataset (records checked)."""
     path = Path(path)
-    if not path.is_file():
-        raise UniError(f"{path}: predictions file not found")
-    try:
-        data = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UniError(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path, "predictions file")
     if not isinstance(data, list):
         raise UniError(f"{path}: expected a JSON list of prediction records")
     by_id = {d.dataset_id: k for k, d in enumerate(datasets)}

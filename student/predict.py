@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.crops import DEFAULT_MEAN, DEFAULT_STD, crop_person, normalize, read_image
+from pipeline.datasets import read_json
 from pipeline.errors import UniError
 from pipeline.geometry import PADDING, apply, compose, crop_to_heatmap, invert
 from pipeline.heatmaps import decode_heatmaps, merge_flipped
@@ -166,12 +167,7 @@ def image_id_from_name(path: Path) -> int | None:
 def load_detections(path: Path, score_threshold: float = 0.0) -> dict[int, list[tuple]]:
     """COCO detection results JSON → {image_id: [(bbox (4,), score), …]}, person boxes only."""
     path = Path(path)
-    if not path.is_file():
-        raise UniError(f"{path}: detections file not found")
-    try:
-        data = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UniError(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path, "detections file")
     if not isinstance(data, list):
         raise UniError(f"{path}: expected a list of detections")
     boxes: dict[int, list[tuple]] = {}

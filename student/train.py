@@ -29,10 +29,10 @@ import os
 import random
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
-import tomllib
 import torch
 import torch.distributed as dist
 
