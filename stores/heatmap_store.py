@@ -75,7 +75,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import h5py
@@ -138,7 +138,7 @@ _IDENTITY = ("teacher_name", "teacher_sha256", "skeleton", "dataset_id", "input_
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _software_version() -> str:
