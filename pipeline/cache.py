@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -70,13 +71,10 @@ def _teacher(path: str, sha256: str, threads: int) -> Teacher:
     return _TEACHERS[key]
 
 
-def infer_batch(teacher_path: str, sha256: str, threads: int, flip: bool,
-                items: list[tuple[int, int, str, list[float]]]
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:
-    """One task: items (row, instance id, image path, bbox xywh) → rows (n,) int64,
-    heatmaps (n, K, h, w) float32, affines (n, 2, 3) image → heatmap grid, skipped {id: reason}.
-    """
-    t = _teacher(teacher_path, sha256, threads)
+def crop_batch(t: Teacher, items: list[tuple[int, int, str, list[float]]]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:
+    """Decode and crop: items (row, instance id, image path, bbox xywh) → rows (n,) int64,
+    crops (n, H, W, 3) uint8, affines (n, 2, 3) image → heatmap grid, skipped {id: reason}."""
     info = t.info
     to_grid = crop_to_heatmap(info.input_wh, t.heatmap_wh)
     images: dict[str, np.ndarray] = {}
@@ -93,11 +91,27 @@ def infer_batch(teacher_path: str, sha256: str, threads: int, flip: bool,
         rows.append(row)
         crops.append(crop)
         affines.append(compose(to_grid, affine))
-    k, (w, h) = info.num_keypoints, t.heatmap_wh
-    heatmaps = (t.predict(np.stack(crops), flip_test=flip) if crops
-                else np.zeros((0, k, h, w), np.float32))
-    return (np.asarray(rows, np.int64), heatmaps,
+    w, h = info.input_wh
+    return (np.asarray(rows, np.int64),
+            np.stack(crops) if crops else np.zeros((0, h, w, 3), np.uint8),
             np.asarray(affines, np.float64).reshape(-1, 2, 3), skipped)
+
+
+def _predict(t: Teacher, crops: np.ndarray, flip: bool) -> np.ndarray:
+    k, (w, h) = t.info.num_keypoints, t.heatmap_wh
+    return (t.predict(crops, flip_test=flip) if len(crops)
+            else np.zeros((0, k, h, w), np.float32))
+
+
+def infer_batch(teacher_path: str, sha256: str, threads: int, flip: bool,
+                items: list[tuple[int, int, str, list[float]]]
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:
+    """One task: items (row, instance id, image path, bbox xywh) → rows (n,) int64,
+    heatmaps (n, K, h, w) float32, affines (n, 2, 3) image → heatmap grid, skipped {id: reason}.
+    """
+    t = _teacher(teacher_path, sha256, threads)
+    rows, crops, affines, skipped = crop_batch(t, items)
+    return rows, _predict(t, crops, flip), affines, skipped
 
 
 # --------------------------------------------------------------------------- client side
@@ -133,8 +147,19 @@ def _batches(dataset: Dataset, instance_ids: list[int], done: np.ndarray, batch:
 
 
 def _local_results(batches, args) -> Iterator:
-    for items in batches:
-        yield infer_batch(*args, items)
+    """In this process. The next batch is decoded and cropped on a thread while this one is
+    inferred and written (onnxruntime and cv2 release the GIL), so those steps cost no time."""
+    if not batches:
+        return
+    teacher_path, sha256, threads, flip = args
+    t = _teacher(teacher_path, sha256, threads)
+    with ThreadPoolExecutor(1) as pool:
+        nxt = pool.submit(crop_batch, t, batches[0])
+        for i in range(len(batches)):
+            rows, crops, affines, skipped = nxt.result()
+            if i + 1 < len(batches):
+                nxt = pool.submit(crop_batch, t, batches[i + 1])
+            yield rows, _predict(t, crops, flip), affines, skipped
 
 
 def _dask_results(client, batches, args, in_flight: int) -> Iterator:

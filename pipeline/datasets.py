@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +48,7 @@ def parse_spec(spec: str | DataSpec) -> DataSpec:
     return DataSpec(fmt, ann, root)
 
 
-@dataclass
+@dataclass(slots=True)
 class Instance:
     """One annotated person. Keypoint arrays are (K, 3) float64 [x, y, v], v in {0, 1, 2}."""
 
@@ -69,7 +69,6 @@ class Dataset:
     dataset_id: str  # sha256 of the annotation file
     instances: list[Instance]
     num_images: int
-    raw: dict | list = field(repr=False, default_factory=dict)  # the parsed annotation file
 
     @property
     def format(self) -> str:
@@ -77,6 +76,14 @@ class Dataset:
 
     def by_id(self) -> dict[int, Instance]:
         return {inst.instance_id: inst for inst in self.instances}
+
+    def read_annotations(self) -> dict | list:
+        """The annotation file as parsed JSON, read again (not kept: it is most of a dataset's
+        memory); UniError when the file changed since the dataset was loaded."""
+        if file_sha256(self.spec.annotations) != self.dataset_id:
+            raise UniError(f"{self.spec.annotations}: changed since it was loaded "
+                           "(sha256 differs)")
+        return read_json(self.spec.annotations)
 
 
 def file_sha256(path: Path) -> str:
@@ -261,7 +268,7 @@ def load_dataset(spec: str | DataSpec, head_boxes: Path | None = None) -> Datase
         instances, n_images = _load_mpii(spec, data, skeleton, hb)
     else:
         instances, n_images = _load_coco_like(spec, data, skeleton)
-    return Dataset(spec, skeleton, file_sha256(spec.annotations), instances, n_images, data)
+    return Dataset(spec, skeleton, file_sha256(spec.annotations), instances, n_images)
 
 
 def head_size(head_box: np.ndarray) -> float:

@@ -240,7 +240,7 @@ def evaluate_coco(dataset: Dataset, preds: dict[int, dict]) -> dict:
     """COCO OKS AP on the 17 COCO keypoints, GT = the annotation file as it is."""
     scored = np.flatnonzero(SKELETONS["coco17"].unified_mask)  # unified 0–16
     gt_kp = {i.instance_id: i.unified[scored] for i in dataset.instances}
-    return _coco_like(dataset, preds, dataset.raw, scored, gt_kp)
+    return _coco_like(dataset, preds, dataset.read_annotations(), scored, gt_kp)
 
 
 def halpe_scored() -> np.ndarray:
@@ -254,8 +254,9 @@ def halpe_gt(dataset: Dataset, scored: np.ndarray) -> dict:
 
     halpe = SKELETONS["halpe26"]
     k = halpe.num_keypoints
+    raw = dataset.read_annotations()
     anns = []
-    for ann in dataset.raw["annotations"]:
+    for ann in raw["annotations"]:
         ann = dict(ann)
         try:
             kp = np.asarray(ann.get("keypoints", []), np.float64)[: 3 * k].reshape(k, 3)
@@ -265,8 +266,8 @@ def halpe_gt(dataset: Dataset, scored: np.ndarray) -> dict:
         ann["keypoints"] = sel.reshape(-1).tolist()
         ann["num_keypoints"] = int((sel[:, 2] > 0).sum())
         anns.append(ann)
-    return {"images": dataset.raw["images"], "annotations": anns,
-            "categories": dataset.raw.get("categories", [{"id": 1, "name": "person"}])}
+    return {"images": raw["images"], "annotations": anns,
+            "categories": raw.get("categories", [{"id": 1, "name": "person"}])}
 
 
 def evaluate_halpe(dataset: Dataset, preds: dict[int, dict]) -> dict:
