@@ -103,6 +103,29 @@ def demo_dir(args: argparse.Namespace) -> Path:
     return out
 
 
+SHARED = REPO.parent / "shared"
+
+
+def blazepose(work: Path) -> tuple[Path, list[str]] | None:
+    """The real pretrained teacher (../shared/models: MediaPipe BlazePose-full, 33 keypoints,
+    sigmoid heatmaps 64×64), described as the README shows, and the real sample datasets it can
+    run on; None when ../shared is not there."""
+    src = SHARED / "models" / "blazepose_full_256.onnx"
+    specs = [f"coco:{SHARED / 'data/coco/test_coco.json'}",
+             f"mpii:{SHARED / 'data/mpii/test_mpii.json'}"]
+    if not src.is_file():
+        return None
+    dst = work / "blazepose-full.onnx"
+    if not dst.is_file():
+        from pipeline.teachers import TeacherInfo, describe_model
+
+        info = TeacherInfo(name="blazepose-full", skeleton="blazepose33", head="heatmap",
+                           input_wh=(256, 256), mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0),
+                           outputs=("Identity_3",), num_keypoints=33, activation="sigmoid")
+        describe_model(src, info, dst)
+    return dst, specs
+
+
 def teachers(demo: Path) -> list[Path]:
     return [demo / "teachers" / f"{n}.onnx" for n in TEACHER_NAMES]
 
@@ -196,12 +219,15 @@ def onnx_macs(path: Path) -> int:
         d = v.type.tensor_type.shape.dim
         if d and not d[0].HasField("dim_value"):
             d[0].dim_value = 1
-    model = onnx.shape_inference.infer_shapes(model)
+    model = onnx.shape_inference.infer_shapes(model, data_prop=True)  # Resize sizes
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in (*model.graph.value_info, *model.graph.output, *model.graph.input)}
     shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
     total = 0
     for node in model.graph.node:
+        out = shapes.get(node.output[0], [])
+        if node.op_type in ("Conv", "Gemm", "MatMul") and (not out or 0 in out):
+            raise RuntimeError(f"{path}: shape of {node.output[0]} unknown, MACs undercounted")
         if node.op_type == "Conv":
             w = shapes[node.input[1]]  # (Cout, Cin/groups, kh, kw)
             total += int(np.prod(shapes[node.output[0]])) * int(np.prod(w[1:]))

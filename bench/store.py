@@ -135,7 +135,7 @@ def bench_codec(t: Teacher, maps: np.ndarray, affines: np.ndarray, codec: str, p
             "read": len(order) / t_read, "read_raw": len(order) / t_raw}
 
 
-def threshold_sweep(maps: np.ndarray, path: Path, thresholds=(0.5, 2, 4, 8, 16, 32)
+def threshold_sweep(maps: np.ndarray, path: Path, thresholds=(1, 2, 4, 8, 16, 32)
                     ) -> list[list[str]]:
     """Bytes per instance (default codec, heatmaps only) and error against the zeroing threshold
     (in 1/255 of the channel peak) — what a higher stores.heatmap_store.THRESHOLD would buy."""
@@ -156,7 +156,7 @@ def threshold_sweep(maps: np.ndarray, path: Path, thresholds=(0.5, 2, 4, 8, 16, 
         lq = torch.log_softmax(torch.from_numpy(BETA * back / norm).reshape(n, k, -1), -1)
         kl = (lp.exp() * (lp - lq)).sum(-1).numpy()
         shift = np.linalg.norm(decode_heatmaps(back)[0] - c0, axis=-1)
-        mark = " (current)" if abs(thr / 255 - hs.THRESHOLD) < 1e-9 else ""
+        mark = " (default)" if abs(thr / 255 - hs.THRESHOLD) < 1e-9 else ""
         rows.append([f"{thr:g}/255{mark}", f"{(q > 0).mean():.1%}", f"{size:,.0f}",
                      f"{2 * maps[0].size / size:.1f}", f"{kl.mean():.1e} / {kl.max():.1e}",
                      f"{shift.mean():.4f}"])
@@ -184,15 +184,25 @@ def run(args: argparse.Namespace) -> str:
         instances = [instances[i] for i in sorted(keep)]
     common.say(f"store: {len(instances)} persons × 2 teachers, codecs {', '.join(args.codecs)}")
     load_before = common.load()
+    runs = [(path, instances, "") for path in common.teachers(demo)]
+    real = common.blazepose(args.work)
+    if real is not None:
+        bp_instances = [i for spec in real[1] for i in load_dataset(spec).instances]
+        runs.append((real[0], bp_instances, "real pretrained, "))
     errors, sizes = [], []
     chosen, sweep = {}, []
-    for path in common.teachers(demo):
-        t, maps, affines = teacher_maps(path, instances)
+    for path, insts, note in runs:
+        t, maps, affines = teacher_maps(path, insts)
+        n_real = len(maps)
+        if n_real < len(instances):  # few real persons: tile them (chunks compress one by one)
+            reps = -(-len(instances) // n_real)
+            maps = np.tile(maps, (reps, 1, 1, 1))[:len(instances)]
+            affines = np.tile(affines, (reps, 1, 1))[:len(instances)]
         k, h, w = maps.shape[1:]
         fp32 = 4 * k * h * w
-        name = f"{t.info.name} ({k}×{h}×{w})"
-        errors.append([name, *_error_cells(decode_error(maps))])
-        sweep += [[name, *row] for row in threshold_sweep(maps, args.work / "sweep.h5")]
+        name = f"{t.info.name} ({note}{k}×{h}×{w})"
+        errors.append([name, *_error_cells(decode_error(maps[:n_real]))])
+        sweep += [[name, *row] for row in threshold_sweep(maps[:n_real], args.work / "sweep.h5")]
         f16 = fp16_size(maps, args.work / "fp16.h5")
         sizes.append([name, "raw fp32 / raw fp16", f"{fp32:,} / {fp32 // 2:,}", "1.0 / 2.0",
                       "—", "—", "—", "—"])
@@ -222,7 +232,10 @@ def run(args: argparse.Namespace) -> str:
 
 {len(instances)} real teacher outputs per teacher (the demo's teachers, flip test on, over the
 demo's COCO + MPII training persons), one instance per chunk, fletcher32 on; reads in shuffled
-order, file in the page cache, 3 passes. {load_before} before, {load_after} after.
+order, file in the page cache, 3 passes. Also the real pretrained BlazePose-full
+(`../shared/models`, sigmoid heatmaps) over the real COCO + MPII sample persons (
+{len(runs[-1][1]) if real else 0} people, their maps tiled to {len(instances)} rows for the rates;
+errors and the threshold sweep use each person once). {load_before} before, {load_after} after.
 
 {common.table(["teacher (K×h×w)", "codec", "bytes / instance", "× smaller than fp16",
                "write inst/s", "read() inst/s", "read_raw() inst/s", "2 DataLoader workers inst/s"],
@@ -233,7 +246,8 @@ only. Bytes are the whole file (scales, affines, ids, attributes included) per i
 
 {chr(10).join(lines)}
 
-Decode error (quantisation: uint8 per keypoint scale, values under 2/255 of the peak zeroed;
+Decode error (quantisation: uint8 per keypoint scale, values under
+{hs.THRESHOLD * 255:g}/255 of the peak zeroed;
 the same for every codec, which are lossless), over every keypoint channel with a peak:
 
 {common.table(["teacher", "channels", "max abs error", "max error / peak",
