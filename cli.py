@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +21,13 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except UniError as e:
             click.echo(f"uni: error: {e}", err=True)
+            store = sys.modules.get("stores.heatmap_store")
+            if store is not None and store.hdf5_write_failed():
+                # HDF5 crashes at exit (SIGSEGV) over a file whose writes failed: skip its
+                # teardown, so a full disk still ends in this one line and exit code 2.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(2)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("uni: interrupted", err=True)
@@ -103,21 +111,28 @@ def describe_teacher(model: Path, skeleton: str, head: str, name: str | None, me
 @click.option("--workers", type=int, help="Local dask worker processes (default: CPU count; "
               "1 runs in this process).")
 @click.option("--scheduler", help="Use a running dask cluster instead (tcp://host:8786).")
+@click.option("--threads", type=int, help="onnxruntime threads per worker (default: all cores "
+              "for one worker, 1 each for several).")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Crops per task.")
+@click.option("--threshold", type=float, help="Zero stored values under this fraction of their "
+              "map's peak (default 4/255: smaller stores, error ≤ 1.6 % of the peak).")
 @click.option("--no-flip", is_flag=True, help="Skip the flip test (half the compute).")
 @click.option("--overwrite", is_flag=True, help="Rebuild stores, also incompatible ones.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image.")
 def cache_teachers(data: tuple[str, ...], teachers: tuple[Path, ...], out: Path,
-                   workers: int | None, scheduler: str | None, batch_size: int, no_flip: bool,
-                   overwrite: bool, strict: bool) -> None:
+                   workers: int | None, scheduler: str | None, threads: int | None,
+                   batch_size: int, threshold: float | None, no_flip: bool, overwrite: bool,
+                   strict: bool) -> None:
     """Stage one: run every teacher once over every person crop into compressed stores."""
     from pipeline.cache import cache_teachers as run
     from pipeline.cache import format_summary
 
-    if workers is not None and workers < 1:
-        raise UniError(f"--workers must be at least 1, got {workers}")
+    for flag, value in (("--workers", workers), ("--threads", threads)):
+        if value is not None and value < 1:
+            raise UniError(f"{flag} must be at least 1, got {value}")
     for s in run(list(data), list(teachers), out, workers=workers, scheduler=scheduler,
-                 batch_size=batch_size, flip=not no_flip, overwrite=overwrite, strict=strict):
+                 threads=threads, batch_size=batch_size, flip=not no_flip,
+                 overwrite=overwrite, strict=strict, threshold=threshold):
         click.echo(format_summary(s))
 
 
@@ -196,6 +211,9 @@ def inspect_data(spec: str, as_json: bool, draw: int, out: Path | None,
 @click.option("--resume", is_flag=True, default=None, help="Continue OUT/last.pt exactly.")
 @click.option("--amp", is_flag=True, default=None, help="bf16 autocast on CPU, fp16 on CUDA.")
 @click.option("--strict", is_flag=True, default=None, help="An unreadable image is fatal.")
+@click.option("--skip-corrupt", is_flag=True, default=None,
+              help="Train without the instances whose cached targets fail verification "
+                   "(default: refuse such a store).")
 def train_student(config_file: Path | None, input_size: str | None, **options) -> None:
     """Stage two: train a student on GT and cached teacher targets (torchrun-able)."""
     from student.train import parse_input_size, read_config_file, train

@@ -3,8 +3,8 @@
     .venv/bin/python bench/memory.py [--sizes 1000 20000] [--train-steps 20]
 
 Each measurement is a fresh child process (and its children: DataLoader workers), sampled with
-psutil every 20 ms: the peak RSS of the main process and the peak of the RSS summed over the
-process tree (forked workers share pages, so the sum over-counts them). Data: the demo's COCO
+psutil every 50 ms: the peak RSS of the main process and the peak of the PSS summed over the
+process tree (forked workers' shared pages counted once). Data: the demo's COCO
 training persons repeated to each size (bench/common.repeat_dataset).
 Stage one: `uni cache-teachers --workers 1` with the COCO teacher (--no-flip: memory does not
 depend on it, and it halves the time). Stage two: student.train.train with the store it wrote,
@@ -26,6 +26,12 @@ import psutil
 
 from pipeline.teachers import read_info
 
+_LOAD = """
+import sys
+from pipeline.datasets import load_dataset
+load_dataset(sys.argv[1])
+"""
+
 _TRAIN = """
 import json, sys
 from student.train import train
@@ -33,8 +39,10 @@ train(json.loads(sys.argv[1]), progress=False)
 """
 
 
-def peak_rss(cmd: list[str], interval: float = 0.02) -> tuple[float, float, float]:
-    """Run cmd; (peak RSS of the process, peak RSS summed over its tree, seconds), in MB."""
+def peak_rss(cmd: list[str], interval: float = 0.05) -> tuple[float, float, float]:
+    """Run cmd; (peak RSS of the process, peak PSS summed over its tree, seconds), in MB.
+    PSS splits each shared page among the processes sharing it, so forked DataLoader workers
+    count only what they really add (an RSS sum would count the shared pages twice)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     p = psutil.Process(proc.pid)
@@ -42,10 +50,11 @@ def peak_rss(cmd: list[str], interval: float = 0.02) -> tuple[float, float, floa
     while proc.poll() is None:
         try:
             rss = p.memory_info().rss
-            kids = sum(c.memory_info().rss for c in p.children(recursive=True))
+            tree_pss = sum(q.memory_full_info().pss
+                           for q in (p, *p.children(recursive=True)))
         except psutil.Error:  # exited between poll and sample
             break
-        main, tree = max(main, rss), max(tree, rss + kids)
+        main, tree = max(main, rss), max(tree, tree_pss)
         time.sleep(interval)
     err = proc.stderr.read().decode(errors="replace")
     if proc.wait() != 0:
@@ -64,6 +73,8 @@ def run(args: argparse.Namespace) -> str:
         spec = common.repeat_dataset(demo, "coco", n, args.work / f"coco_x{n}")
         stores = args.work / f"mem_stores_{n}"
         shutil.rmtree(stores, ignore_errors=True)
+        common.say(f"memory: the annotations alone, {n} persons")
+        ann = peak_rss([sys.executable, "-c", _LOAD, spec])
         common.say(f"memory: stage one over {n} persons")
         one = peak_rss([uni, "cache-teachers", "--data", spec, "--teacher", str(teacher),
                         "--out", str(stores), "--workers", "1", "--no-flip"])
@@ -74,24 +85,28 @@ def run(args: argparse.Namespace) -> str:
                "val_fraction": 0.0, "max_steps": args.train_steps, "log_every": 1000}
         common.say(f"memory: stage two over {n} persons, {args.train_steps} steps")
         two = peak_rss([sys.executable, "-c", _TRAIN, json.dumps(cfg)])
-        peaks[n] = (one, two)
-        rows.append([f"{n:,}", f"{one[0]:.0f}", f"{one[1]:.0f}", f"{one[2]:.0f}",
+        peaks[n] = (one, two, ann)
+        rows.append([f"{n:,}", f"{ann[0]:.0f}", f"{one[0]:.0f}", f"{one[2]:.0f}",
                      f"{two[0]:.0f}", f"{two[1]:.0f}", f"{two[2]:.0f}"])
     load_after = common.load()
     lo, hi = min(args.sizes), max(args.sizes)
     g1 = peaks[hi][0][0] - peaks[lo][0][0]
     g2 = peaks[hi][1][1] - peaks[lo][1][1]
+    ga = peaks[hi][2][0] - peaks[lo][2][0]
     return f"""## 4. Memory
 
 Peak resident memory (MB) of fresh processes, {load_before} before, {load_after} after.
 Stage one = `uni cache-teachers --workers 1 --no-flip` with {teacher.stem} (store written to
 completion); stage two = `train()` for {args.train_steps} steps from that store (tiny student,
-batch 32, 1 DataLoader worker; tree = trainer + worker).
+batch 32, 1 DataLoader worker; tree = PSS of trainer + worker). "annotations" = a process that
+only loads the dataset (pipeline.datasets.load_dataset): the part of the growth that is the
+annotation file itself, which both stages must hold.
 
-{common.table(["instances", "stage one peak MB", "stage one tree MB", "stage one s",
-               "stage two peak MB", "stage two tree MB", "stage two s"], rows)}
+{common.table(["instances", "annotations alone peak MB", "stage one peak MB", "stage one s",
+               "stage two peak MB", "stage two tree MB (PSS)", "stage two s"], rows)}
 
-- Stage one, {lo:,} → {hi:,} instances: **{g1:+.0f} MB** (goal < +50 MB: {common.verdict(g1 < 50)}).
+- Stage one, {lo:,} → {hi:,} instances: **{g1:+.0f} MB** (goal < +50 MB: {common.verdict(g1 < 50)}),
+  of which loading the annotations alone grows {ga:+.0f} MB.
 - Stage two (trainer + worker), {lo:,} → {hi:,} instances: **{g2:+.0f} MB**
   (goal < +50 MB: {common.verdict(g2 < 50)}).
 """

@@ -28,6 +28,7 @@ import numpy as np
 from pipeline.crops import crop_person, read_image
 from pipeline.datasets import Dataset, load_dataset
 from pipeline.errors import UniError
+from pipeline.faults import fault
 from pipeline.geometry import compose, crop_to_heatmap
 from pipeline.teachers import Teacher
 
@@ -195,7 +196,7 @@ def _start_client(workers: int, scheduler: str | None):
 
 
 def _prepare(store, teacher: Teacher, dataset: Dataset, out_dir: Path, flip: bool,
-             overwrite: bool) -> _Job | None:
+             overwrite: bool, threshold: float) -> _Job | None:
     """The job for one store, or None when it is already complete."""
     info = teacher.info
     k, (w, h) = info.num_keypoints, teacher.heatmap_wh
@@ -208,21 +209,23 @@ def _prepare(store, teacher: Teacher, dataset: Dataset, out_dir: Path, flip: boo
     if overwrite:
         tmp = path.with_name(path.name + ".tmp")
         try:  # resume an interrupted rebuild when it is the same rebuild
-            state = store.check_compatible(tmp, meta)
+            state = store.check_compatible(tmp, meta, threshold)
         except UniError:
             state = "missing"
         if state == "missing":
             tmp.unlink(missing_ok=True)
-            store.create_store(tmp, meta, [i.instance_id for i in dataset.instances])
+            store.create_store(tmp, meta, [i.instance_id for i in dataset.instances],
+                               threshold=threshold)
         return _Job(teacher, dataset, path, tmp, meta)
     try:
-        state = store.check_compatible(path, meta)
+        state = store.check_compatible(path, meta, threshold)
     except UniError as e:
         raise UniError(f"{e} (use --overwrite to rebuild it)") from None
     if state == "complete":
         return None
     if state == "missing":
-        store.create_store(path, meta, [i.instance_id for i in dataset.instances])
+        store.create_store(path, meta, [i.instance_id for i in dataset.instances],
+                           threshold=threshold)
     return _Job(teacher, dataset, path, path, meta)
 
 
@@ -240,12 +243,14 @@ def _run_job(store, job: _Job, results_for, batch_size: int, strict: bool,
     with store.StoreWriter(job.work_path) as writer, tqdm(
             total=len(ids), initial=int(done.sum()), unit="crop", desc=name, file=sys.stderr,
             dynamic_ncols=True, disable=not progress, smoothing=0.1) as bar:
+        fault("cache-start")  # test hook (pipeline/faults.py); so are the fault() calls below
         for rows, heatmaps, affines, skipped in results_for(batches):
             if skipped and strict:
                 first = next(iter(skipped.values()))
                 raise UniError(f"{first} (instance {next(iter(skipped))}; --strict)")
             if len(rows):
                 writer.write(rows, heatmaps, affines)
+                fault("cache-batch")
             summary.skipped.update(skipped)
             summary.computed += len(rows)
             bar.update(len(rows) + len(skipped))
@@ -267,16 +272,22 @@ def _with_sizes(store, summary: StoreSummary) -> StoreSummary:
 
 def cache_teachers(data: list[str], teachers: list[Path], out_dir: Path,
                    workers: int | None = None, scheduler: str | None = None,
-                   batch_size: int = DEFAULT_BATCH, flip: bool = True, overwrite: bool = False,
-                   strict: bool = False, progress: bool = True) -> list[StoreSummary]:
-    """Run every teacher over every person of every dataset into OUT stores (resumable)."""
+                   threads: int | None = None, batch_size: int = DEFAULT_BATCH,
+                   flip: bool = True, overwrite: bool = False, strict: bool = False,
+                   progress: bool = True, threshold: float | None = None) -> list[StoreSummary]:
+    """Run every teacher over every person of every dataset into OUT stores (resumable).
+
+    threads: onnxruntime intra-op threads per worker; None = all cores for a lone worker, 1 per
+    worker when there are several (more would oversubscribe the cores). threshold: stored
+    values under threshold × their channel's peak are zeroed (None: the store's default)."""
     from stores import heatmap_store as store
+
+    threshold = store.THRESHOLD if threshold is None else float(threshold)
 
     if batch_size < 1:
         raise UniError(f"--batch-size must be at least 1, got {batch_size}")
     workers = workers or os.cpu_count() or 1
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     datasets = [load_dataset(d) for d in data]
     # Client-side teachers only describe the store (grid, sha); workers build their own.
     models = [Teacher(Path(t), providers=["CPUExecutionProvider"], threads=1) for t in teachers]
@@ -284,10 +295,14 @@ def cache_teachers(data: list[str], teachers: list[Path], out_dir: Path,
     if len(set(names)) != len(names):
         raise UniError(f"teacher names must differ, got {', '.join(names)} (--name when "
                        "describing)")
+    try:  # only now: bad input leaves nothing behind
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UniError(f"--out {out_dir}: cannot create it ({e.strerror or e})") from None
     summaries, jobs = [], []
     for teacher in models:
         for ds in datasets:
-            job = _prepare(store, teacher, ds, out_dir, flip, overwrite)
+            job = _prepare(store, teacher, ds, out_dir, flip, overwrite, threshold)
             if job is None:
                 path = out_dir / store_name(teacher.info.name, ds)
                 k, (w, h) = teacher.info.num_keypoints, teacher.heatmap_wh
@@ -302,8 +317,9 @@ def cache_teachers(data: list[str], teachers: list[Path], out_dir: Path,
         if client is not None:
             n_threads = sum(client.nthreads().values())
             in_flight = IN_FLIGHT_PER_WORKER * max(n_threads, 1)
-            threads = 1 if n_threads > 1 else 0  # one ORT thread per worker: no oversubscribing
-        else:
+            if threads is None:
+                threads = 1 if n_threads > 1 else 0  # one ORT thread per worker
+        elif threads is None:
             threads = 0
         for job in jobs:
             # Absolute paths: a remote worker's working directory is not ours.

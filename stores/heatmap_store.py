@@ -50,12 +50,18 @@ no-op on uint8. Per-read cost is mostly HDF5's own overhead (read_direct_chunk w
 reaches ~170k/s), so the reader caches the dataset handle, file space and memory type (the
 last alone doubles the rate). Write speed includes quantising and two flushes per 32-row call.
 
-Threshold 2/255 of the channel max: error ≤ 2/255 of the peak (0.8 %), well under a teacher's
-own noise, and under the paper's KD (β = 10 sharpening) such values contribute (2/255)^10 ≈ 0.
-It removes the lowest background levels: 9 % (sigmoid) to 27 % (SimCC) smaller than 1/255,
-zeroing 20 % / 5 % of the maps' total mass, nearly all of it background noise. 4/255 would save
-another third but doubles the error. The argmax pixel alone keeps level 255 (near-ties drop to
-254), so decoding a stored map gives the teacher's argmax exactly.
+Threshold (default 4/255 of the channel max; `cache-teachers --threshold`, kept in attribute
+"threshold" and checked on resume): error ≤ 1.6 % of the peak, and under the paper's KD (β = 10
+sharpening) such values weigh (4/255)^10 ≈ 0. Measured by bench/store.py (zstd-1, heatmap bytes
+vs fp16; KL of the β = 10 softmax; the argmax refined decode did not move at any threshold):
+  threshold              1/255   2/255   4/255   8/255
+  BlazePose-full 33×64×64 14.3×   17.0×   21.2×   27.6×   (real pretrained, COCO + MPII samples)
+  KL mean                4.3e-5  4.6e-5  5.6e-5  8.9e-5
+  demo teacher 17×32×24   3.6×    3.9×    4.8×    6.4×   (MSE-trained on synthetic data)
+KL is dominated by uint8 rounding, not by the threshold. The demo teachers' maps stay large:
+their blobs are broad and noisy (10 % of all values are above 0.19 of the peak), which neither
+the threshold nor a delta filter (measured: ≤ 5 % smaller) removes. The argmax pixel alone keeps
+level 255 (near-ties drop to 254), so decoding a stored map gives the teacher's argmax exactly.
 
 Kill safety: the writer writes heatmaps / scales / affines, flushes, then sets done and flushes
 again, so after a SIGKILL done ⊆ rows really written. One writer at a time: StoreWriter holds
@@ -64,6 +70,9 @@ file uses HDF5's default (earliest) format: the "latest" format marks files open
 the superblock, and a killed writer leaves a file HDF5 then refuses to open (checked).
 60 SIGKILLs at random moments of a 30,000-row write: every store reopened, verify() clean,
 every done row held its own data.
+Disk full: a write stops with a one-line UniError while MIN_FREE_BYTES are still free, store
+intact and resumable. A write HDF5 itself fails (quota, a disk filled by someone else) is one
+line too, but HDF5 may leave that file unopenable (resume then says to --overwrite it).
 """
 
 from __future__ import annotations
@@ -71,6 +80,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shutil
 import socket
 import sys
 import time
@@ -83,12 +94,13 @@ import hdf5plugin
 import numpy as np
 
 from pipeline.errors import UniError
+from pipeline.faults import fault
 from pipeline.skeletons import get_skeleton
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-THRESHOLD = 2.0 / 255.0  # × channel max: zeroes the background noise of the lowest two levels
+THRESHOLD = 4.0 / 255.0  # default × channel max under which values are zeroed (see above)
 # Compression filters for the heatmaps (hdf5plugin); stores record the name in attr "codec".
 CODECS = {
     "zstd-1": lambda: hdf5plugin.Zstd(clevel=1),
@@ -108,6 +120,10 @@ CODECS = {
 CODEC = "zstd-1"
 DATASETS = ("heatmaps", "scales", "affines", "instance_ids", "done")
 _META_CHUNK = 4096  # rows per chunk of the small per-instance datasets
+# A writer stops cleanly while this much disk is still free (plus the batch itself): HDF5
+# cannot recover a file whose writes failed (it may be left unopenable, and crashes at exit).
+MIN_FREE_BYTES = 64 << 20
+_write_failed = False  # an HDF5 write failed in this process (see hdf5_write_failed)
 
 
 @dataclass
@@ -207,6 +223,29 @@ def dequantize(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- checks
 
 
+def _io_reason(e: BaseException) -> str:
+    """One short line for an I/O error (HDF5's own messages span several lines)."""
+    m = re.search(r"error message = '([^']*)'", str(e))
+    if m:
+        return m.group(1)
+    if isinstance(e, OSError) and e.errno:
+        return os.strerror(e.errno)
+    return " ".join(str(e).split())[:200]
+
+
+def _hdf5_failed(path: Path, e: BaseException) -> UniError:
+    """Note that HDF5 failed to write a file this process holds open; the error to raise."""
+    global _write_failed
+    _write_failed = True
+    return UniError(f"{path}: write failed ({_io_reason(e)})")
+
+
+def hdf5_write_failed() -> bool:
+    """True once an HDF5 write failed here: HDF5 then crashes at interpreter exit (SIGSEGV,
+    seen with a full disk), so the CLI leaves with os._exit after its one-line error."""
+    return _write_failed
+
+
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise UniError(f"{path}: store not found")
@@ -223,7 +262,7 @@ def _open_h5(path: Path, mode: str = "r") -> h5py.File:
         if "already open" in msg:
             raise UniError(f"{path}: already open in this process (close its reader before "
                            "writing)") from None
-        if "lock" in msg:
+        if "unable to lock file" in msg:
             raise UniError(f"{path}: cannot open, another process has it open ({msg})") from None
         raise UniError(f"{path}: cannot open as HDF5 ({msg})") from None
 
@@ -253,11 +292,14 @@ def _check_layout(f: h5py.File, where: str) -> StoreMeta:
 # --------------------------------------------------------------------------- creating
 
 
-def create_store(path: Path, meta: StoreMeta, instance_ids, codec: str = CODEC) -> None:
+def create_store(path: Path, meta: StoreMeta, instance_ids, codec: str = CODEC,
+                 threshold: float = THRESHOLD) -> None:
     """Write an empty store for these instances (done all 0): a temp file, then renamed."""
     path = Path(path)
     if codec not in CODECS:
         raise UniError(f"unknown store codec {codec!r}; known: {', '.join(CODECS)}")
+    if not 0.0 <= threshold < 1.0:
+        raise UniError(f"store threshold must be in [0, 1) of the channel peak, got {threshold}")
     ids = np.asarray(instance_ids, dtype=np.int64).reshape(-1)
     if len(ids) == 0:
         raise UniError(f"{path}: no instances to store")
@@ -267,10 +309,14 @@ def create_store(path: Path, meta: StoreMeta, instance_ids, codec: str = CODEC) 
     get_skeleton(meta.skeleton)  # UniError for an unknown skeleton
     n = len(ids)
     c = min(n, _META_CHUNK)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
     try:
-        with h5py.File(str(tmp), "w") as f:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
+        f = h5py.File(str(tmp), "w")
+    except OSError as e:
+        raise UniError(f"{path}: cannot create the store ({_io_reason(e)})") from None
+    try:
+        with f:
             f.create_dataset("heatmaps", (n, k, h, w), np.uint8, chunks=(1, k, h, w),
                              fletcher32=True, fillvalue=0, **dict(CODECS[codec]()))
             f.create_dataset("scales", (n, k), np.float32, chunks=(c, k), fletcher32=True)
@@ -289,8 +335,10 @@ def create_store(path: Path, meta: StoreMeta, instance_ids, codec: str = CODEC) 
             a["complete"] = 0
             a["skipped"] = "{}"
             a["codec"] = codec
-            a["threshold"] = THRESHOLD
+            a["threshold"] = float(threshold)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # h5py raises both for failed writes
+        raise _hdf5_failed(path, e) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -339,8 +387,14 @@ def _take_lock(path: Path) -> Path:
                         held[0] if held else "?")
             lock.unlink(missing_ok=True)
             continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"{os.getpid()} {host}\n")
+        except OSError as e:  # a read-only directory, say
+            raise UniError(f"{path}: cannot take the lock {lock} ({_io_reason(e)})") from None
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"{os.getpid()} {host}\n")
+        except OSError as e:
+            lock.unlink(missing_ok=True)
+            raise UniError(f"{path}: cannot take the lock {lock} ({_io_reason(e)})") from None
         return lock
     raise UniError(f"{path}: could not take {lock}")
 
@@ -363,7 +417,9 @@ class StoreWriter:
         self._affines = self._f["affines"]
         self._done = self._f["done"]
         self._ids = self._f["instance_ids"][:]
+        self.threshold = float(self._f.attrs.get("threshold", THRESHOLD))
         self.flush_every_s = flush_every_s
+        self._failed = False
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -389,16 +445,30 @@ class StoreWriter:
         if bad.any():
             raise UniError(f"{self.path}: instance {self._ids[rows[bad][0]]}: heatmaps or "
                            "affine not finite")
-        q, scales = quantize(heatmaps)
+        self._check_space(n)
+        q, scales = quantize(heatmaps, self.threshold)
         order = np.argsort(rows)
         rows, q, scales, affines = rows[order], q[order], scales[order], affines[order]
-        for i, r in enumerate(rows):
-            self._hm[r] = q[i]
-        self._scales[rows] = scales
-        self._affines[rows] = affines
-        self._f.flush()  # data on disk before it is marked done
-        self._done[rows] = 1
-        self._f.flush()
+        try:
+            for i, r in enumerate(rows):
+                self._hm[r] = q[i]
+            self._scales[rows] = scales
+            self._affines[rows] = affines
+            self._f.flush()  # data on disk before it is marked done
+            self._done[rows] = 1
+            self._f.flush()
+        except (OSError, RuntimeError) as e:  # h5py raises both for failed writes
+            self._failed = True
+            raise _hdf5_failed(self.path, e) from None
+
+    def _check_space(self, n: int) -> None:
+        """Stop, store intact, before the disk fills up (see MIN_FREE_BYTES)."""
+        need = MIN_FREE_BYTES + 2 * n * int(np.prod(self.meta.heatmap_shape))
+        free = shutil.disk_usage(self.path.parent).free
+        if free < need:
+            raise UniError(f"{self.path}: disk full ({free / 1e6:.0f} MB free, {need / 1e6:.0f}"
+                           " MB needed to write safely); the store is intact: free some space "
+                           "and run again to resume")
 
     def finalize(self, skipped: dict[int, str] | None = None) -> None:
         """Mark the store complete: every row done or skipped ({instance id: reason})."""
@@ -414,11 +484,16 @@ class StoreWriter:
         if missing:
             raise UniError(f"{self.path}: cannot finalize, {len(missing)} instances neither "
                            f"written nor skipped (first: {missing[0]})")
-        a = self._f.attrs
-        a["skipped"] = json.dumps({str(k): v for k, v in sorted(skipped.items())})
-        a["complete"] = 1
-        a["completed"] = a["updated"] = _now()
-        self._f.flush()
+        try:
+            a = self._f.attrs
+            a["skipped"] = json.dumps({str(k): v for k, v in sorted(skipped.items())})
+            fault("store-finalize")
+            a["complete"] = 1
+            a["completed"] = a["updated"] = _now()
+            self._f.flush()
+        except (OSError, RuntimeError) as e:
+            self._failed = True
+            raise _hdf5_failed(self.path, e) from None
 
     def _row(self, instance_id: int) -> int:
         if not hasattr(self, "_row_of"):
@@ -427,11 +502,19 @@ class StoreWriter:
 
     def close(self) -> None:
         f = getattr(self, "_f", None)
-        if f is not None and f.id.valid:
-            if not int(f.attrs["complete"]):
-                f.attrs["updated"] = _now()
-            f.close()
-        self._release()
+        try:
+            if f is not None and f.id.valid:
+                try:
+                    if not self._failed and not int(f.attrs["complete"]):
+                        f.attrs["updated"] = _now()
+                    f.close()
+                except (OSError, RuntimeError) as e:
+                    err = _hdf5_failed(self.path, e)
+                    if not self._failed:  # else the first failure is the one to report
+                        self._failed = True
+                        raise err from None
+        finally:
+            self._release()
 
     def _release(self) -> None:
         lock = getattr(self, "_lock", None)
@@ -532,7 +615,11 @@ class StoreReader:
 
     def verify(self, progress: bool = False) -> list[str]:
         """Read every chunk (checksums) and check done mask and attributes; problems found."""
-        return _verify(self, progress)
+        return _verify(self, progress)[0]
+
+    def damaged(self, progress: bool = False) -> dict[int, str]:
+        """{row: problem} for rows marked done whose data verify() finds unusable."""
+        return _verify(self, progress)[1]
 
     def summary(self) -> dict:
         return _summary(self)
@@ -542,8 +629,9 @@ def open_store(path: Path) -> StoreReader:
     return StoreReader(Path(path))
 
 
-def check_compatible(path: Path, meta: StoreMeta) -> str:
-    """'missing', 'complete' or 'partial'; UniError naming the field when built differently."""
+def check_compatible(path: Path, meta: StoreMeta, threshold: float | None = None) -> str:
+    """'missing', 'complete' or 'partial'; UniError naming the field when built differently
+    (also the quantisation threshold, when given)."""
     path = Path(path)
     if not path.exists():
         return "missing"
@@ -552,16 +640,21 @@ def check_compatible(path: Path, meta: StoreMeta) -> str:
         have, want = getattr(r.meta, name), getattr(meta, name)
         if have != want:
             raise UniError(f"{path}: built with {name} {have!r}, now {want!r}")
+    have = float(r.attrs.get("threshold", THRESHOLD))
+    if threshold is not None and not np.isclose(have, threshold, rtol=0, atol=1e-9):
+        raise UniError(f"{path}: built with threshold {have:.6g}, now {threshold:.6g}")
     return "complete" if r.complete else "partial"
 
 
 # --------------------------------------------------------------------------- verify, summary
 
 
-def _verify(r: StoreReader, progress: bool) -> list[str]:
+def _verify(r: StoreReader, progress: bool) -> tuple[list[str], dict[int, str]]:
+    """(every problem, {row: problem} for the done rows among them)."""
     from tqdm import tqdm
 
     problems = []
+    damaged = {}
     r._open()
     k = r.meta.heatmap_shape[0]
     allocated = np.zeros(len(r), bool)
@@ -570,40 +663,45 @@ def _verify(r: StoreReader, progress: bool) -> list[str]:
         allocated[info.chunk_offset[0]] = True
 
     r._hm.id.chunk_iter(seen)
-    for row in tqdm(range(len(r)), desc="verify", unit="inst", disable=not progress,
-                    file=sys.stderr):
-        iid = int(r.instance_ids[row])
-        if not allocated[row]:
+    for row in tqdm(range(len(r)), desc=f"verify {r.path.name}", unit="inst",
+                    disable=not progress, file=sys.stderr, delay=1.0):  # quiet when quick
+        problem = _check_row(r, row, bool(allocated[row]), k)
+        if problem:
+            problems.append(f"instance {int(r.instance_ids[row])} (row {row}): {problem}")
             if r.done[row]:
-                problems.append(f"instance {iid} (row {row}): marked done but has no data")
-            continue
-        out = np.empty(r._count, np.uint8)
-        r._fspace.select_hyperslab((row, 0, 0, 0), r._count)
-        try:
-            r._hm.id.read(r._mspace, r._fspace, out, r._mtype)
-        except OSError:
-            problems.append(f"instance {iid} (row {row}): heatmap chunk fails its checksum")
-            continue
-        if not r.done[row]:
-            continue
-        s = r._scales[row]
-        if not (np.isfinite(s).all() and (s >= 0).all()):
-            problems.append(f"instance {iid} (row {row}): scales not finite and ≥ 0")
-        elif not np.isfinite(r._affines[row]).all():
-            problems.append(f"instance {iid} (row {row}): affine not finite")
-        else:
-            peak = out[0].reshape(k, -1).max(-1)
-            wrong = np.flatnonzero((s > 0) != (peak == 255))
-            if len(wrong):
-                problems.append(f"instance {iid} (row {row}): keypoint {wrong[0]} peak "
-                                f"{peak[wrong[0]]} does not match its scale {s[wrong[0]]}")
+                damaged[row] = problems[-1]
     if r.complete:
         missing = [int(i) for i, d in zip(r.instance_ids, r.done, strict=True)
                    if not d and int(i) not in r.skipped]
         if missing:
             problems.append(f"marked complete but {len(missing)} instances neither done nor "
                             f"skipped (first: instance {missing[0]})")
-    return problems
+    return problems, damaged
+
+
+def _check_row(r: StoreReader, row: int, allocated: bool, k: int) -> str | None:
+    """What is wrong with one row, or None."""
+    if not allocated:
+        return "marked done but has no data" if r.done[row] else None
+    out = np.empty(r._count, np.uint8)
+    r._fspace.select_hyperslab((row, 0, 0, 0), r._count)
+    try:
+        r._hm.id.read(r._mspace, r._fspace, out, r._mtype)
+    except OSError:
+        return "heatmap chunk fails its checksum"
+    if not r.done[row]:
+        return None
+    s = r._scales[row]
+    if not (np.isfinite(s).all() and (s >= 0).all()):
+        return "scales not finite and ≥ 0"
+    if not np.isfinite(r._affines[row]).all():
+        return "affine not finite"
+    peak = out[0].reshape(k, -1).max(-1)
+    wrong = np.flatnonzero((s > 0) != (peak == 255))
+    if len(wrong):
+        return (f"keypoint {wrong[0]} peak {peak[wrong[0]]} does not match its scale "
+                f"{s[wrong[0]]}")
+    return None
 
 
 def _summary(r: StoreReader) -> dict:

@@ -9,6 +9,7 @@ Config keys (CLI option names with _ for -):
   input_wh [w, h] (CLI --input-size HxW), epochs, batch_size (per process), lr, weight_decay,
   warmup_steps, workers (DataLoader processes), gt_weight, kd_weight {teacher: w},
   kd_decay {teacher: none|linear}, kd_loss (kl|mse), kd_beta, seed, amp, strict,
+  skip_corrupt (train without the instances whose cached targets fail verification),
   val_fraction (held-out slice of the training instances when val_data is empty; 0 = no val),
   save_every (steps between mid-epoch checkpoints; 0 = at epoch ends only), log_every (steps),
   max_steps (stop after this many optimiser steps; 0 = no limit), resume (bool).
@@ -17,6 +18,9 @@ Run directory: config.toml (the resolved config), metrics.csv, tb/ (TensorBoard)
 loss_curves.png, last.pt and best.pt (lowest validation loss). A checkpoint holds model,
 optimizer, scheduler, epoch, step, step_in_epoch, RNG states and config, so `resume` continues
 exactly where last.pt left off (augmentations are seeded per (seed, epoch, sample)).
+Checkpoints are written to a temp file, then renamed: a kill never leaves a half-written one.
+Every store is verified (each chunk read once) before training: damaged cached targets are
+refused, or their instances left out with skip_corrupt — never trained on.
 Validation loss = the GT loss on un-augmented crops (teacher-free, so runs compare).
 """
 
@@ -27,6 +31,7 @@ import itertools
 import math
 import os
 import random
+import shutil
 import sys
 import time
 import tomllib
@@ -38,6 +43,7 @@ import torch.distributed as dist
 
 from pipeline.datasets import load_dataset
 from pipeline.errors import UniError
+from pipeline.faults import fault
 from pipeline.skeletons import NUM_UNIFIED
 from student.data import Augment, PoseSamples, collate, match_stores
 from student.losses import KD_DECAYS, KD_LOSSES, heatmap_mse, total_loss
@@ -47,7 +53,8 @@ DEFAULTS: dict = {
     "data": [], "val_data": [], "stores": [], "out": "", "model": "tiny", "input_wh": [192, 256],
     "epochs": 10, "batch_size": 32, "lr": 2e-3, "weight_decay": 0.01, "warmup_steps": 100,
     "workers": 2, "gt_weight": 0.3, "kd_weight": {}, "kd_decay": {}, "kd_loss": "kl",
-    "kd_beta": 10.0, "seed": 0, "amp": False, "strict": False, "val_fraction": 0.05,
+    "kd_beta": 10.0, "seed": 0, "amp": False, "strict": False, "skip_corrupt": False,
+    "val_fraction": 0.05,
     "save_every": 0, "log_every": 20, "max_steps": 0, "resume": False,
 }
 # The paper's weights (SPEC "The method") for the two-teacher COCO + MPII setting.
@@ -145,7 +152,7 @@ def resolve_config(config: dict) -> dict:
         raise UniError("config: epochs and batch_size must be ≥ 1, workers ≥ 0")
     if not 0.0 <= cfg["val_fraction"] < 1.0:
         raise UniError(f"config: val_fraction must be in [0, 1), got {cfg['val_fraction']}")
-    for key in ("amp", "strict", "resume"):
+    for key in ("amp", "strict", "skip_corrupt", "resume"):
         cfg[key] = bool(cfg[key])
     return cfg
 
@@ -193,8 +200,12 @@ def to_toml(cfg: dict) -> str:
 
 def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -321,6 +332,33 @@ def _split(train_sets, cfg) -> tuple[list, list]:
             [x for j, x in enumerate(items) if j in held])
 
 
+def _check_stores(sources: dict, train_sets, items: list, cfg: dict, rank: int,
+                  progress: bool) -> list:
+    """Read every store's chunks once, before training: damaged cached targets are refused in
+    one line, or (skip_corrupt) their instances are dropped from `items` and counted."""
+    bad: dict[str, set[int]] = {}  # dataset id → instance ids with a damaged target
+    first = None
+    for (_, dataset_id), src in sources.items():
+        damaged = src.reader.damaged(progress=progress)
+        src.reader.close()  # DataLoader workers open their own handles
+        if damaged:
+            first = first or f"{src.path}: {next(iter(damaged.values()))}"
+            bad.setdefault(dataset_id, set()).update(
+                int(src.reader.instance_ids[r]) for r in damaged)
+    if not bad:
+        return items
+    n = sum(len(ids) for ids in bad.values())
+    if not cfg["skip_corrupt"]:
+        raise UniError(f"{first}; {n} damaged instance(s) in the stores (uni inspect-store "
+                       "--verify lists them; --skip-corrupt trains without them)")
+    keep = [(d, i) for d, i in items if train_sets[d].instances[i].instance_id
+            not in bad.get(train_sets[d].dataset_id, ())]
+    if rank == 0:
+        print(f"uni: skipping {len(items) - len(keep)} training instances whose cached "
+              f"targets are damaged (--skip-corrupt); first: {first}", file=sys.stderr)
+    return keep
+
+
 def _autocast(cfg: dict, device: torch.device):
     if not cfg["amp"]:
         return torch.autocast(device.type, enabled=False)
@@ -436,6 +474,8 @@ def _train(cfg, out, resume_ckpt, rank, world, device, progress) -> Path:
     kd_weights, kd_decays = teacher_weights(cfg, skeletons)
     cfg["kd_weight"], cfg["kd_decay"] = kd_weights, kd_decays
     train_items, held_items = _split(train_sets, cfg)
+    train_items = _check_stores(sources, train_sets, train_items, cfg, rank,
+                                progress and rank == 0)
     input_wh = tuple(cfg["input_wh"])
     train_ds = PoseSamples(train_sets, input_wh, teachers, sources, Augment(), cfg["seed"],
                            instances=train_items)
@@ -509,7 +549,19 @@ def _train(cfg, out, resume_ckpt, rank, world, device, progress) -> Path:
                 "scheduler": sched.state_dict(), "epoch": epoch, "step": step,
                 "step_in_epoch": step_in_epoch, "best": best, "val_loss": val,
                 "rng": _rng_states(), "config": cfg, "teachers": teachers}
-        _atomic_write(out / name, lambda p: torch.save(ckpt, p))
+
+        def write(p: Path) -> None:
+            torch.save(ckpt, p)
+            fault("checkpoint")  # test hook: written, not yet renamed over the old one
+
+        try:
+            _atomic_write(out / name, write)
+        except (OSError, RuntimeError) as e:  # a full disk (torch says RuntimeError)
+            reason = (e.strerror if isinstance(e, OSError) and e.strerror
+                      else " ".join(str(e).split())[:120])
+            free = shutil.disk_usage(out).free / 1e6
+            raise UniError(f"{out / name}: cannot write the checkpoint ({reason}; {free:.0f} MB "
+                           "free); the previous one is kept") from None
 
     skipped: dict[str, None] = {}  # unique, in order of appearance
     sums: dict[str, float] = {}

@@ -104,6 +104,19 @@ def test_up_to_date_mismatch_overwrite(heatmap_teacher, simcc_teacher, tmp_path)
     assert not np.allclose(no_flip[1], before[1], atol=1e-3)
     np.testing.assert_array_equal(no_flip[2], before[2])  # same crops, same affines
 
+    # Another quantisation threshold is another store too.
+    with pytest.raises(UniError, match="threshold .* now 0.9.*--overwrite"):
+        cache_teachers([spec], [heatmap_teacher], out, workers=1, flip=False, threshold=0.9,
+                       progress=False)
+    cache_teachers([spec], [heatmap_teacher], out, workers=1, flip=False, threshold=0.9,
+                   overwrite=True, progress=False)
+    assert open_store(first.path).attrs["threshold"] == 0.9
+    coarse = _contents(first.path)[1]
+    rel = no_flip[1] / no_flip[1].max(axis=(2, 3), keepdims=True)
+    # This teacher's maps are flat (all ≥ 0.7 of the peak): 0.9 is what zeroes half of them.
+    assert (coarse[rel < 0.89] == 0).all() and (coarse[rel > 0.91] > 0).all()
+    assert 0.2 < (rel < 0.89).mean() < 0.8
+
 
 def test_unreadable_images_skipped_or_strict(heatmap_teacher, tmp_path):
     images = tmp_path / "images"

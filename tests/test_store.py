@@ -228,6 +228,27 @@ def test_check_compatible_refuses_each_field(tmp_path, field, value):
     assert str(path) in str(e.value)
 
 
+def test_threshold_is_kept_used_and_checked_on_resume(tmp_path):
+    path = tmp_path / "t.h5"
+    maps = _maps(4)
+    hs.create_store(path, _meta(), np.arange(4), threshold=0.2)
+    with hs.StoreWriter(path) as w:
+        w.write(np.arange(4), maps, _affines(4))
+        w.finalize()
+    r = hs.open_store(path)
+    assert r.attrs["threshold"] == pytest.approx(0.2)
+    for row in range(4):
+        got, _ = r.read(row)
+        top = maps[row].max(axis=(1, 2), keepdims=True)
+        assert (got[maps[row] < 0.2 * top] == 0).all()  # zeroed under 0.2 × peak, not 4/255
+        assert (got[maps[row] >= 0.21 * top] > 0).all()
+    assert hs.check_compatible(path, _meta(), 0.2) == "complete"
+    with pytest.raises(UniError, match="threshold 0.2, now 0.0156863"):
+        hs.check_compatible(path, _meta(), hs.THRESHOLD)
+    with pytest.raises(UniError, match="threshold"):
+        hs.create_store(tmp_path / "bad.h5", _meta(), [1], threshold=1.5)
+
+
 # --------------------------------------------------------------------------- locks
 
 

@@ -1,0 +1,26 @@
+"""Test hook: ``UNI_FAULT=POINT[:N]`` SIGKILLs this process the N-th time (default: first) it
+reaches ``fault(POINT)``, so tests can kill a job at a named moment. Unset, it does nothing.
+
+Points: cache-start (store created and locked, nothing written), cache-batch (after a batch is
+written), store-finalize (inside StoreWriter.finalize), checkpoint (a checkpoint written to its
+temp file, not yet renamed).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_hits: dict[str, int] = {}
+
+
+def fault(point: str) -> None:
+    spec = os.environ.get("UNI_FAULT")
+    if not spec:
+        return
+    name, _, n = spec.partition(":")
+    if name != point:
+        return
+    _hits[point] = _hits.get(point, 0) + 1
+    if _hits[point] >= int(n or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
