@@ -1,9 +1,10 @@
 """Online KD for the benchmarks: the ONNX teachers run inside the DataLoader on every sample,
 instead of reading the cached stores — the baseline that caching replaces.
 
-`OnlineTeacher` stands in for a StoreReader in a student.data.TeacherSource (PoseSamples only
-uses ``row_of``, ``done`` and ``read(row) → (maps, affine image → teacher grid)``), so the maps
-are warped, flipped and masked by exactly the code that warps cached targets; the only
+`OnlineTeacher` stands in for a StoreReader in a student.data.TeacherSource (train() and
+PoseSamples only use ``row_of``, ``done``, ``damaged()``, ``close()`` and
+``read(row) → (maps, affine image → teacher grid)``), so the maps are warped, flipped and
+masked by exactly the code that warps cached targets; the only
 difference is that they are fresh float32 teacher outputs rather than quantised stored ones.
 `online_training()` makes student.train.train use such sources: it swaps the one function
 through which train() gets its teacher sources (match_stores) for the duration of the call.
@@ -54,6 +55,12 @@ class OnlineTeacher:
                                     threads=self.threads)
             self._pid = os.getpid()
         return self._teacher
+
+    def damaged(self, progress: bool = False) -> dict[int, str]:
+        return {}  # nothing stored, nothing to verify
+
+    def close(self) -> None:
+        pass
 
     def read(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         t = self._get()

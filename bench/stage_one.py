@@ -179,10 +179,13 @@ def run(args: argparse.Namespace) -> str:
   cores: {common.verdict(scaling >= 1.7)}): how the job scales with workers, each worker held to
   one core (both through dask).
 - With the defaults, 2 workers ÷ 1 worker = {ratio2:.2f}: a lone in-process worker already
-  runs onnxruntime on all cores (and decodes the next batch on a thread meanwhile), so on 2
-  cores a second worker has nothing left to add; it pays off when workers are on other
-  machines or cores. Decode, crop, quantise and write are {100 * (1 - infer_share):.0f} % of
-  the time below; the machine's other load at the end: {load_after}.
+  runs onnxruntime on all cores, so on 2 cores a second worker has nothing left to add; more
+  workers pay off on more cores or machines.
+- Why 1 worker stays under the bare loop: decode, crop, normalise, quantise and write are
+  {100 * (1 - infer_share):.0f} % of the time below, and on the CPU they cannot hide behind
+  inference — onnxruntime already keeps both cores busy (decoding the next batch on a thread
+  measured slower, so cache-teachers only does that when the teacher runs on an accelerator).
+  The machine's other load at the end: {load_after}.
 
 Where the time goes (same work, step by step, 1 process, onnxruntime default threads):
 

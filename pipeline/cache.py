@@ -147,13 +147,22 @@ def _batches(dataset: Dataset, instance_ids: list[int], done: np.ndarray, batch:
     return out
 
 
-def _local_results(batches, args) -> Iterator:
-    """In this process. The next batch is decoded and cropped on a thread while this one is
-    inferred and written (onnxruntime and cv2 release the GIL), so those steps cost no time."""
+def _local_results(batches, args, prefetch: bool | None = None) -> Iterator:
+    """In this process. With prefetch (default: when the teacher runs on an accelerator) the
+    next batch is decoded and cropped on a thread while this one is inferred and written.
+    On the CPU it is off: onnxruntime already keeps every core busy, and the thread measured
+    slower (bench/stage_one.py), competing with onnxruntime's spinning threads."""
     if not batches:
         return
     teacher_path, sha256, threads, flip = args
     t = _teacher(teacher_path, sha256, threads)
+    if prefetch is None:
+        prefetch = t.session.get_providers()[0] != "CPUExecutionProvider"
+    if not prefetch:
+        for items in batches:
+            rows, crops, affines, skipped = crop_batch(t, items)
+            yield rows, _predict(t, crops, flip), affines, skipped
+        return
     with ThreadPoolExecutor(1) as pool:
         nxt = pool.submit(crop_batch, t, batches[0])
         for i in range(len(batches)):

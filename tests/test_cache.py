@@ -196,6 +196,22 @@ def test_cli_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "none.onnx" in r.stderr
 
 
+def test_prefetch_gives_the_same_batches(heatmap_teacher):
+    """The accelerator path (decode + crop on a thread) yields what the sequential one does."""
+    from pipeline.cache import _batches, _local_results
+
+    ds = load_dataset(f"coco:{DATA / 'coco/test_coco.json'}")
+    ids = [i.instance_id for i in ds.instances] * 3
+    batches = _batches(ds, ids, np.zeros(len(ids), bool), 5)
+    args = (str(heatmap_teacher), Teacher(heatmap_teacher).sha256, 1, True)
+    seq = list(_local_results(batches, args, prefetch=False))
+    pre = list(_local_results(batches, args, prefetch=True))
+    assert len(seq) == len(pre) == len(batches)
+    for a, b in zip(seq, pre, strict=True):
+        for x, y in zip(a[:3], b[:3], strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
 def test_killed_dask_worker_loses_nothing(heatmap_teacher):
     """A worker process SIGKILLed mid-run: dask reruns its tasks, every row comes back once."""
     from pipeline.cache import _batches, _dask_results, _local_results, _start_client
