@@ -108,11 +108,11 @@ def describe_teacher(model: Path, skeleton: str, head: str, name: str | None, me
               help="A described ONNX teacher; repeat for more.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Store directory: one TEACHER__FORMAT-DATASETID.h5 per teacher × dataset.")
-@click.option("--workers", type=int, help="Local dask worker processes (default: CPU count; "
-              "1 runs in this process).")
+@click.option("--workers", type=int, help="Local dask worker processes (default: one per 4 "
+              "CPU cores, at least 1; 1 runs in this process).")
 @click.option("--scheduler", help="Use a running dask cluster instead (tcp://host:8786).")
-@click.option("--threads", type=int, help="onnxruntime threads per worker (default: all cores "
-              "for one worker, 1 each for several).")
+@click.option("--threads", type=int, help="onnxruntime threads per worker (default: the cores "
+              "shared among the local workers; 1 per task with --scheduler).")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Crops per task.")
 @click.option("--threshold", type=float, help="Zero stored values under this fraction of their "
               "map's peak (default 4/255: smaller stores, error ≤ 1.6 % of the peak).")

@@ -1,12 +1,13 @@
 """Parity: the same student trained with cached targets and with online teachers.
 
-    .venv/bin/python bench/parity.py [--epochs 2]
+    .venv/bin/python bench/parity.py [--epochs 4] [--seeds 2]
 
 Same seed, epochs, augmentation, data (the demo's COCO + MPII training sets) and code
 (student.train.train); the only difference is where the teacher maps come from: the stores
 cache-teachers wrote (quantised) or the ONNX teachers run on every sample (bench/online.py).
 Both students are evaluated on the demo's COCO and MPII validation sets (goal: AP / PCKh
-within 1 point). A third run — cached, another seed — shows how much a seed alone moves them.
+within 1 point). Each arm runs with several seeds: the mean over seeds is compared, and the
+spread between seeds of one arm shows how much a seed alone moves the figures.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import shutil
 import time
 
 import common
+import numpy as np
 import online
 
 from pipeline.cache import cache_teachers
@@ -39,44 +41,56 @@ def run(args: argparse.Namespace) -> str:
                                                  workers=1, progress=False)]
     load_before = common.load()
     input_wh = list(read_info(paths[0]).input_wh)
-    results = {}
-    for name, kd, seed in (("cached", "cached", 0), ("online", "online", 0),
-                           ("cached, seed 1", "cached", 1)):
-        out = args.work / f"parity_{name.replace(', ', '_').replace(' ', '')}"
-        shutil.rmtree(out, ignore_errors=True)
-        cfg = {"data": train_specs, "stores": stores if kd == "cached" else [str(p) for p in paths],
-               "out": str(out), "model": args.student, "input_wh": input_wh,
-               "epochs": args.epochs, "batch_size": 32, "lr": 4e-3, "workers": 1, "seed": seed,
-               "val_fraction": 0.0}
-        common.say(f"parity: training {name}, {args.epochs} epochs")
-        t0 = time.perf_counter()
-        if kd == "online":
-            with online.online_training(paths):
+    seeds = list(range(args.seeds))
+    results: dict[tuple[str, int], tuple[list[float], float]] = {}
+    for seed in seeds:
+        for kd in ("cached", "online"):
+            out = args.work / f"parity_{kd}_seed{seed}"
+            shutil.rmtree(out, ignore_errors=True)
+            cfg = {"data": train_specs, "stores": stores if kd == "cached" else
+                   [str(p) for p in paths], "out": str(out), "model": args.student,
+                   "input_wh": input_wh, "epochs": args.epochs, "batch_size": 32, "lr": 4e-3,
+                   "workers": 1, "seed": seed, "val_fraction": 0.0}
+            common.say(f"parity: training {kd}, seed {seed}, {args.epochs} epochs")
+            t0 = time.perf_counter()
+            if kd == "online":
+                with online.online_training(paths):
+                    train(cfg, progress=False)
+            else:
                 train(cfg, progress=False)
-        else:
-            train(cfg, progress=False)
-        seconds = time.perf_counter() - t0
-        scores = _score(evaluate(val_specs, model=out, progress=False))
-        results[name] = (scores, seconds)
+            seconds = time.perf_counter() - t0
+            results[kd, seed] = (_score(evaluate(val_specs, model=out, progress=False)), seconds)
     load_after = common.load()
-    (c, tc), (o, to), (s, _) = results["cached"], results["online"], results["cached, seed 1"]
-    rows = [[name, f"{sc[0]:.2f}", f"{sc[1]:.2f}", f"{(sc[0] + sc[1]) / 2:.2f}", f"{sec:.0f}"]
-            for name, (sc, sec) in results.items()]
-    d_ap, d_pckh = o[0] - c[0], o[1] - c[1]
+    rows = [[kd, str(seed), f"{sc[0]:.2f}", f"{sc[1]:.2f}", f"{(sc[0] + sc[1]) / 2:.2f}",
+             f"{sec:.0f}"] for (kd, seed), (sc, sec) in results.items()]
+
+    def mean(kd: str, i: int) -> float:
+        return float(np.mean([results[kd, s][0][i] for s in seeds]))
+
+    d_ap, d_pckh = mean("online", 0) - mean("cached", 0), mean("online", 1) - mean("cached", 1)
     ok = abs(d_ap) <= 1 and abs(d_pckh) <= 1
+    spread = [max(results[kd, s][0][i] for s in seeds) - min(results[kd, s][0][i] for s in seeds)
+              for kd in ("cached", "online") for i in (0, 1)]
+    t_c = float(np.mean([results["cached", s][1] for s in seeds]))
+    t_o = float(np.mean([results["online", s][1] for s in seeds]))
+    rows.append(["cached, mean", "", f"{mean('cached', 0):.2f}", f"{mean('cached', 1):.2f}",
+                 f"{(mean('cached', 0) + mean('cached', 1)) / 2:.2f}", f"{t_c:.0f}"])
+    rows.append(["online, mean", "", f"{mean('online', 0):.2f}", f"{mean('online', 1):.2f}",
+                 f"{(mean('online', 0) + mean('online', 1)) / 2:.2f}", f"{t_o:.0f}"])
     return f"""## 5. Parity: cached vs online teachers
 
-Student `{args.student}`, {args.epochs} epochs, batch 32, lr 4e-3, seed 0, the demo's COCO + MPII
-training sets and augmentation, 1 DataLoader worker; evaluated on the demo's validation sets
-(flip test). {load_before} before, {load_after} after.
+Student `{args.student}`, {args.epochs} epochs, batch 32, lr 4e-3, seeds {seeds} for both arms
+(the same seed gives the same initialisation, sample order and augmentation), the demo's COCO +
+MPII training sets, 1 DataLoader worker; evaluated on the demo's validation sets (flip test).
+{load_before} before, {load_after} after.
 
-{common.table(["targets", "COCO AP", "MPII PCKh@0.5", "average", "training s"], rows)}
+{common.table(["targets", "seed", "COCO AP", "MPII PCKh@0.5", "average", "training s"], rows)}
 
-- **online − cached: AP {d_ap:+.2f}, PCKh {d_pckh:+.2f} points** (goal within 1 point:
-  {common.verdict(ok)}); seed 1 − seed 0 (both cached): AP {s[0] - c[0]:+.2f}, PCKh
-  {s[1] - c[1]:+.2f} — the noise a seed alone brings.
-- Training time: online ÷ cached = **{to / tc:.2f}×** ({to:.0f} s against {tc:.0f} s; the
-  cached time excludes stage one, which ran once for all runs).
+- **online − cached, mean over seeds: AP {d_ap:+.2f}, PCKh {d_pckh:+.2f} points** (goal within 1
+  point: {common.verdict(ok)}). For scale, the spread between seeds of one arm: AP
+  {spread[0]:.2f} / {spread[2]:.2f}, PCKh {spread[1]:.2f} / {spread[3]:.2f} (cached / online).
+- Training time: online ÷ cached = **{t_o / t_c:.2f}×** ({t_o:.0f} s against {t_c:.0f} s per
+  run; the cached time excludes stage one, which ran once for all runs).
 - Online targets are computed from the same un-augmented teacher crop as the cached ones and
   warped by the same code, so the runs differ only by the store's quantisation; a teacher run
   on the student's augmented crop instead would give other targets by design, not by caching.
@@ -85,6 +99,7 @@ training sets and augmentation, 1 DataLoader worker; evaluated on the demo's val
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--seeds", type=int, default=2, help="seeds per arm [2]")
     ap.add_argument("--student", default="tiny")
     common.main(run, ap)

@@ -177,10 +177,13 @@ def run(args: argparse.Namespace) -> str:
   the same session options (onnxruntime's default threads, as `--workers 1` uses).
 - **2 workers ÷ 1 worker, one onnxruntime thread per worker = {scaling:.2f}** (goal ≥ 1.7 on 2
   cores: {common.verdict(scaling >= 1.7)}): how the job scales with workers, each worker held to
-  one core (both through dask).
-- With the defaults, 2 workers ÷ 1 worker = {ratio2:.2f}: a lone in-process worker already
-  runs onnxruntime on all cores, so on 2 cores a second worker has nothing left to add; more
-  workers pay off on more cores or machines.
+  one core (both through dask). On 2 cores the two workers share them with the client process,
+  which unpickles every batch's float32 maps, quantises, compresses and writes them
+  ({100 * (sec['quantise'] + sec['write']) / total_s:.0f} % of the work below) and runs the
+  scheduler, so 2.0 is out of reach here; on more cores than workers it is not.
+- `--workers 2` ÷ `--workers 1` (each with its default threads) = {ratio2:.2f}: a lone
+  in-process worker already runs onnxruntime on both cores without dask's traffic, which is why
+  the default is one worker per 4 cores.
 - Why 1 worker stays under the bare loop: decode, crop, normalise, quantise and write are
   {100 * (1 - infer_share):.0f} % of the time below, and on the CPU they cannot hide behind
   inference — onnxruntime already keeps both cores busy (decoding the next batch on a thread

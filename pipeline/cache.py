@@ -286,8 +286,9 @@ def cache_teachers(data: list[str], teachers: list[Path], out_dir: Path,
                    progress: bool = True, threshold: float | None = None) -> list[StoreSummary]:
     """Run every teacher over every person of every dataset into OUT stores (resumable).
 
-    threads: onnxruntime intra-op threads per worker; None = all cores for a lone worker, 1 per
-    worker when there are several (more would oversubscribe the cores). threshold: stored
+    workers: local worker processes (None: one per 4 cores, at least 1; 1 runs in this process).
+    threads: onnxruntime intra-op threads per worker; None = this machine's cores shared among
+    the local workers, or 1 per task on a --scheduler cluster. threshold: stored
     values under threshold × their channel's peak are zeroed (None: the store's default)."""
     from stores import heatmap_store as store
 
@@ -295,7 +296,10 @@ def cache_teachers(data: list[str], teachers: list[Path], out_dir: Path,
 
     if batch_size < 1:
         raise UniError(f"--batch-size must be at least 1, got {batch_size}")
-    workers = workers or os.cpu_count() or 1
+    cores = os.cpu_count() or 1
+    # Measured (BENCHMARKS.md §1): on 2 cores one in-process worker running onnxruntime on both
+    # beats 2 one-thread dask workers; bigger machines get a worker per 4 cores.
+    workers = workers or max(1, cores // 4)
     out_dir = Path(out_dir)
     datasets = [load_dataset(d) for d in data]
     # Client-side teachers only describe the store (grid, sha); workers build their own.
@@ -326,8 +330,10 @@ def cache_teachers(data: list[str], teachers: list[Path], out_dir: Path,
         if client is not None:
             n_threads = sum(client.nthreads().values())
             in_flight = IN_FLIGHT_PER_WORKER * max(n_threads, 1)
-            if threads is None:
-                threads = 1 if n_threads > 1 else 0  # one ORT thread per worker
+            if threads is None and scheduler:
+                threads = 1 if n_threads > 1 else 0  # their cores are unknown: one each
+            elif threads is None:
+                threads = max(1, cores // workers)  # share this machine's cores
         elif threads is None:
             threads = 0
         for job in jobs:
