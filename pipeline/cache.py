@@ -204,6 +204,16 @@ def _start_client(workers: int, scheduler: str | None):
     return Client(cluster)
 
 
+def _mend(store, path: Path) -> None:
+    """Repair chunks a killed run tore, before anything reads the store. When that is not
+    possible (no such store, read-only, locked, not a store) the checks that follow say why."""
+    if path.exists():
+        try:
+            store.mend(path)
+        except UniError:
+            pass
+
+
 def _prepare(store, teacher: Teacher, dataset: Dataset, out_dir: Path, flip: bool,
              overwrite: bool, threshold: float) -> _Job | None:
     """The job for one store, or None when it is already complete."""
@@ -218,6 +228,7 @@ def _prepare(store, teacher: Teacher, dataset: Dataset, out_dir: Path, flip: boo
     if overwrite:
         tmp = path.with_name(path.name + ".tmp")
         try:  # resume an interrupted rebuild when it is the same rebuild
+            _mend(store, tmp)
             state = store.check_compatible(tmp, meta, threshold)
         except UniError:
             state = "missing"
@@ -226,6 +237,7 @@ def _prepare(store, teacher: Teacher, dataset: Dataset, out_dir: Path, flip: boo
             store.create_store(tmp, meta, [i.instance_id for i in dataset.instances],
                                threshold=threshold)
         return _Job(teacher, dataset, path, tmp, meta)
+    _mend(store, path)
     try:
         state = store.check_compatible(path, meta, threshold)
     except UniError as e:

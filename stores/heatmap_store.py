@@ -69,7 +69,11 @@ again, so after a SIGKILL done ⊆ rows really written. One writer at a time: St
 file uses HDF5's default (earliest) format: the "latest" format marks files open for writing in
 the superblock, and a killed writer leaves a file HDF5 then refuses to open (checked).
 60 SIGKILLs at random moments of a 30,000-row write: every store reopened, verify() clean,
-every done row held its own data.
+every done row held its own data. But Linux ends a write at a page boundary when SIGKILL
+arrives, and each batch rewrites a scales / affines / done chunk (4096 rows): on a loaded
+machine about 1 kill in 12 left one failing its checksum. The next writer mends it
+(StoreWriter._mend, `mend`): that chunk's rows are marked not done and computed again, so a
+resumed store still ends equal to an uninterrupted one; readers meanwhile say to rerun.
 Disk full: a write stops with a one-line UniError while MIN_FREE_BYTES are still free, store
 intact and resumable. A write HDF5 itself fails (quota, a disk filled by someone else) is one
 line too, but HDF5 may leave that file unopenable (resume then says to --overwrite it).
@@ -420,9 +424,45 @@ class StoreWriter:
         self.threshold = float(self._f.attrs.get("threshold", THRESHOLD))
         self.flush_every_s = flush_every_s
         self._failed = False
+        try:
+            self.mended = self._mend()
+        except BaseException:
+            self.close()
+            raise
 
     def __enter__(self) -> StoreWriter:
         return self
+
+    def _mend(self) -> int:
+        """Reset the scales / affines / done chunks a kill tore; returns how many rows it reset.
+
+        Every batch rewrites those chunks (up to 4096 rows each), and Linux ends a write at a
+        page boundary when SIGKILL arrives, so a killed writer can leave one failing its
+        checksum. Its rows are marked not done and computed again; heatmap chunks are written
+        once per row, before the row is marked done, so they need nothing."""
+        n, c, k = len(self._ids), self._done.chunks[0], self.meta.heatmap_shape[0]
+        reset = 0
+        for start in range(0, n, c):
+            sl = slice(start, min(start + c, n))
+            try:
+                self._done[sl], self._scales[sl], self._affines[sl]
+                continue
+            except OSError:  # checksum or decode failure
+                pass
+            m = sl.stop - sl.start
+            try:  # whole chunks: HDF5 replaces them without reading the torn ones
+                self._scales[sl] = np.zeros((m, k), np.float32)
+                self._affines[sl] = np.zeros((m, 2, 3))
+                self._done[sl] = np.zeros(m, np.uint8)
+            except (OSError, RuntimeError) as e:
+                self._failed = True
+                raise _hdf5_failed(self.path, e) from None
+            reset += m
+        if reset:
+            self._f.flush()
+            log.warning("%s: %d rows torn by an interrupted write will be computed again",
+                        self.path, reset)
+        return reset
 
     def __exit__(self, *exc) -> None:
         self.close()
@@ -537,6 +577,20 @@ def write_store(path: Path, meta: StoreMeta, instance_ids, heatmaps: np.ndarray,
 # --------------------------------------------------------------------------- reading
 
 
+_MEND_HINT = ("; if a cache-teachers run was killed while writing it, running it again "
+              "repairs the store")
+
+
+def mend(path: Path) -> int:
+    """Repair what a killed writer tore in a partial store (see StoreWriter._mend); rows reset.
+    A complete store is left alone: nothing writes to it after it is finalized."""
+    with _open_h5(Path(path)) as f:
+        if int(f.attrs.get("complete", 0)):
+            return 0
+    with StoreWriter(path) as w:
+        return w.mended
+
+
 class StoreReader:
     """Random access to a store's rows. Pickles as its path; each process opens its own handle."""
 
@@ -548,7 +602,8 @@ class StoreReader:
                 self.instance_ids = f["instance_ids"][:].astype(np.int64)
                 self.done = f["done"][:].astype(bool)
             except OSError as e:
-                raise UniError(f"{self.path}: instance_ids / done unreadable ({e})") from None
+                raise UniError(f"{self.path}: instance_ids / done unreadable ({e}){_MEND_HINT}"
+                               ) from None
             a = f.attrs
             self.complete = bool(int(a.get("complete", 0)))
             self.attrs = {k: (v.item() if isinstance(v, np.generic) else v)
@@ -580,7 +635,8 @@ class StoreReader:
             self._scales = f["scales"][:]
             self._affines = f["affines"][:]
         except OSError as e:
-            raise UniError(f"{self.path}: scales / affines unreadable ({e})") from None
+            raise UniError(f"{self.path}: scales / affines unreadable ({e}){_MEND_HINT}"
+                           ) from None
         k, h, w = self.meta.heatmap_shape
         self._fspace = self._hm.id.get_space()
         self._mspace = h5py.h5s.create_simple((1, k, h, w))

@@ -156,6 +156,30 @@ def test_two_workers_match_one(heatmap_teacher, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_torn_partial_store_is_mended_and_finished(heatmap_teacher, tmp_path):
+    """A partial store whose scales chunk a kill tore: the next run recomputes those rows and
+    ends equal to an uninterrupted run (tests/test_store.py tears chunks by hand too)."""
+    import h5py
+
+    spec, out = _coco(tmp_path), tmp_path / "out"
+    (s,) = cache_teachers([spec], [heatmap_teacher], out, workers=1, progress=False)
+    want = _contents(s.path)
+    with h5py.File(s.path, "r+") as f:
+        f.attrs["complete"] = 0
+        info = f["scales"].id.get_chunk_info(0)
+    with open(s.path, "r+b") as fh:
+        fh.seek(info.byte_offset + info.size // 2)
+        fh.write(b"\x5a" * 16)
+    with pytest.raises(UniError, match="repairs the store"):
+        open_store(s.path)._open()
+    (again,) = cache_teachers([spec], [heatmap_teacher], out, workers=1, progress=False)
+    assert again.computed == 12
+    got = _contents(s.path)
+    for a, b in zip(want, got, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert open_store(s.path).verify() == []
+
+
 def test_kill_and_resume_equals_uninterrupted(heatmap_teacher, tmp_path):
     times, batch = 80, 8
     spec = _coco(tmp_path, times=times)
