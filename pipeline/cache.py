@@ -27,7 +27,7 @@ import numpy as np
 
 from pipeline.crops import crop_person, read_image
 from pipeline.datasets import Dataset, load_dataset
-from pipeline.errors import UniError
+from pipeline.errors import UniError, io_reason
 from pipeline.faults import fault
 from pipeline.geometry import compose, crop_to_heatmap
 from pipeline.teachers import Teacher
@@ -323,7 +323,7 @@ def cache_teachers(data: list[str], teachers: list[Path], out_dir: Path,
     try:  # only now: bad input leaves nothing behind
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UniError(f"--out {out_dir}: cannot create it ({e.strerror or e})") from None
+        raise UniError(f"--out {out_dir}: cannot create it ({io_reason(e)})") from None
     summaries, jobs = [], []
     for teacher in models:
         for ds in datasets:

@@ -84,7 +84,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import socket
 import sys
@@ -97,7 +96,7 @@ import h5py
 import hdf5plugin
 import numpy as np
 
-from pipeline.errors import UniError
+from pipeline.errors import UniError, io_reason
 from pipeline.faults import fault
 from pipeline.skeletons import get_skeleton
 
@@ -227,21 +226,11 @@ def dequantize(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- checks
 
 
-def _io_reason(e: BaseException) -> str:
-    """One short line for an I/O error (HDF5's own messages span several lines)."""
-    m = re.search(r"error message = '([^']*)'", str(e))
-    if m:
-        return m.group(1)
-    if isinstance(e, OSError) and e.errno:
-        return os.strerror(e.errno)
-    return " ".join(str(e).split())[:200]
-
-
 def _hdf5_failed(path: Path, e: BaseException) -> UniError:
     """Note that HDF5 failed to write a file this process holds open; the error to raise."""
     global _write_failed
     _write_failed = True
-    return UniError(f"{path}: write failed ({_io_reason(e)})")
+    return UniError(f"{path}: write failed ({io_reason(e)})")
 
 
 def hdf5_write_failed() -> bool:
@@ -318,7 +307,7 @@ def create_store(path: Path, meta: StoreMeta, instance_ids, codec: str = CODEC,
         tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
         f = h5py.File(str(tmp), "w")
     except OSError as e:
-        raise UniError(f"{path}: cannot create the store ({_io_reason(e)})") from None
+        raise UniError(f"{path}: cannot create the store ({io_reason(e)})") from None
     try:
         with f:
             f.create_dataset("heatmaps", (n, k, h, w), np.uint8, chunks=(1, k, h, w),
@@ -392,13 +381,13 @@ def _take_lock(path: Path) -> Path:
             lock.unlink(missing_ok=True)
             continue
         except OSError as e:  # a read-only directory, say
-            raise UniError(f"{path}: cannot take the lock {lock} ({_io_reason(e)})") from None
+            raise UniError(f"{path}: cannot take the lock {lock} ({io_reason(e)})") from None
         try:
             with os.fdopen(fd, "w") as fh:
                 fh.write(f"{os.getpid()} {host}\n")
         except OSError as e:
             lock.unlink(missing_ok=True)
-            raise UniError(f"{path}: cannot take the lock {lock} ({_io_reason(e)})") from None
+            raise UniError(f"{path}: cannot take the lock {lock} ({io_reason(e)})") from None
         return lock
     raise UniError(f"{path}: could not take {lock}")
 
@@ -644,16 +633,23 @@ class StoreReader:
         self._count = (1, k, h, w)
         self._pid = os.getpid()
 
+    def _read_chunk(self, row: int) -> np.ndarray:
+        """uint8 (1, K, H, W): the row's heatmap chunk, decoded; OSError when its checksum or
+        decoding fails. The one read path of read_raw and verify."""
+        self._open()
+        out = np.empty(self._count, np.uint8)
+        self._fspace.select_hyperslab((row, 0, 0, 0), self._count)
+        self._hm.id.read(self._mspace, self._fspace, out, self._mtype)
+        return out
+
     def read_raw(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Row → (uint8 (K, H, W), scales (K,) float32, affine (2, 3) float64)."""
         self._open()
         if not self.done[row]:
             raise UniError(f"{self.path}: instance {self.instance_ids[row]} (row {row}) is "
                            "not in the store (skipped or not computed yet)")
-        out = np.empty(self._count, np.uint8)
-        self._fspace.select_hyperslab((row, 0, 0, 0), self._count)
         try:
-            self._hm.id.read(self._mspace, self._fspace, out, self._mtype)
+            out = self._read_chunk(row)
         except OSError as e:
             raise UniError(f"{self.path}: heatmaps of instance {self.instance_ids[row]} "
                            f"(row {row}) unreadable, checksum or decode failed ({e})") from None
@@ -739,10 +735,8 @@ def _check_row(r: StoreReader, row: int, allocated: bool, k: int) -> str | None:
     """What is wrong with one row, or None."""
     if not allocated:
         return "marked done but has no data" if r.done[row] else None
-    out = np.empty(r._count, np.uint8)
-    r._fspace.select_hyperslab((row, 0, 0, 0), r._count)
     try:
-        r._hm.id.read(r._mspace, r._fspace, out, r._mtype)
+        out = r._read_chunk(row)
     except OSError:
         return "heatmap chunk fails its checksum"
     if not r.done[row]:

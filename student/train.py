@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.datasets import load_dataset
-from pipeline.errors import UniError
+from pipeline.errors import UniError, io_reason
 from pipeline.faults import fault
 from pipeline.skeletons import NUM_UNIFIED
 from student.data import Augment, PoseSamples, collate, match_stores
@@ -557,11 +557,9 @@ def _train(cfg, out, resume_ckpt, rank, world, device, progress) -> Path:
         try:
             _atomic_write(out / name, write)
         except (OSError, RuntimeError) as e:  # a full disk (torch says RuntimeError)
-            reason = (e.strerror if isinstance(e, OSError) and e.strerror
-                      else " ".join(str(e).split())[:120])
             free = shutil.disk_usage(out).free / 1e6
-            raise UniError(f"{out / name}: cannot write the checkpoint ({reason}; {free:.0f} MB "
-                           "free); the previous one is kept") from None
+            raise UniError(f"{out / name}: cannot write the checkpoint ({io_reason(e, 120)}; "
+                           f"{free:.0f} MB free); the previous one is kept") from None
 
     skipped: dict[str, None] = {}  # unique, in order of appearance
     sums: dict[str, float] = {}

@@ -59,6 +59,15 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _old_store(tmp_path: Path, name: str, src: Path) -> tuple[Path, Path, str]:
+    """(out dir, out/name holding a copy of src, its sha256): an existing store to protect."""
+    out = tmp_path / "out"
+    out.mkdir()
+    store = out / name
+    shutil.copy(src, store)
+    return out, store, _sha(store)
+
+
 # --------------------------------------------------------------------------- stage one data
 
 
@@ -150,11 +159,7 @@ def test_cache_overwrite_killed_keeps_old_store_then_finishes(stage_one, tmp_pat
     """--overwrite writes beside the old store: killed while finalising, the old one is whole;
     run again, the rebuild resumes and replaces it."""
     spec, teacher, ref, no_flip = stage_one
-    out = tmp_path / "out"
-    out.mkdir()
-    store = out / ref.name
-    shutil.copy(no_flip, store)
-    before = _sha(store)
+    out, store, before = _old_store(tmp_path, ref.name, no_flip)
     cmd = _cache_cmd(spec, teacher, out, "--overwrite")
     assert _run(cmd, "store-finalize").returncode == -signal.SIGKILL
     assert _sha(store) == before and hs.open_store(store).verify() == []
@@ -203,11 +208,7 @@ def test_cache_write_failure_is_one_line_and_old_store_survives(stage_one, tmp_p
     """A write HDF5 itself fails (here: a file size limit, like a disk filled by someone else)
     while --overwrite rebuilds a store: one line, exit 2, no crash; the old store is whole."""
     spec, teacher, ref, no_flip = stage_one
-    out = tmp_path / "out"
-    out.mkdir()
-    store = out / ref.name
-    shutil.copy(no_flip, store)
-    before = _sha(store)
+    out, store, before = _old_store(tmp_path, ref.name, no_flip)
     limit = (ref.stat().st_size + 30_000) // 2  # room to create the store, not to fill it
     cmd = _cache_cmd(spec, teacher, out, "--overwrite")
     failed = _run(cmd, preexec_fn=_file_size_limit(limit))
