@@ -103,16 +103,16 @@ def demo_dir(args: argparse.Namespace) -> Path:
     return out
 
 
-SHARED = REPO.parent / "shared"
+SAMPLES = REPO / "samples"
 
 
 def blazepose(work: Path) -> tuple[Path, list[str]] | None:
-    """The real pretrained teacher (../shared/models: MediaPipe BlazePose-full, 33 keypoints,
+    """The real pretrained teacher (samples/models: MediaPipe BlazePose-full, 33 keypoints,
     sigmoid heatmaps 64×64), described as the README shows, and the real sample datasets it can
-    run on; None when ../shared is not there."""
-    src = SHARED / "models" / "blazepose_full_256.onnx"
-    specs = [f"coco:{SHARED / 'data/coco/test_coco.json'}",
-             f"mpii:{SHARED / 'data/mpii/test_mpii.json'}"]
+    run on; None when the model file is not there."""
+    src = SAMPLES / "models" / "blazepose_full_256.onnx"
+    specs = [f"coco:{SAMPLES / 'coco/test_coco.json'}",
+             f"mpii:{SAMPLES / 'mpii/test_mpii.json'}"]
     if not src.is_file():
         return None
     dst = work / "blazepose-full.onnx"

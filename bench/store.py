@@ -241,7 +241,7 @@ def run(args: argparse.Namespace) -> str:
 {len(instances)} real teacher outputs per teacher (the demo's teachers, flip test on, over the
 demo's COCO + MPII training persons), one instance per chunk, fletcher32 on; reads in shuffled
 order, file in the page cache, 3 passes. Also the real pretrained BlazePose-full
-(`../shared/models`, sigmoid heatmaps) over the real COCO + MPII sample persons (
+(`samples/models`, sigmoid heatmaps) over the real COCO + MPII sample persons (
 {len(runs[-1][1]) if real else 0} people, their maps tiled to {len(instances)} rows for the rates;
 errors and the threshold sweep use each person once). {load_before} before, {load_after} after.
 

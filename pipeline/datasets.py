@@ -7,8 +7,6 @@ An instance is addressed by (dataset id = sha256 of the annotation file, instanc
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UniError
+from pipeline.files import file_sha256, read_json
 from pipeline.geometry import mpii_bbox
 from pipeline.skeletons import UNIFIED_NAMES, Skeleton, get_skeleton, native_to_unified
 
@@ -84,26 +83,6 @@ class Dataset:
             raise UniError(f"{self.spec.annotations}: changed since it was loaded "
                            "(sha256 differs)")
         return read_json(self.spec.annotations)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_json(path: Path, what: str = "annotation file"):
-    """Parsed JSON, or UniError naming the file when it is missing or not JSON."""
-    path = Path(path)
-    if not path.is_file():
-        raise UniError(f"{path}: {what} not found")
-    try:
-        with open(path, "rb") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UniError(f"{path}: not valid JSON ({e})") from None
 
 
 def _image_path(root: Path, name: object, where: str) -> Path:

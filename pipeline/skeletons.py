@@ -44,7 +44,7 @@ _HALPE26 = [(n, n) for n in _COCO17] + [
 ]
 
 
-# BlazePose-33 (MediaPipe pose landmarks; ../shared/models/README.md); the 17 COCO points share
+# BlazePose-33 (MediaPipe pose landmarks; samples/models/README.md); the 17 COCO points share
 # the unified names, the rest (inner/outer eyes, mouth, hands, feet) have no unified counterpart.
 _BLAZEPOSE33 = [
     "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye",

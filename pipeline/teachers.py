@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.crops import DEFAULT_MEAN, DEFAULT_STD, normalize
-from pipeline.datasets import file_sha256
 from pipeline.errors import UniError
+from pipeline.files import file_sha256
 from pipeline.geometry import PADDING
 from pipeline.heatmaps import merge_flipped
 from pipeline.skeletons import SKELETONS, get_skeleton

@@ -34,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets import Dataset, head_size, load_dataset, read_json
+from pipeline.datasets import Dataset, head_size, load_dataset
 from pipeline.errors import UniError
+from pipeline.files import read_json
 from pipeline.skeletons import NUM_UNIFIED, SKELETONS, UNIFIED_NAMES, UNIFIED_SIGMAS
 
 OKS_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # COCOeval's iouThrs

@@ -29,8 +29,8 @@ import torch
 from tqdm import tqdm
 
 from pipeline.crops import DEFAULT_MEAN, DEFAULT_STD, crop_person, normalize, read_image
-from pipeline.datasets import read_json
 from pipeline.errors import UniError
+from pipeline.files import read_json
 from pipeline.geometry import PADDING, apply, compose, crop_to_heatmap, invert
 from pipeline.heatmaps import decode_heatmaps, merge_flipped
 from pipeline.skeletons import NUM_UNIFIED, UNIFIED, get_skeleton

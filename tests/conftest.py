@@ -1,4 +1,4 @@
-"""Shared fixtures: the real sample data in /work/shared and one small synthetic dataset."""
+"""Shared fixtures: the real sample data in samples/ and one small synthetic dataset."""
 
 from __future__ import annotations
 
@@ -7,14 +7,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-DATA = SHARED / "data"
-
-
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """/work/shared: SPEC.md, data/, models/."""
-    return SHARED
+DATA = REPO / "samples"  # real sample annotations + images (samples/README.md)
+MODELS = DATA / "models"  # a real pretrained teacher (samples/models/README.md)
 
 
 @pytest.fixture(scope="session")

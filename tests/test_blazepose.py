@@ -1,4 +1,4 @@
-"""A real third-party model on real images: MediaPipe's BlazePose (../shared/models) through
+"""A real third-party model on real images: MediaPipe's BlazePose (samples/models) through
 describe-teacher, cache-teachers and evaluate, with nothing BlazePose-specific in the pipeline."""
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from pipeline.heatmaps import decode_heatmaps
 from pipeline.skeletons import UNIFIED_NAMES, get_skeleton, native_to_unified
 from stores.heatmap_store import open_store
 
-MODEL = Path(__file__).resolve().parents[1].parent / "shared/models/blazepose_full_256.onnx"
-pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason=f"{MODEL} not present")
+MODEL = Path(__file__).resolve().parents[1] / "samples/models/blazepose_full_256.onnx"
 
 # The README's describe-teacher line: everything model-specific is in these options.
 DESCRIBE = ["--skeleton", "blazepose33", "--head", "heatmap", "--output", "Identity_3",

@@ -156,7 +156,7 @@ def test_mpii_head_top_lands_on_unified_head_top():
     assert (uni[:, 2] > 0).sum() == 1
 
 
-# ../shared/models/README.md: the BlazePose-33 order and its COCO-17 / unified 0–16 indices.
+# samples/models/README.md: the BlazePose-33 order and its COCO-17 / unified 0–16 indices.
 README_BLAZEPOSE = ("nose left_eye_inner left_eye left_eye_outer right_eye_inner right_eye "
                     "right_eye_outer left_ear right_ear mouth_left mouth_right left_shoulder "
                     "right_shoulder left_elbow right_elbow left_wrist right_wrist left_pinky "
