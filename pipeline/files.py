@@ -76,3 +76,10 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def json_int(value: object, where: str, what: str = "an integer") -> int:
+    """`value` if it is a JSON integer (true/false are not), else UniError naming `where`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UniError(f"{where}: expected {what}, got {value!r:.40}")
+    return value
