@@ -21,8 +21,7 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except UniError as e:
             click.echo(f"uni: error: {e}", err=True)
-            store = sys.modules.get("stores.heatmap_store")
-            if store is not None and store.hdf5_write_failed():
+            if getattr(e, "exit_hard", False):  # stores.writer.StoreWriteFailed
                 # HDF5 crashes at exit (SIGSEGV) over a file whose writes failed: skip its
                 # teardown, so a full disk still ends in this one line and exit code 2.
                 sys.stdout.flush()
@@ -60,7 +59,8 @@ def _floats3(value: str | None, option: str) -> tuple[float, float, float] | Non
 @click.option("--mean", help="Per-channel mean in 0–255 units, R,G,B (default ImageNet).")
 @click.option("--std", help="Per-channel std in 0–255 units, R,G,B (default ImageNet).")
 @click.option("--bgr", is_flag=True, help="The model expects BGR channel order.")
-@click.option("--input-size", help="WxH; read from the model when its input is static.")
+@click.option("--input-size", help="Crop size HxW, as papers write it (256x192: 256 high); "
+              "read from the model when its input is static.")
 @click.option("--simcc-split", type=float, default=2.0, show_default=True)
 @click.option("--output", "outputs", multiple=True,
               help="Output name(s): the heatmap output, or the SimCC x then y outputs.")
@@ -78,19 +78,18 @@ def describe_teacher(model: Path, skeleton: str, head: str, name: str | None, me
                      padding: float, out: Path | None) -> None:
     """Stamp how to run MODEL (a pose ONNX model) into its metadata, making it a teacher."""
     from pipeline.crops import DEFAULT_MEAN, DEFAULT_STD
+    from pipeline.geometry import parse_input_size
     from pipeline.teachers import TeacherInfo, describe_model, model_input_wh, read_info
 
     if input_size:
         try:
-            wh = tuple(int(v) for v in input_size.lower().split("x"))
-        except ValueError:
-            wh = ()
-        if len(wh) != 2:
-            raise UniError(f"--input-size: expected WxH, got {input_size!r}")
+            wh = parse_input_size(input_size)
+        except ValueError as e:
+            raise UniError(f"--input-size: {e}") from None
     else:
         wh = model_input_wh(model)
         if wh is None:
-            raise UniError(f"{model}: the input size is not static; give --input-size WxH")
+            raise UniError(f"{model}: the input size is not static; give --input-size HxW")
     info = TeacherInfo(
         name=name or model.stem, skeleton=skeleton, head=head, input_wh=wh,
         mean=_floats3(mean, "--mean") or DEFAULT_MEAN, std=_floats3(std, "--std") or DEFAULT_STD,
@@ -116,24 +115,25 @@ def describe_teacher(model: Path, skeleton: str, head: str, name: str | None, me
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Crops per task.")
 @click.option("--threshold", type=float, help="Zero stored values under this fraction of their "
               "map's peak (default 4/255: smaller stores, error ≤ 1.6 % of the peak).")
-@click.option("--no-flip", is_flag=True, help="Skip the flip test (half the compute).")
+@click.option("--flip-test/--no-flip-test", default=True, show_default=True,
+              help="Average each crop's maps with its mirror's (off: half the compute).")
 @click.option("--overwrite", is_flag=True, help="Rebuild stores, also incompatible ones.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image.")
 def cache_teachers(data: tuple[str, ...], teachers: tuple[Path, ...], out: Path,
                    workers: int | None, scheduler: str | None, threads: int | None,
-                   batch_size: int, threshold: float | None, no_flip: bool, overwrite: bool,
+                   batch_size: int, threshold: float | None, flip_test: bool, overwrite: bool,
                    strict: bool) -> None:
     """Stage one: run every teacher once over every person crop into compressed stores."""
     from pipeline.cache import cache_teachers as run
-    from pipeline.cache import format_summary
+    from pipeline.cache import format_run_summary
 
     for flag, value in (("--workers", workers), ("--threads", threads)):
         if value is not None and value < 1:
             raise UniError(f"{flag} must be at least 1, got {value}")
     for s in run(list(data), list(teachers), out, workers=workers, scheduler=scheduler,
-                 threads=threads, batch_size=batch_size, flip=not no_flip,
+                 threads=threads, batch_size=batch_size, flip_test=flip_test,
                  overwrite=overwrite, strict=strict, threshold=threshold):
-        click.echo(format_summary(s))
+        click.echo(format_run_summary(s))
 
 
 @uni.command("synth")
@@ -193,7 +193,8 @@ def inspect_data(spec: str, as_json: bool, draw: int, out: Path | None,
               help="TOML file of these options (CLI options override it).")
 @click.option("--model", type=click.Choice(["tiny", "small", "base"]),
               help="Student size [tiny]: tiny ≈1M, small ≈5M, base ≈16M parameters.")
-@click.option("--input-size", help="Crop size HxW, as in the paper [256x192].")
+@click.option("--input-size", help="Crop size HxW, as papers write it (256x192: 256 high) "
+              "[256x192].")
 @click.option("--epochs", type=int, help="[10]")
 @click.option("--batch-size", type=int, help="Per process [32].")
 @click.option("--lr", type=float, help="AdamW peak learning rate, cosine schedule [0.002].")
@@ -216,11 +217,12 @@ def inspect_data(spec: str, as_json: bool, draw: int, out: Path | None,
                    "(default: refuse such a store).")
 def train_student(config_file: Path | None, input_size: str | None, **options) -> None:
     """Stage two: train a student on GT and cached teacher targets (torchrun-able)."""
-    from student.train import parse_input_size, read_config_file, train
+    from student.config import input_wh, read_config_file
+    from student.train import train
 
     cfg = read_config_file(config_file) if config_file else {}
     if input_size:
-        options["input_wh"] = parse_input_size(input_size)
+        options["input_wh"] = input_wh(input_size)
     for key, value in options.items():
         if value is None or value == ():
             continue
@@ -244,7 +246,7 @@ def train_student(config_file: Path | None, input_size: str | None, **options) -
 def inspect_store(store: Path, as_json: bool, verify: bool, draw: int, out: Path | None) -> None:
     """Show a soft-label STORE's provenance and size; optionally verify or draw it."""
     from stores.heatmap_store import open_store
-    from stores.inspect import draw_store, format_summary
+    from stores.inspect import draw_store, format_store_summary
 
     if draw and out is None:
         raise UniError("--draw needs --out DIR")
@@ -256,7 +258,7 @@ def inspect_store(store: Path, as_json: bool, verify: bool, draw: int, out: Path
             summary["problems"] = problems
         click.echo(json.dumps(summary))
     else:
-        click.echo(format_summary(summary))
+        click.echo(format_store_summary(summary))
         if verify:
             for p in problems:
                 click.echo(f"problem      {p}")
@@ -279,18 +281,19 @@ def inspect_store(store: Path, as_json: bool, verify: bool, draw: int, out: Path
               help="Also write MODEL's predictions (JSON) here.")
 @click.option("--head-boxes", type=click.Path(dir_okay=False, path_type=Path),
               help="MPII head boxes (mpii_gt_val.mat) for PCKh.")
-@click.option("--no-flip", is_flag=True, help="Skip the flip test.")
+@click.option("--flip-test/--no-flip-test", default=True, show_default=True,
+              help="Average each crop's heatmaps with its mirror's (off: half the compute).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def evaluate_cmd(model: Path | None, data: tuple[str, ...], predictions: Path | None,
-                 save_predictions: Path | None, head_boxes: Path | None, no_flip: bool,
+                 save_predictions: Path | None, head_boxes: Path | None, flip_test: bool,
                  batch_size: int, as_json: bool) -> None:
     """Score MODEL (run dir, .pt or described .onnx) on GT boxes: COCO/Halpe AP, MPII PCKh."""
     from student.evaluate import evaluate, format_results
 
     if save_predictions and predictions:
         raise UniError("--save-predictions needs a MODEL, not --predictions")
-    results = evaluate(list(data), model, predictions, not no_flip, head_boxes,
+    results = evaluate(list(data), model, predictions, flip_test, head_boxes,
                        save_predictions, batch_size, progress=not as_json)
     click.echo(json.dumps(results) if as_json else format_results(results))
 
@@ -304,14 +307,15 @@ def evaluate_cmd(model: Path | None, data: tuple[str, ...], predictions: Path | 
 @click.option("--names", help="Comma-separated row names, one per RUN (default: model names).")
 @click.option("--head-boxes", type=click.Path(dir_okay=False, path_type=Path),
               help="MPII head boxes (mpii_gt_val.mat) for PCKh.")
-@click.option("--no-flip", is_flag=True, help="Skip the flip test.")
+@click.option("--flip-test/--no-flip-test", default=True, show_default=True,
+              help="Average each crop's heatmaps with its mirror's (off: half the compute).")
 def report_cmd(runs: tuple[Path, ...], data: tuple[str, ...], out: Path | None,
-               names: str | None, head_boxes: Path | None, no_flip: bool) -> None:
+               names: str | None, head_boxes: Path | None, flip_test: bool) -> None:
     """The cross-dataset table: every RUN (model) on every dataset, plus the paper's Average."""
     from student.report import report
 
     table, written = report(list(runs), list(data), out, names.split(",") if names else None,
-                            head_boxes, not no_flip)
+                            head_boxes, flip_test)
     click.echo(table)
     for path in written:
         click.echo(f"wrote {path}", err=True)
@@ -343,14 +347,15 @@ def export_cmd(run: Path, out: Path, name: str | None, skeleton: str) -> None:
               help="Drop boxes scoring lower.")
 @click.option("--keypoint-threshold", type=float, default=0.3, show_default=True,
               help="Draw keypoints scoring higher.")
-@click.option("--no-flip", is_flag=True, help="Skip the flip test.")
+@click.option("--flip-test/--no-flip-test", default=True, show_default=True,
+              help="Average each crop's heatmaps with its mirror's (off: half the compute).")
 def predict_cmd(model: Path, images: tuple[Path, ...], out: Path, boxes: Path | None,
-                score_threshold: float, keypoint_threshold: float, no_flip: bool) -> None:
+                score_threshold: float, keypoint_threshold: float, flip_test: bool) -> None:
     """Draw MODEL's 21 keypoints on IMAGEs → OUT/<image>.png and OUT/predictions.json."""
     from student.predict import predict_images
 
     for path in predict_images(model, list(images), out, boxes, score_threshold,
-                               keypoint_threshold, not no_flip):
+                               keypoint_threshold, flip_test):
         click.echo(f"wrote {path}")
 
 

@@ -6,7 +6,7 @@ Each measurement is a fresh child process (and its children: DataLoader workers)
 psutil every 50 ms: the peak RSS of the main process and the peak of the PSS summed over the
 process tree (forked workers' shared pages counted once). Data: the demo's COCO
 training persons repeated to each size (bench/common.repeat_dataset).
-Stage one: `uni cache-teachers --workers 1` with the COCO teacher (--no-flip: memory does not
+Stage one: `uni cache-teachers --workers 1` with the COCO teacher (--no-flip-test: memory does not
 depend on it, and it halves the time). Stage two: student.train.train with the store it wrote,
 --train-steps optimiser steps, 1 DataLoader worker.
 """
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> str:
         ann = peak_rss([sys.executable, "-c", _LOAD, spec])
         common.say(f"memory: stage one over {n} persons")
         one = peak_rss([uni, "cache-teachers", "--data", spec, "--teacher", str(teacher),
-                        "--out", str(stores), "--workers", "1", "--no-flip"])
+                        "--out", str(stores), "--workers", "1", "--no-flip-test"])
         run_dir = args.work / f"mem_run_{n}"
         shutil.rmtree(run_dir, ignore_errors=True)
         cfg = {"data": [spec], "stores": [str(stores)], "out": str(run_dir), "model": "tiny",
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> str:
     return f"""## 4. Memory
 
 Peak resident memory (MB) of fresh processes, {load_before} before, {load_after} after.
-Stage one = `uni cache-teachers --workers 1 --no-flip` with {teacher.stem} (store written to
+Stage one = `uni cache-teachers --workers 1 --no-flip-test` with {teacher.stem} (store written to
 completion); stage two = `train()` for {args.train_steps} steps from that store (tiny student,
 batch 32, 1 DataLoader worker; tree = PSS of trainer + worker). "annotations" = a process that
 only loads the dataset (pipeline.datasets.load_dataset): the part of the growth that is the

@@ -21,6 +21,10 @@ import stage_one
 import stage_two
 import store
 
+from pipeline.files import write_text
+
+# The store's design measurements, from earlier runs: appended as they are.
+DESIGN = Path(__file__).with_name("store_design.md")
 GROUPS = {"stage_one": stage_one, "store": store, "stage_two": stage_two, "memory": memory,
           "parity": parity}
 SMALL = {"instances": 1000, "batch_size": 32, "codecs": list(store.CODECS), "steps": 30,
@@ -63,10 +67,9 @@ the synthetic data, exported to ONNX). Group wall times: {timing}.
 
 {machine}
 
-{chr(10).join(sections)}"""
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(args.out)
+{chr(10).join(sections)}
+{DESIGN.read_text()}"""
+    write_text(args.out, text)
     common.say(f"wrote {args.out}")
 
 

@@ -28,6 +28,8 @@ from pipeline.crops import crop_person, normalize, read_image
 from pipeline.datasets import load_dataset
 from pipeline.geometry import compose, crop_to_heatmap
 from pipeline.teachers import Teacher
+from stores import heatmap_store as hs
+from stores import writer as sw
 
 
 def _crops(teacher: Teacher, instances) -> np.ndarray:
@@ -57,19 +59,17 @@ def bare_loop(teacher: Teacher, crops: np.ndarray, batch: int, flip: bool = True
 
 def breakdown(teacher_path: Path, instances, batch: int, store_path: Path) -> dict[str, float]:
     """cache-teachers' work for one teacher, step by step: seconds per step."""
-    from stores import heatmap_store as hs
-
     t = Teacher(teacher_path, threads=0)
     info = t.info
     k, (w, h) = info.num_keypoints, t.heatmap_wh
     meta = hs.StoreMeta(info.name, t.sha256, asdict(info), info.skeleton, "bench", "bench",
                         info.input_wh, info.padding, True, (k, h, w))
     store_path.unlink(missing_ok=True)
-    hs.create_store(store_path, meta, [i.instance_id for i in instances])
+    sw.create_store(store_path, meta, [i.instance_id for i in instances])
     to_grid = crop_to_heatmap(info.input_wh, t.heatmap_wh)
     timer = common.Timer()
     image, path = None, None
-    with hs.StoreWriter(store_path) as writer:
+    with sw.StoreWriter(store_path) as writer:
         for s in range(0, len(instances), batch):
             crops, affines = [], []
             for inst in instances[s:s + batch]:

@@ -29,6 +29,7 @@ from pipeline.geometry import compose, crop_to_heatmap
 from pipeline.heatmaps import decode_heatmaps
 from pipeline.teachers import Teacher
 from stores import heatmap_store as hs
+from stores import writer as sw
 
 BETA = 10.0  # the KD loss's sharpening (student.losses)
 CODECS = ("zstd-1", "zstd-3", "zstd-9", "lz4", "blosc-lz4", "blosc-zstd", "gzip-4")
@@ -110,9 +111,9 @@ def bench_codec(t: Teacher, maps: np.ndarray, affines: np.ndarray, codec: str, p
     meta = hs.StoreMeta(t.info.name, t.sha256, asdict(t.info), t.info.skeleton, "bench",
                         "bench", t.info.input_wh, t.info.padding, True, (k, h, w))
     path.unlink(missing_ok=True)
-    hs.create_store(path, meta, np.arange(n), codec=codec)
+    sw.create_store(path, meta, np.arange(n), codec=codec)
     t0 = time.perf_counter()
-    with hs.StoreWriter(path) as wr:
+    with sw.StoreWriter(path) as wr:
         for s in range(0, n, 32):
             wr.write(np.arange(s, min(s + 32, n)), maps[s:s + 32], affines[s:s + 32])
         wr.finalize()

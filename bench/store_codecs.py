@@ -26,6 +26,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from stores import heatmap_store as hs
+from stores import writer as sw
 
 
 def _bump(xs: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
@@ -81,9 +82,9 @@ def _meta(maps: np.ndarray) -> hs.StoreMeta:
 def bench_codec(maps: np.ndarray, codec: str, path: Path, batch: int = 32) -> dict:
     n = len(maps)
     affines = np.tile(np.eye(2, 3), (n, 1, 1))
-    hs.create_store(path, _meta(maps), np.arange(n), codec=codec)
+    sw.create_store(path, _meta(maps), np.arange(n), codec=codec)
     t0 = time.perf_counter()
-    with hs.StoreWriter(path) as wr:
+    with sw.StoreWriter(path) as wr:
         for s in range(0, n, batch):
             wr.write(np.arange(s, min(s + batch, n)), maps[s:s + batch], affines[s:s + batch])
         wr.finalize()

@@ -8,8 +8,8 @@ dask workers (decode, crop, infer; the ONNX session is built once per worker pro
 2 per worker in flight so memory stays flat; this process is the single HDF5 writer.
 ``workers=1`` without a scheduler runs the batches in this process instead (no cluster start).
 
-Layering: this is the one place stage one meets the store, so `stores.heatmap_store` is imported
-inside `cache_teachers` only; everything else here (and all of pipeline/) stays store-free.
+Layering: stage one's top; the one pipeline module that uses `stores` (it writes them), while
+the foundation modules of pipeline/ stay store-free.
 """
 
 from __future__ import annotations
@@ -18,22 +18,31 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from pipeline.crops import crop_person, read_image
 from pipeline.datasets import Dataset, load_dataset
 from pipeline.errors import UniError, io_reason
 from pipeline.faults import fault
+from pipeline.files import atomic_write
 from pipeline.geometry import compose, crop_to_heatmap
 from pipeline.teachers import Teacher
+from stores.heatmap_store import THRESHOLD, StoreMeta, check_compatible, open_store
+from stores.writer import StoreWriteFailed, StoreWriter, create_store, repair_store
 
 DEFAULT_BATCH = 32
 IN_FLIGHT_PER_WORKER = 2
+
+Item = tuple[int, int, str, list[float]]  # (row, instance id, image path, bbox xywh)
+# (rows (n,) int64, heatmaps (n, K, h, w) float32, affines (n, 2, 3), skipped {id: reason})
+Result = tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, str]]
+TaskArgs = tuple[str, str, int, bool]  # (teacher path, its sha256, threads, flip_test)
 
 
 def store_name(teacher_name: str, dataset: Dataset) -> str:
@@ -72,7 +81,7 @@ def _teacher(path: str, sha256: str, threads: int) -> Teacher:
     return _TEACHERS[key]
 
 
-def crop_batch(t: Teacher, items: list[tuple[int, int, str, list[float]]]
+def crop_batch(t: Teacher, items: list[Item]
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:
     """Decode and crop: items (row, instance id, image path, bbox xywh) → rows (n,) int64,
     crops (n, H, W, 3) uint8, affines (n, 2, 3) image → heatmap grid, skipped {id: reason}."""
@@ -98,21 +107,20 @@ def crop_batch(t: Teacher, items: list[tuple[int, int, str, list[float]]]
             np.asarray(affines, np.float64).reshape(-1, 2, 3), skipped)
 
 
-def _predict(t: Teacher, crops: np.ndarray, flip: bool) -> np.ndarray:
+def _predict(t: Teacher, crops: np.ndarray, flip_test: bool) -> np.ndarray:
     k, (w, h) = t.info.num_keypoints, t.heatmap_wh
-    return (t.predict(crops, flip_test=flip) if len(crops)
+    return (t.predict(crops, flip_test=flip_test) if len(crops)
             else np.zeros((0, k, h, w), np.float32))
 
 
-def infer_batch(teacher_path: str, sha256: str, threads: int, flip: bool,
-                items: list[tuple[int, int, str, list[float]]]
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:
+def infer_batch(teacher_path: str, sha256: str, threads: int, flip_test: bool,
+                items: list[Item]) -> Result:
     """One task: items (row, instance id, image path, bbox xywh) → rows (n,) int64,
     heatmaps (n, K, h, w) float32, affines (n, 2, 3) image → heatmap grid, skipped {id: reason}.
     """
     t = _teacher(teacher_path, sha256, threads)
     rows, crops, affines, skipped = crop_batch(t, items)
-    return rows, _predict(t, crops, flip), affines, skipped
+    return rows, _predict(t, crops, flip_test), affines, skipped
 
 
 # --------------------------------------------------------------------------- client side
@@ -124,11 +132,11 @@ class _Job:
     dataset: Dataset
     path: Path  # where the store ends up
     work_path: Path  # where it is written (a temp file when overwriting)
-    meta: object
+    meta: StoreMeta
 
 
 def _batches(dataset: Dataset, instance_ids: list[int], done: np.ndarray, batch: int
-             ) -> list[list[tuple[int, int, str, list[float]]]]:
+             ) -> list[list[Item]]:
     """Rows in image order (one decode per image), cut every `batch` rows, minus done rows.
 
     The cuts do not depend on `done`, and a batch is written at once, so a resumed run sees
@@ -147,21 +155,22 @@ def _batches(dataset: Dataset, instance_ids: list[int], done: np.ndarray, batch:
     return out
 
 
-def _local_results(batches, args, prefetch: bool | None = None) -> Iterator:
+def _local_results(batches: list[list[Item]], args: TaskArgs, prefetch: bool | None = None
+                   ) -> Iterator[Result]:
     """In this process. With prefetch (default: when the teacher runs on an accelerator) the
     next batch is decoded and cropped on a thread while this one is inferred and written.
     On the CPU it is off: onnxruntime already keeps every core busy, and the thread measured
     slower (bench/stage_one.py), competing with onnxruntime's spinning threads."""
     if not batches:
         return
-    teacher_path, sha256, threads, flip = args
+    teacher_path, sha256, threads, flip_test = args
     t = _teacher(teacher_path, sha256, threads)
     if prefetch is None:
         prefetch = t.session.get_providers()[0] != "CPUExecutionProvider"
     if not prefetch:
         for items in batches:
             rows, crops, affines, skipped = crop_batch(t, items)
-            yield rows, _predict(t, crops, flip), affines, skipped
+            yield rows, _predict(t, crops, flip_test), affines, skipped
         return
     with ThreadPoolExecutor(1) as pool:
         nxt = pool.submit(crop_batch, t, batches[0])
@@ -169,10 +178,11 @@ def _local_results(batches, args, prefetch: bool | None = None) -> Iterator:
             rows, crops, affines, skipped = nxt.result()
             if i + 1 < len(batches):
                 nxt = pool.submit(crop_batch, t, batches[i + 1])
-            yield rows, _predict(t, crops, flip), affines, skipped
+            yield rows, _predict(t, crops, flip_test), affines, skipped
 
 
-def _dask_results(client, batches, args, in_flight: int) -> Iterator:
+def _dask_results(client, batches: list[list[Item]], args: TaskArgs, in_flight: int
+                  ) -> Iterator[Result]:
     """Results as they complete, never more than `in_flight` batches submitted at once."""
     from distributed import as_completed
 
@@ -204,64 +214,65 @@ def _start_client(workers: int, scheduler: str | None):
     return Client(cluster)
 
 
-def _mend(store, path: Path) -> None:
+def _repair_if_possible(path: Path) -> None:
     """Repair chunks a killed run tore, before anything reads the store. When that is not
-    possible (no such store, read-only, locked, not a store) the checks that follow say why."""
+    possible (no such store, read-only, locked, not a store) the checks that follow say why;
+    a write that HDF5 failed stops here (StoreWriteFailed: the CLI must exit hard)."""
     if path.exists():
         try:
-            store.mend(path)
+            repair_store(path)
+        except StoreWriteFailed:
+            raise
         except UniError:
             pass
 
 
-def _prepare(store, teacher: Teacher, dataset: Dataset, out_dir: Path, flip: bool,
+def _prepare(teacher: Teacher, dataset: Dataset, out_dir: Path, flip_test: bool,
              overwrite: bool, threshold: float) -> _Job | None:
     """The job for one store, or None when it is already complete."""
     info = teacher.info
     k, (w, h) = info.num_keypoints, teacher.heatmap_wh
-    meta = store.StoreMeta(
+    meta = StoreMeta(
         teacher_name=info.name, teacher_sha256=teacher.sha256, teacher_metadata=asdict(info),
         skeleton=info.skeleton, dataset_id=dataset.dataset_id, dataset_spec=str(dataset.spec),
-        input_wh=tuple(info.input_wh), padding=info.padding, flip=flip,
+        input_wh=tuple(info.input_wh), padding=info.padding, flip_test=flip_test,
         heatmap_shape=(k, h, w))
     path = out_dir / store_name(info.name, dataset)
     if overwrite:
         tmp = path.with_name(path.name + ".tmp")
+        _repair_if_possible(tmp)
         try:  # resume an interrupted rebuild when it is the same rebuild
-            _mend(store, tmp)
-            state = store.check_compatible(tmp, meta, threshold)
+            state = check_compatible(tmp, meta, threshold)
         except UniError:
             state = "missing"
         if state == "missing":
             tmp.unlink(missing_ok=True)
-            store.create_store(tmp, meta, [i.instance_id for i in dataset.instances],
-                               threshold=threshold)
+            create_store(tmp, meta, [i.instance_id for i in dataset.instances],
+                         threshold=threshold)
         return _Job(teacher, dataset, path, tmp, meta)
-    _mend(store, path)
+    _repair_if_possible(path)
     try:
-        state = store.check_compatible(path, meta, threshold)
+        state = check_compatible(path, meta, threshold)
     except UniError as e:
         raise UniError(f"{e} (use --overwrite to rebuild it)") from None
     if state == "complete":
         return None
     if state == "missing":
-        store.create_store(path, meta, [i.instance_id for i in dataset.instances],
-                           threshold=threshold)
+        create_store(path, meta, [i.instance_id for i in dataset.instances],
+                     threshold=threshold)
     return _Job(teacher, dataset, path, path, meta)
 
 
-def _run_job(store, job: _Job, results_for, batch_size: int, strict: bool,
-             progress: bool) -> StoreSummary:
-    from tqdm import tqdm
-
-    reader = store.open_store(job.work_path)
+def _run_job(job: _Job, results_for: Callable[[list[list[Item]]], Iterator[Result]],
+             batch_size: int, strict: bool, progress: bool) -> StoreSummary:
+    reader = open_store(job.work_path)
     ids, done = list(reader.instance_ids), np.asarray(reader.done, bool).copy()
     del reader
     batches = _batches(job.dataset, ids, done, batch_size)
     summary = StoreSummary(job.path, len(ids), tuple(job.meta.heatmap_shape))
     name = f"{job.teacher.info.name} × {job.dataset.format}"
     t0 = time.perf_counter()
-    with store.StoreWriter(job.work_path) as writer, tqdm(
+    with StoreWriter(job.work_path) as writer, tqdm(
             total=len(ids), initial=int(done.sum()), unit="crop", desc=name, file=sys.stderr,
             dynamic_ncols=True, disable=not progress, smoothing=0.1) as bar:
         fault("cache-start")  # test hook (pipeline/faults.py); so are the fault() calls below
@@ -277,13 +288,13 @@ def _run_job(store, job: _Job, results_for, batch_size: int, strict: bool,
             bar.update(len(rows) + len(skipped))
         writer.finalize(skipped=summary.skipped)
     summary.seconds = time.perf_counter() - t0
-    if job.work_path != job.path:
-        job.work_path.replace(job.path)
-    return _with_sizes(store, summary)
+    if job.work_path != job.path:  # the rebuild is complete: it replaces the old store
+        atomic_write(job.path, lambda tmp: None, tmp=job.work_path)
+    return _with_sizes(summary)
 
 
-def _with_sizes(store, summary: StoreSummary) -> StoreSummary:
-    reader = store.open_store(summary.path)
+def _with_sizes(summary: StoreSummary) -> StoreSummary:
+    reader = open_store(summary.path)
     summary.written = int(np.asarray(reader.done).sum())
     summary.bytes_on_disk = summary.path.stat().st_size
     if summary.up_to_date:
@@ -294,17 +305,16 @@ def _with_sizes(store, summary: StoreSummary) -> StoreSummary:
 def cache_teachers(data: list[str], teachers: list[Path], out_dir: Path,
                    workers: int | None = None, scheduler: str | None = None,
                    threads: int | None = None, batch_size: int = DEFAULT_BATCH,
-                   flip: bool = True, overwrite: bool = False, strict: bool = False,
+                   flip_test: bool = True, overwrite: bool = False, strict: bool = False,
                    progress: bool = True, threshold: float | None = None) -> list[StoreSummary]:
     """Run every teacher over every person of every dataset into OUT stores (resumable).
 
     workers: local worker processes (None: one per 4 cores, at least 1; 1 runs in this process).
     threads: onnxruntime intra-op threads per worker; None = this machine's cores shared among
     the local workers, or 1 per task on a --scheduler cluster. threshold: stored
-    values under threshold × their channel's peak are zeroed (None: the store's default)."""
-    from stores import heatmap_store as store
-
-    threshold = store.THRESHOLD if threshold is None else float(threshold)
+    values under threshold × their channel's peak are zeroed (None: the store's default);
+    flip_test: store the average of each crop's and its mirror's maps."""
+    threshold = THRESHOLD if threshold is None else float(threshold)
 
     if batch_size < 1:
         raise UniError(f"--batch-size must be at least 1, got {batch_size}")
@@ -327,11 +337,11 @@ def cache_teachers(data: list[str], teachers: list[Path], out_dir: Path,
     summaries, jobs = [], []
     for teacher in models:
         for ds in datasets:
-            job = _prepare(store, teacher, ds, out_dir, flip, overwrite, threshold)
+            job = _prepare(teacher, ds, out_dir, flip_test, overwrite, threshold)
             if job is None:
                 path = out_dir / store_name(teacher.info.name, ds)
                 k, (w, h) = teacher.info.num_keypoints, teacher.heatmap_wh
-                summaries.append(_with_sizes(store, StoreSummary(
+                summaries.append(_with_sizes(StoreSummary(
                     path, len(ds.instances), (k, h, w), up_to_date=True)))
             else:
                 jobs.append(job)
@@ -350,14 +360,14 @@ def cache_teachers(data: list[str], teachers: list[Path], out_dir: Path,
             threads = 0
         for job in jobs:
             # Absolute paths: a remote worker's working directory is not ours.
-            args = (str(job.teacher.path.resolve()), job.teacher.sha256, threads, flip)
+            args = (str(job.teacher.path.resolve()), job.teacher.sha256, threads, flip_test)
             if client is None:
                 def results_for(batches, args=args):
                     return _local_results(batches, args)
             else:
                 def results_for(batches, args=args):
                     return _dask_results(client, batches, args, in_flight)
-            summaries.append(_run_job(store, job, results_for, batch_size, strict, progress))
+            summaries.append(_run_job(job, results_for, batch_size, strict, progress))
     finally:
         if client is not None:
             cluster = client.cluster
@@ -367,8 +377,8 @@ def cache_teachers(data: list[str], teachers: list[Path], out_dir: Path,
     return summaries
 
 
-def format_summary(s: StoreSummary, max_skipped: int = 20) -> str:
-    """Lines for one store: counts, time, rate, size on disk and ratio to raw fp16."""
+def format_run_summary(s: StoreSummary, max_skipped: int = 20) -> str:
+    """Lines for one store of this run: counts, time, rate, size on disk and ratio to raw fp16."""
     raw_fp16 = 2 * int(np.prod(s.heatmap_shape)) * s.written
     ratio = f" ({raw_fp16 / s.bytes_on_disk:.1f}x smaller than raw fp16)" if s.bytes_on_disk else ""
     head = f"{s.path}: {s.instances} instances"

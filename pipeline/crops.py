@@ -10,7 +10,7 @@ import numpy as np
 from pipeline.errors import UniError
 from pipeline.geometry import PADDING, bbox_to_center_size, crop_affine, warp_image
 
-# SPEC "Conventions": RGB, ImageNet statistics in 0–255 units.
+# RGB, ImageNet statistics in 0–255 units (docs/conventions.md "Crop and heatmap conventions").
 DEFAULT_MEAN = (123.675, 116.28, 103.53)
 DEFAULT_STD = (58.395, 57.12, 57.375)
 

@@ -11,8 +11,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipeline.crops import read_image
 from pipeline.datasets import Dataset, Instance
-from pipeline.errors import UniError
+from pipeline.errors import UniError, io_reason
+from pipeline.files import atomic_write
 from pipeline.skeletons import UNIFIED, UNIFIED_NAMES, Skeleton, native_to_unified
 
 _LIMB_NAMES = [
@@ -95,17 +97,20 @@ def draw_box(image: np.ndarray, bbox_xywh: np.ndarray, colour: tuple[int, int, i
 
 
 def save_rgb(path: Path, image: np.ndarray) -> None:
-    """Write an RGB uint8 image (PNG / JPEG by suffix)."""
+    """Write an RGB uint8 image (PNG / JPEG by suffix), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-        raise UniError(f"{path}: could not write image")
+    ok, data = cv2.imencode(path.suffix, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise UniError(f"{path}: could not encode image")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda p: p.write_bytes(data.tobytes()))
+    except OSError as e:
+        raise UniError(f"{path}: could not write image ({io_reason(e)})") from None
 
 
 def draw_dataset(dataset: Dataset, n_images: int, out_dir: Path) -> list[Path]:
     """Write PNGs of the first n_images images with every instance's box and skeleton."""
-    from pipeline.crops import read_image
-
     by_image: dict[int, list[Instance]] = {}
     for inst in dataset.instances:
         by_image.setdefault(inst.image_id, []).append(inst)

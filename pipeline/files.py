@@ -29,13 +29,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object], tmp: Path | None = None) -> None:
     """Call `write(tmp)` to fill a temp file beside `path`, fsync it, rename it over `path`.
 
     On any exception (or a kill) `path` keeps its old contents and the temp file is removed.
+    `tmp` defaults to `<path>.tmp`; a caller whose `.tmp` name is taken passes its own.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(path.name + ".tmp") if tmp is None else Path(tmp)
     try:
         write(tmp)
         with open(tmp, "rb+") as f:

@@ -1,14 +1,8 @@
 """Top-down crop geometry: the one place boxes become affine matrices.
 
-Conventions (MMPose / HRNet lineage):
-- Pixel centres sit at integer coordinates; pixel i covers [i - 0.5, i + 0.5).
-- A person box (x, y, w, h) becomes a crop box (center, size): aspect ratio fixed to the model
-  input by growing the short side, then padded by 1.25.
-- MPII boxes come from (center, scale): center y moved by +15·scale, side = 200·scale.
-- An affine is a (2, 3) float64 matrix A mapping [x, y, 1] → [x', y']. Image → crop maps the
-  crop box onto the whole crop: its left edge to -0.5, its right edge to W - 0.5.
-- Crop → heatmap grid of stride s keeps pixel areas aligned: x_h = (x_c + 0.5) / s - 0.5.
-- Horizontal flip of a W-wide grid is x → W - 1 - x, exactly what cv2.flip does to an array.
+An affine is a (2, 3) float64 matrix A mapping [x, y, 1] → [x', y']. The conventions it follows
+(pixel centres at integers, box → crop box, MPII boxes, crop → heatmap grid, flips, H×W sizes)
+are docs/conventions.md "Crop and heatmap conventions".
 """
 
 from __future__ import annotations
@@ -16,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-PADDING = 1.25  # crop box = person box × 1.25 (SPEC "Conventions")
+PADDING = 1.25  # crop box = person box × 1.25 (docs/conventions.md "Crop and heatmap conventions")
 
 
 def parse_input_size(text: str) -> tuple[int, int]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-SIGMA = 2.0  # heatmap-pixel Gaussian σ of ground-truth targets (SPEC "Conventions")
+# Heatmap-pixel Gaussian σ of ground-truth targets
+# (docs/conventions.md "Crop and heatmap conventions").
+SIGMA = 2.0
 
 
 def gaussian_heatmaps(points: np.ndarray, visible: np.ndarray, hm_wh: tuple[int, int],

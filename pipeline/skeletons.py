@@ -1,7 +1,8 @@
 """Every skeleton uni knows, and how each maps onto the 21-keypoint unified skeleton.
 
 This is the only place keypoint names, orders, flip pairs, OKS sigmas and dataset → unified
-mappings are written down (facts: SPEC.md "Unified skeleton").
+mappings are written down in code (facts: docs/conventions.md "Unified skeleton",
+"Dataset mappings" and "Metrics").
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ _UNIFIED = [
     ("left_elbow", 0.072), ("right_elbow", 0.072), ("left_wrist", 0.062), ("right_wrist", 0.062),
     ("left_hip", 0.107), ("right_hip", 0.107), ("left_knee", 0.087), ("right_knee", 0.087),
     ("left_ankle", 0.089), ("right_ankle", 0.089),
-    # Not in COCO: SPEC gives .08 (Halpe's head/neck/hip value, the same for thorax).
+    # Not in COCO: .08, Halpe's head/neck/hip value, the same for thorax
+    # (docs/conventions.md "Metrics").
     ("pelvis", 0.08), ("thorax", 0.08), ("upper_neck", 0.08), ("head_top", 0.08),
 ]
 UNIFIED_NAMES: tuple[str, ...] = tuple(n for n, _ in _UNIFIED)
@@ -44,8 +46,8 @@ _HALPE26 = [(n, n) for n in _COCO17] + [
 ]
 
 
-# BlazePose-33 (MediaPipe pose landmarks; samples/models/README.md); the 17 COCO points share
-# the unified names, the rest (inner/outer eyes, mouth, hands, feet) have no unified counterpart.
+# BlazePose-33 (MediaPipe pose landmarks; docs/conventions.md "Dataset mappings"): the 17 COCO
+# points share the unified names, the rest have no unified counterpart.
 _BLAZEPOSE33 = [
     "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye",
     "right_eye_outer", "left_ear", "right_ear", "mouth_left", "mouth_right", "left_shoulder",

@@ -100,22 +100,37 @@ def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def _rot(v: np.ndarray, deg: float) -> np.ndarray:
+    t = np.deg2rad(deg)
+    return np.array([v[0] * np.cos(t) - v[1] * np.sin(t), v[0] * np.sin(t) + v[1] * np.cos(t)])
+
+
+def _limb(rng: np.random.Generator, root: np.ndarray, up: np.ndarray, sgn: float,
+          bend: tuple[float, float], turn: tuple[float, float], upper: tuple[float, float],
+          lower: tuple[float, float], shrink: float) -> tuple[np.ndarray, np.ndarray]:
+    """A random two-segment limb from root → (middle joint, end joint).
+
+    Angles are measured from "down the body", positive = away from the midline (sgn: +1 for the
+    person's left, -1 for the right); shrink is the shortest length factor (foreshortening).
+    """
+    a1 = rng.uniform(*bend)
+    a2 = a1 + rng.uniform(*turn)
+    seg1 = _rot(-up, -sgn * a1) * rng.uniform(*upper) * rng.uniform(shrink, 1.0)
+    seg2 = _rot(-up, -sgn * a2) * rng.uniform(*lower) * rng.uniform(shrink, 1.0)
+    return root + seg1, root + seg1 + seg2
+
+
 def _pose(rng: np.random.Generator, height: float, pelvis: np.ndarray) -> dict:
     """A random frontal body: (21, 2) unified keypoints in image pixels plus drawing sizes."""
     lean = np.deg2rad(rng.normal(0, 10))
     up = np.array([np.sin(lean), -np.cos(lean)])
     right = np.array([np.cos(lean), np.sin(lean)])  # image-right = the person's left
-
-    def rot(v: np.ndarray, deg: float) -> np.ndarray:
-        t = np.deg2rad(deg)
-        return np.array([v[0] * np.cos(t) - v[1] * np.sin(t), v[0] * np.sin(t) + v[1] * np.cos(t)])
-
     # Body proportions are fractions of the height (feet to head top); pelvis at the origin.
     torso, neck, head_r = rng.uniform(0.27, 0.32), rng.uniform(0.04, 0.06), rng.uniform(0.055, 0.07)
     sw, hw = rng.uniform(0.09, 0.13), rng.uniform(0.06, 0.09)
     p = np.zeros((21, 2))
     p[_IDX["thorax"]] = up * torso
-    n_dir = rot(up, rng.normal(0, 8))
+    n_dir = _rot(up, rng.normal(0, 8))
     p[_IDX["upper_neck"]] = p[_IDX["thorax"]] + n_dir * neck
     head = p[_IDX["upper_neck"]] + n_dir * head_r
     p[_IDX["head_top"]] = head + n_dir * head_r
@@ -129,19 +144,10 @@ def _pose(rng: np.random.Generator, height: float, pelvis: np.ndarray) -> dict:
         shoulder = p[_IDX["thorax"]] + right * (sgn * sw) - up * 0.015
         hip = right * (sgn * hw)
         p[_IDX[f"{side}_shoulder"]], p[_IDX[f"{side}_hip"]] = shoulder, hip
-        # Angles are measured from "down the body", positive = away from the midline.
-        a1 = rng.uniform(-25, 165)
-        a2 = a1 + rng.uniform(-150, 40)
-        arm1 = rot(-up, -sgn * a1) * rng.uniform(0.14, 0.18) * rng.uniform(0.75, 1.0)
-        arm2 = rot(-up, -sgn * a2) * rng.uniform(0.12, 0.16) * rng.uniform(0.75, 1.0)
-        p[_IDX[f"{side}_elbow"]] = shoulder + arm1
-        p[_IDX[f"{side}_wrist"]] = shoulder + arm1 + arm2
-        b1 = rng.uniform(-12, 45)
-        b2 = b1 + rng.uniform(-35, 25)
-        leg1 = rot(-up, -sgn * b1) * rng.uniform(0.22, 0.26) * rng.uniform(0.8, 1.0)
-        leg2 = rot(-up, -sgn * b2) * rng.uniform(0.21, 0.25) * rng.uniform(0.8, 1.0)
-        p[_IDX[f"{side}_knee"]] = hip + leg1
-        p[_IDX[f"{side}_ankle"]] = hip + leg1 + leg2
+        p[_IDX[f"{side}_elbow"]], p[_IDX[f"{side}_wrist"]] = _limb(
+            rng, shoulder, up, sgn, (-25, 165), (-150, 40), (0.14, 0.18), (0.12, 0.16), 0.75)
+        p[_IDX[f"{side}_knee"]], p[_IDX[f"{side}_ankle"]] = _limb(
+            rng, hip, up, sgn, (-12, 45), (-35, 25), (0.22, 0.26), (0.21, 0.25), 0.8)
     return {"points": pelvis + p * height, "head": pelvis + head * height,
             "head_r": head_r * height, "limb": max(2.0, rng.uniform(0.03, 0.055) * height),
             "dot": max(1.5, 0.014 * height)}

@@ -22,14 +22,16 @@ import numpy as np
 
 from pipeline.crops import DEFAULT_MEAN, DEFAULT_STD, normalize
 from pipeline.errors import UniError
-from pipeline.files import file_sha256
+from pipeline.files import atomic_write, file_sha256
 from pipeline.geometry import PADDING
 from pipeline.heatmaps import merge_flipped
 from pipeline.skeletons import SKELETONS, get_skeleton
 
 HEADS = ("heatmap", "simcc")
 ACTIVATIONS = ("none", "sigmoid", "softmax")
-SIMCC_STRIDE = 4  # SimCC maps land on the input/4 grid, like heatmap heads (SPEC "Conventions")
+# SimCC maps land on the input/4 grid, like heatmap heads
+# (docs/conventions.md "Crop and heatmap conventions").
+SIMCC_STRIDE = 4
 _PREFIX = "uni."
 
 
@@ -132,8 +134,8 @@ def _check_model(info: TeacherInfo, model, where: str) -> None:
     if len(d) != 4 or d[1] not in (3, None):
         raise UniError(f"{where}: input {inputs[0].name!r} has shape {d}, expected (N, 3, H, W)")
     if (d[2] is not None and d[2] != h) or (d[3] is not None and d[3] != w):
-        raise UniError(f"{where}: field 'input_wh' is {w}x{h} but input {inputs[0].name!r} "
-                       f"is {d[3]}x{d[2]}")
+        raise UniError(f"{where}: field 'input_wh' is {w} wide, {h} high but input "
+                       f"{inputs[0].name!r} is {d[3]} wide, {d[2]} high")
     outs = {o.name: _dims(o) for o in _infer_shapes(model).graph.output}
     _check_outputs(info, outs, where)
 
@@ -148,33 +150,34 @@ def _infer_shapes(model):
         return model
 
 
+def _check_output(shape: list[int | None], axes: tuple[str, ...], what: str, info: TeacherInfo,
+                  where: str) -> None:
+    """One output's rank is len(axes), and its axis 1 holds at least the keypoints."""
+    if len(shape) != len(axes):
+        raise UniError(f"{where}: {what} has rank {len(shape)}, "
+                       f"expected {len(axes)} ({', '.join(axes)})")
+    k = info.num_keypoints
+    if shape[1] is not None and shape[1] < k:
+        raise UniError(f"{where}: {what} has {shape[1]} channels, fewer "
+                       f"than the {k} keypoints of {info.skeleton}")
+
+
 def _check_outputs(info: TeacherInfo, outs: dict[str, list[int | None]], where: str) -> None:
     """Output shapes (None = unknown dim) agree with the declared head, keypoints and sizes."""
     w, h = info.input_wh
     names = _output_names(info, list(outs))
-    k = info.num_keypoints
     for name in names:
         if name not in outs:
             raise UniError(f"{where}: field 'outputs': the model has no output {name!r} "
                            f"(it has {', '.join(outs)})")
     if info.head == "heatmap":
-        s = outs[names[0]]
-        if len(s) != 4:
-            raise UniError(f"{where}: heatmap output {names[0]!r} has rank {len(s)}, "
-                           "expected 4 (N, K, h, w)")
-        if s[1] is not None and s[1] < k:
-            raise UniError(f"{where}: heatmap output {names[0]!r} has {s[1]} channels, fewer "
-                           f"than the {k} keypoints of {info.skeleton}")
+        _check_output(outs[names[0]], ("N", "K", "h", "w"), f"heatmap output {names[0]!r}",
+                      info, where)
         return
     for name, size, axis in zip(names, (w, h), "xy", strict=True):
         s = outs[name]
         bins = round(size * info.simcc_split)
-        if len(s) != 3:
-            raise UniError(f"{where}: SimCC {axis} output {name!r} has rank {len(s)}, "
-                           "expected 3 (N, K, bins)")
-        if s[1] is not None and s[1] < k:
-            raise UniError(f"{where}: SimCC {axis} output {name!r} has {s[1]} channels, fewer "
-                           f"than the {k} keypoints of {info.skeleton}")
+        _check_output(s, ("N", "K", "bins"), f"SimCC {axis} output {name!r}", info, where)
         if s[2] is not None and s[2] != bins:
             raise UniError(f"{where}: SimCC {axis} output {name!r} has {s[2]} bins, expected "
                            f"{size} x simcc_split {info.simcc_split} = {bins}")
@@ -232,9 +235,7 @@ def describe_model(src: Path, info: TeacherInfo, dst: Path | None = None) -> Pat
     for k, v in info.to_metadata().items():
         model.metadata_props.add(key=k, value=v)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    onnx.save(model, str(tmp))
-    tmp.replace(dst)
+    atomic_write(dst, lambda p: onnx.save(model, str(p)))
     return dst
 
 

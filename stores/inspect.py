@@ -7,18 +7,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipeline.crops import crop_person, read_image
+from pipeline.datasets import load_dataset
+from pipeline.draw import save_rgb
 from pipeline.errors import UniError
+from pipeline.geometry import crop_to_heatmap, invert, warp_heatmaps
 from stores.heatmap_store import StoreReader
 
 
-def format_summary(s: dict) -> str:
+def format_store_summary(s: dict) -> str:
     """Human-readable lines for StoreReader.summary()."""
     k, h, w = s["heatmap_shape"]
     lines = [
         f"store        {s['path']}",
         f"teacher      {s['teacher']}  (sha256 {s['teacher_sha256'][:12]}, skeleton "
         f"{s['skeleton']}, crop {s['input_wh'][0]}x{s['input_wh'][1]}, padding {s['padding']}, "
-        f"flip test {'on' if s['flip'] else 'off'})",
+        f"flip test {'on' if s['flip_test'] else 'off'})",
         f"dataset      {s['dataset_spec']}  (sha256 {s['dataset_id'][:12]})",
         f"instances    {s['instances']}: {s['done']} done, {s['skipped']} skipped, "
         f"{'complete' if s['complete'] else 'NOT complete'}",
@@ -44,9 +48,6 @@ def _colour_map(heat: np.ndarray) -> np.ndarray:
 
 def _crop_for(reader: StoreReader, instance_id: int, cache: dict) -> np.ndarray | None:
     """The teacher's crop of this instance re-made from the dataset image, or None."""
-    from pipeline.crops import crop_person, read_image
-    from pipeline.datasets import load_dataset
-
     if "by_id" not in cache:
         try:
             ds = load_dataset(reader.meta.dataset_spec)
@@ -71,9 +72,6 @@ def draw_store(reader: StoreReader, n: int, out_dir: Path) -> list[Path]:
     The heatmap is brought to the crop through the inverse of geometry.crop_to_heatmap; when
     the dataset's image (or annotation file) is not reachable, the heatmap is drawn alone.
     """
-    from pipeline.draw import save_rgb
-    from pipeline.geometry import crop_to_heatmap, invert, warp_heatmaps
-
     out_dir = Path(out_dir)
     k, h, w = reader.meta.heatmap_shape
     in_w, in_h = reader.meta.input_wh

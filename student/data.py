@@ -17,6 +17,7 @@ M = A_student ∘ A_teacher⁻¹ (both image → grid, A_student includes the fl
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,8 @@ from pipeline.geometry import (
     warp_heatmaps,
 )
 from pipeline.heatmaps import SIGMA, gaussian_heatmaps
-from pipeline.skeletons import NUM_UNIFIED, SKELETONS, UNIFIED
+from pipeline.skeletons import NUM_UNIFIED, SKELETONS, UNIFIED, native_to_unified
+from stores.heatmap_store import StoreReader, missing_instances, open_store
 
 _PEAK_EPS = 1e-6  # a cached map with a lower peak is empty: the teacher saw nothing there
 
@@ -84,7 +86,7 @@ class TeacherSource:
     teacher: str
     skeleton: str
     path: Path
-    reader: object  # stores.heatmap_store reader: picklable, opens h5py lazily
+    reader: StoreReader  # picklable, opens h5py lazily in each process
 
 
 def gt_targets(instance: Instance, a_grid: np.ndarray, flip: bool, hm_wh: tuple[int, int],
@@ -128,12 +130,8 @@ def teacher_targets(heatmaps: np.ndarray, a_teacher: np.ndarray, skeleton: str,
     mass = norm.reshape(k, -1).sum(-1) * abs(np.linalg.det(m[:, :2]))
     presence = np.where(alive, np.clip(warped.reshape(k, -1).sum(-1) / np.maximum(
         mass, 1e-12), 0.0, 1.0), 0.0)
-    targets = np.zeros((NUM_UNIFIED, h, w), np.float32)
-    weights = np.zeros(NUM_UNIFIED, np.float32)
-    for src, dst in enumerate(sk.to_unified):
-        if dst is not None:
-            targets[dst] = warped[src]
-            weights[dst] = presence[src]
+    targets = native_to_unified(warped.reshape(k, h * w), sk).reshape(NUM_UNIFIED, h, w)
+    weights = native_to_unified(presence[:, None].astype(np.float32), sk)[:, 0]
     if flip:
         targets, weights = targets[UNIFIED.flip_index], weights[UNIFIED.flip_index]
     spatial = visible_mask(m, (wt, ht), hm_wh)[None]
@@ -242,8 +240,6 @@ def match_stores(store_paths: list[Path], datasets: list[Dataset],
     whose dataset is not given, whose skeleton is unknown, that lacks instances the training
     data needs, or that repeats a (teacher, dataset) pair.
     """
-    from stores.heatmap_store import open_store
-
     files: list[Path] = []
     for p in map(Path, store_paths):
         if p.is_dir():
@@ -278,12 +274,52 @@ def match_stores(store_paths: list[Path], datasets: list[Dataset],
         if skeletons.setdefault(meta.teacher_name, meta.skeleton) != meta.skeleton:
             raise UniError(f"{f}: teacher {meta.teacher_name!r} has skeleton {meta.skeleton} "
                            f"here but {skeletons[meta.teacher_name]} in another store")
-        row_of, done = reader.row_of, np.asarray(reader.done, bool)
-        skipped = set(getattr(reader, "skipped", {}) or {})
-        missing = sum(1 for inst in ds.instances if inst.instance_id not in skipped and (
-            inst.instance_id not in row_of or not done[row_of[inst.instance_id]]))
+        missing = len(missing_instances((i.instance_id for i in ds.instances), reader.row_of,
+                                        reader.done, reader.skipped))
         if missing:
             raise UniError(f"{f}: missing {missing} of {len(ds.instances)} instances of "
                            f"{ds.spec} (run uni cache-teachers again)")
         sources[key] = TeacherSource(meta.teacher_name, meta.skeleton, f, reader)
     return sorted(skeletons), skeletons, sources
+
+
+def split_items(datasets: list[Dataset], val_fraction: float, seed: int
+                ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(training items, held-out items) as (dataset index, instance index) pairs: a seeded
+    random `val_fraction` of all instances held out (at least one; none when it is 0)."""
+    items = [(d, i) for d, ds in enumerate(datasets) for i in range(len(ds.instances))]
+    if val_fraction == 0.0:
+        return items, []
+    rng = np.random.default_rng(seed)
+    n_val = max(1, round(len(items) * val_fraction))
+    held = set(rng.permutation(len(items))[:n_val].tolist())
+    return ([x for j, x in enumerate(items) if j not in held],
+            [x for j, x in enumerate(items) if j in held])
+
+
+def check_stores(sources: dict[tuple[str, str], TeacherSource], datasets: list[Dataset],
+                 items: list[tuple[int, int]], skip_corrupt: bool, progress: bool = False,
+                 verbose: bool = True) -> list[tuple[int, int]]:
+    """Read every store's chunks once, before training: damaged cached targets are refused in
+    one line, or (skip_corrupt) their instances are dropped from `items` and counted."""
+    bad: dict[str, set[int]] = {}  # dataset id → instance ids with a damaged target
+    first = None
+    for (_, dataset_id), src in sources.items():
+        damaged = src.reader.damaged(progress=progress)
+        src.reader.close()  # DataLoader workers open their own handles
+        if damaged:
+            first = first or f"{src.path}: {next(iter(damaged.values()))}"
+            bad.setdefault(dataset_id, set()).update(
+                int(src.reader.instance_ids[r]) for r in damaged)
+    if not bad:
+        return items
+    n = sum(len(ids) for ids in bad.values())
+    if not skip_corrupt:
+        raise UniError(f"{first}; {n} damaged instance(s) in the stores (uni inspect-store "
+                       "--verify lists them; --skip-corrupt trains without them)")
+    keep = [(d, i) for d, i in items if datasets[d].instances[i].instance_id
+            not in bad.get(datasets[d].dataset_id, ())]
+    if verbose:
+        print(f"uni: skipping {len(items) - len(keep)} training instances whose cached "
+              f"targets are damaged (--skip-corrupt); first: {first}", file=sys.stderr)
+    return keep

@@ -14,14 +14,26 @@ finished runs (and says so), so no teacher inference happens twice.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from pipeline.cache import cache_teachers, format_run_summary
+from pipeline.crops import crop_person, read_image
+from pipeline.datasets import load_dataset
+from pipeline.draw import draw_skeleton
+from pipeline.files import atomic_write, write_json, write_text
+from pipeline.geometry import apply
+from pipeline.synth import generate
+from student.checkpoint import load_checkpoint
+from student.evaluate import evaluate
+from student.export import export_onnx
+from student.predict import load_predictor, predict_boxes
+from student.report import markdown_table, report_rows, write_report
+from student.train import train
 
 
 @dataclass(frozen=True)
@@ -60,19 +72,12 @@ def _say(msg: str) -> None:
 
 
 def _finished(run: Path, epochs: int) -> bool:
-    import torch
-
     last = run / "last.pt"
-    if not last.is_file():
-        return False
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
-    return int(ckpt.get("epoch", 0)) >= epochs
+    return last.is_file() and int(load_checkpoint(last).get("epoch", 0)) >= epochs
 
 
 def _train(run: Path, data: list[str], stores: list[str], model: str, s: DemoSettings,
            epochs: int, seed: int) -> Path:
-    from student.train import train
-
     if _finished(run, epochs):
         _say(f"reusing finished run {run}")
         return run
@@ -91,12 +96,6 @@ def _predictions_png(runs: dict[str, Path], spec: str, out: Path, n: int = 3) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.crops import crop_person, read_image
-    from pipeline.datasets import load_dataset
-    from pipeline.draw import draw_skeleton
-    from pipeline.geometry import apply
-    from student.predict import load_predictor, predict_boxes
-
     ds = load_dataset(spec)
     picks = [ds.instances[i] for i in np.linspace(0, len(ds.instances) - 1, n).astype(int)]
     fig, axes = plt.subplots(n, len(runs), figsize=(2.6 * len(runs), 3.2 * n), squeeze=False)
@@ -112,19 +111,13 @@ def _predictions_png(runs: dict[str, Path], spec: str, out: Path, n: int = 3) ->
             if r == 0:
                 axes[r, c].set_title(name, fontsize=10)
     fig.tight_layout()
-    fig.savefig(out, dpi=80)
+    atomic_write(out, lambda p: fig.savefig(p, format="png", dpi=80))
     plt.close(fig)
     return out
 
 
 def run_demo(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
     """Run (or resume) the demo in out_dir; returns the report dict also written as JSON."""
-    from pipeline.cache import cache_teachers, format_summary
-    from pipeline.synth import generate
-    from student.evaluate import evaluate
-    from student.export import export_onnx
-    from student.report import markdown_table, report_rows, write_report
-
     s = QUICK if quick else FULL
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -159,7 +152,7 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
     summaries = cache_teachers(train_specs, list(teacher_onnx.values()), out / "stores",
                                workers=1, progress=True)
     for summary in summaries:
-        _say(format_summary(summary).splitlines()[0])
+        _say(format_run_summary(summary).splitlines()[0])
     if all(x.up_to_date for x in summaries):
         _say("stores up to date: no teacher inference")
     stores = [str(x.path) for x in summaries]
@@ -188,14 +181,12 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
 
     report = {"settings": {**asdict(s), "joint_epochs": s.joint_epochs}, "rows": rows,
               "seconds": times, "runs": {k: str(v) for k, v in models.items()}}
-    tmp = out / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out / "report.json")
+    write_json(out / "report.json", report, indent=2)
     table = markdown_table(rows)
     timing = "\n".join(f"- {k}: {v:.1f} s" for k, v in times.items())
     md = (f"# uni demo{' (quick)' if quick else ''}\n\n{table}\n\nWall time per stage:\n\n"
           f"{timing}\n\n![predictions](predictions.png)\n")
-    (out / "report.md").write_text(md)
+    write_text(out / "report.md", md)
     print(table)
     print(f"\nwall time: {', '.join(f'{k} {v:.0f} s' for k, v in times.items())}")
     print(f"wrote {out / 'report.md'}, {out / 'report.json'}, {out / 'predictions.png'}")

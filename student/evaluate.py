@@ -6,7 +6,7 @@ Predictions (also the --save-predictions / --predictions file): a JSON list of
 belongs to and may be left out when only one spec is given; records of datasets not given
 with --data are skipped.
 
-Metrics (SPEC "Metrics"):
+Metrics (docs/conventions.md "Metrics"):
 - coco: OKS AP / AP50 / AP75 / AR by pycocotools COCOeval on the 17 COCO keypoints, against the
   annotation file itself, sigmas UNIFIED_SIGMAS[:17]; instance score = the prediction's "score"
   (student.predict.instance_score: box score 1.0 for GT boxes × mean keypoint score > 0.2).
@@ -27,17 +27,22 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.datasets import Dataset, head_size, load_dataset
 from pipeline.errors import UniError
-from pipeline.files import read_json
-from pipeline.skeletons import NUM_UNIFIED, SKELETONS, UNIFIED_NAMES, UNIFIED_SIGMAS
+from pipeline.files import json_int, read_json, write_json
+from pipeline.skeletons import (
+    NUM_UNIFIED,
+    SKELETONS,
+    UNIFIED_NAMES,
+    UNIFIED_SIGMAS,
+    native_to_unified,
+)
+from student.predict import Predictor, instance_score, load_predictor, predict_boxes
 
 OKS_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # COCOeval's iouThrs
 PCKH_THRESHOLD = 0.5
@@ -57,8 +62,6 @@ MPII_GROUPS = (("Head", ("head_top",)), ("Shoulder", ("left_shoulder", "right_sh
 
 def prediction_records(dataset: Dataset, keypoints: np.ndarray, known: np.ndarray) -> list[dict]:
     """keypoints (N, 21, 3) for dataset.instances (in order) → predictions records."""
-    from student.predict import instance_score
-
     return [{"instance_id": inst.instance_id, "image_id": inst.image_id,
              "keypoints": kp.tolist(), "score": instance_score(kp, known),
              "dataset_id": dataset.dataset_id}
@@ -68,9 +71,7 @@ def prediction_records(dataset: Dataset, keypoints: np.ndarray, known: np.ndarra
 def save_predictions(path: Path, records: list[dict]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(records))
-    os.replace(tmp, path)
+    write_json(path, records, indent=None)
     return path
 
 
@@ -80,9 +81,7 @@ def _check_record(rec: object, where: str) -> dict:
     for key in ("instance_id", "keypoints", "score"):
         if key not in rec:
             raise UniError(f"{where}: missing field {key!r}")
-    iid = rec["instance_id"]
-    if isinstance(iid, bool) or not isinstance(iid, int):
-        raise UniError(f"{where} field 'instance_id': expected an integer, got {iid!r:.40}")
+    iid = json_int(rec["instance_id"], f"{where} field 'instance_id'")
     try:
         kp = np.asarray(rec["keypoints"], dtype=np.float64)
         score = float(rec["score"])
@@ -251,8 +250,6 @@ def halpe_scored() -> np.ndarray:
 
 def halpe_gt(dataset: Dataset, scored: np.ndarray) -> dict:
     """The Halpe annotation file with every person's keypoints re-ordered to `scored` unified."""
-    from pipeline.skeletons import native_to_unified
-
     halpe = SKELETONS["halpe26"]
     k = halpe.num_keypoints
     raw = dataset.read_annotations()
@@ -272,7 +269,7 @@ def halpe_gt(dataset: Dataset, scored: np.ndarray) -> dict:
 
 
 def evaluate_halpe(dataset: Dataset, preds: dict[int, dict]) -> dict:
-    """OKS AP on the unified keypoints Halpe labels (SPEC: Halpe-26 → unified)."""
+    """OKS AP on the unified keypoints Halpe labels (docs/conventions.md "Dataset mappings")."""
     scored = halpe_scored()
     gt_kp = {i.instance_id: i.unified[scored] for i in dataset.instances}
     return _coco_like(dataset, preds, halpe_gt(dataset, scored), scored, gt_kp)
@@ -339,17 +336,15 @@ def load_datasets(specs: list[str], head_boxes: Path | None = None) -> list[Data
     return out
 
 
-def predict_datasets(model, datasets: list[Dataset], flip: bool = True,
+def predict_datasets(model: Path | Predictor, datasets: list[Dataset], flip_test: bool = True,
                      batch_size: int = 32, progress: bool = True) -> list[list[dict]]:
     """Run MODEL (a path or a student.predict.Predictor) on every GT box of every dataset →
     predictions records per dataset."""
-    from student.predict import Predictor, load_predictor, predict_boxes
-
     predictor = model if isinstance(model, Predictor) else load_predictor(model)
     out = []
     for ds in datasets:
         items = [(i.image_path, i.bbox) for i in ds.instances]
-        kps = predict_boxes(predictor, items, flip, batch_size, progress)
+        kps = predict_boxes(predictor, items, flip_test, batch_size, progress)
         out.append(prediction_records(ds, kps, predictor.known))
     return out
 
@@ -361,7 +356,7 @@ def as_predictions(records: list[dict]) -> dict[int, dict]:
 
 
 def evaluate(specs: list[str], model: Path | None = None, predictions: Path | None = None,
-             flip: bool = True, head_boxes: Path | None = None,
+             flip_test: bool = True, head_boxes: Path | None = None,
              save_to: Path | None = None, batch_size: int = 32,
              progress: bool = True) -> dict[str, dict]:
     """{spec: metric dict} for MODEL run on the GT boxes, or for a predictions file."""
@@ -373,7 +368,7 @@ def evaluate(specs: list[str], model: Path | None = None, predictions: Path | No
     if predictions is not None:
         per_ds = load_predictions(predictions, datasets)
     else:
-        records = predict_datasets(model, datasets, flip, batch_size, progress)
+        records = predict_datasets(model, datasets, flip_test, batch_size, progress)
         if save_to is not None:
             save_predictions(save_to, [r for rs in records for r in rs])
         per_ds = [as_predictions(rs) for rs in records]

@@ -3,8 +3,9 @@
 The graph has a dynamic batch axis; its metadata (pipeline.teachers.describe_model) says
 skeleton unified21 (or a native skeleton: the graph then outputs only that skeleton's channels,
 in its order, so a single-dataset model becomes a teacher that knows only its own keypoints),
-heatmap head, the run's input size, SPEC default normalisation, activation none. Before the file
-appears, onnxruntime must reproduce PyTorch on a random batch.
+heatmap head, the run's input size, the default normalisation (docs/conventions.md "Crop and
+heatmap conventions"), activation none. Before the file appears, onnxruntime must reproduce
+PyTorch on a random batch.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pipeline.crops import DEFAULT_MEAN, DEFAULT_STD
 from pipeline.errors import UniError
 from pipeline.geometry import PADDING
 from pipeline.skeletons import get_skeleton
+from pipeline.teachers import TeacherInfo, describe_model
+from student.checkpoint import load_student, run_name
 
 
 class _NativeChannels(torch.nn.Module):
@@ -32,6 +35,7 @@ class _NativeChannels(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x).index_select(1, self.index)
 
+
 TOLERANCE = 1e-4  # max |onnxruntime - torch| on the check batch
 
 
@@ -43,8 +47,6 @@ def export_model(model: torch.nn.Module, input_wh: tuple[int, int], name: str, o
     Returns (out, max |diff| between onnxruntime and torch on a random batch of check_batch).
     """
     import onnxruntime as ort
-
-    from pipeline.teachers import TeacherInfo, describe_model
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -86,9 +88,6 @@ def export_model(model: torch.nn.Module, input_wh: tuple[int, int], name: str, o
 def export_onnx(run: Path, out: Path, name: str | None = None, skeleton: str = "unified21"
                 ) -> tuple[Path, float]:
     """RUN (run directory or .pt) → described ONNX at `out`; see export_model."""
-    from student.train import load_student
-
-    run = Path(run)
     model, cfg = load_student(run)
-    name = name or (run.name if run.is_dir() else run.parent.name or run.stem)
+    name = name or run_name(run)
     return export_model(model, tuple(cfg["input_wh"]), name, out, skeleton=skeleton)

@@ -17,8 +17,6 @@ file name (COCO style: 000000000785.jpg → 785). Without --boxes the whole imag
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import sys
 from collections.abc import Iterable
@@ -29,11 +27,14 @@ import torch
 from tqdm import tqdm
 
 from pipeline.crops import DEFAULT_MEAN, DEFAULT_STD, crop_person, normalize, read_image
+from pipeline.draw import draw_box, draw_skeleton, save_rgb
 from pipeline.errors import UniError
-from pipeline.files import read_json
+from pipeline.files import json_int, read_json, write_json
 from pipeline.geometry import PADDING, apply, compose, crop_to_heatmap, invert
 from pipeline.heatmaps import decode_heatmaps, merge_flipped
-from pipeline.skeletons import NUM_UNIFIED, UNIFIED, get_skeleton
+from pipeline.skeletons import NUM_UNIFIED, UNIFIED, get_skeleton, native_to_unified
+from pipeline.teachers import Teacher
+from student.checkpoint import load_student, run_name
 
 KEYPOINT_SCORE_THRESHOLD = 0.2  # MMPose's keypoint_score_thr for instance rescoring
 
@@ -49,12 +50,13 @@ class Predictor:
     padding: float = PADDING
     known: np.ndarray
 
-    def heatmaps(self, crops: np.ndarray, flip: bool = True) -> np.ndarray:
+    def heatmaps(self, crops: np.ndarray, flip_test: bool = True) -> np.ndarray:
         raise NotImplementedError
 
 
 class StudentPredictor(Predictor):
-    """A torch student: inputs normalised with the SPEC defaults (RGB, ImageNet mean / std)."""
+    """A torch student: inputs normalised with the defaults (RGB, ImageNet mean / std;
+    docs/conventions.md "Crop and heatmap conventions")."""
 
     def __init__(self, model: torch.nn.Module, name: str, input_wh: tuple[int, int],
                  device: str | None = None):
@@ -63,13 +65,13 @@ class StudentPredictor(Predictor):
         self.name, self.input_wh = name, (int(input_wh[0]), int(input_wh[1]))
         self.known = np.ones(NUM_UNIFIED, dtype=bool)
 
-    def heatmaps(self, crops: np.ndarray, flip: bool = True) -> np.ndarray:
+    def heatmaps(self, crops: np.ndarray, flip_test: bool = True) -> np.ndarray:
         x = torch.from_numpy(normalize(crops, DEFAULT_MEAN, DEFAULT_STD)).to(self.device)
         with torch.inference_mode():
             # Negatives clipped, as Teacher does for activation "none": the exported ONNX
             # student then decodes exactly like this one.
             plain = self.model(x).float().clamp_(min=0).cpu().numpy()  # (N, 21, h, w)
-            if not flip:
+            if not flip_test:
                 return plain
             flipped = self.model(x.flip(-1)).float().clamp_(min=0).cpu().numpy()
         return merge_flipped(plain, flipped, UNIFIED.flip_index)
@@ -79,18 +81,14 @@ class OnnxPredictor(Predictor):
     """A described ONNX model (pipeline.teachers.Teacher), native channels moved to unified."""
 
     def __init__(self, path: Path):
-        from pipeline.teachers import Teacher
-
         self.teacher = Teacher(path)
         info = self.teacher.info
         self.skeleton = get_skeleton(info.skeleton)
         self.name, self.input_wh, self.padding = info.name, tuple(info.input_wh), info.padding
         self.known = self.skeleton.unified_mask
 
-    def heatmaps(self, crops: np.ndarray, flip: bool = True) -> np.ndarray:
-        from pipeline.skeletons import native_to_unified
-
-        hm = self.teacher.predict(crops, flip_test=flip)  # (N, K, h, w) native order
+    def heatmaps(self, crops: np.ndarray, flip_test: bool = True) -> np.ndarray:
+        hm = self.teacher.predict(crops, flip_test=flip_test)  # (N, K, h, w) native order
         n, k, h, w = hm.shape
         return native_to_unified(hm.reshape(n, k, h * w), self.skeleton).reshape(
             n, NUM_UNIFIED, h, w)
@@ -101,11 +99,8 @@ def load_predictor(path: Path, device: str | None = None) -> Predictor:
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         return OnnxPredictor(path)
-    from student.train import load_student
-
     model, cfg = load_student(path)
-    name = path.name if path.is_dir() else path.parent.name or path.stem
-    return StudentPredictor(model, name, tuple(cfg["input_wh"]), device)
+    return StudentPredictor(model, run_name(path), tuple(cfg["input_wh"]), device)
 
 
 def instance_score(keypoints: np.ndarray, known: np.ndarray, box_score: float = 1.0,
@@ -116,8 +111,9 @@ def instance_score(keypoints: np.ndarray, known: np.ndarray, box_score: float = 
     return float(box_score * s.mean()) if s.size else 0.0
 
 
-def predict_boxes(predictor: Predictor, items: list[tuple[Path, np.ndarray]], flip: bool = True,
-                  batch_size: int = 32, progress: bool = True) -> np.ndarray:
+def predict_boxes(predictor: Predictor, items: list[tuple[Path, np.ndarray]],
+                  flip_test: bool = True, batch_size: int = 32, progress: bool = True
+                  ) -> np.ndarray:
     """items: (image path, person box (4,) x, y, w, h) → keypoints (N, 21, 3) [x, y, score].
 
     Image coordinates; unknown keypoints are (0, 0, 0). Each image is read once.
@@ -141,7 +137,7 @@ def predict_boxes(predictor: Predictor, items: list[tuple[Path, np.ndarray]], fl
                                        predictor.padding)
             crops.append(crop)
             affines.append(affine)
-        hm = predictor.heatmaps(np.stack(crops), flip)  # (B, 21, hh, hw)
+        hm = predictor.heatmaps(np.stack(crops), flip_test)  # (B, 21, hh, hw)
         coords, scores = decode_heatmaps(hm)  # heatmap px (B, 21, 2), (B, 21)
         hm_wh = (hm.shape[3], hm.shape[2])
         to_grid = crop_to_heatmap((w, h), hm_wh)
@@ -177,9 +173,7 @@ def load_detections(path: Path, score_threshold: float = 0.0) -> dict[int, list[
             raise UniError(f"{where}: expected an object with 'image_id' and 'bbox'")
         if d.get("category_id", 1) != 1:  # COCO's person category
             continue
-        image_id = d["image_id"]
-        if isinstance(image_id, bool) or not isinstance(image_id, int):
-            raise UniError(f"{where} field 'image_id': expected an integer, got {image_id!r:.40}")
+        image_id = json_int(d["image_id"], f"{where} field 'image_id'")
         try:
             bbox = np.asarray(d["bbox"], dtype=np.float64).reshape(4)
             score = float(d.get("score", 1.0))
@@ -194,12 +188,10 @@ def load_detections(path: Path, score_threshold: float = 0.0) -> dict[int, list[
 
 def predict_images(model: Path, images: Iterable[Path], out_dir: Path,
                    boxes: Path | None = None, score_threshold: float = 0.3,
-                   draw_threshold: float = 0.3, flip: bool = True, batch_size: int = 32,
+                   draw_threshold: float = 0.3, flip_test: bool = True, batch_size: int = 32,
                    progress: bool = True) -> list[Path]:
     """Draw the 21-keypoint skeleton of every person on each image → DIR/<image>.png, and
     DIR/predictions.json (evaluate's predictions format plus 'image', 'bbox', 'box_score')."""
-    from pipeline.draw import draw_box, draw_skeleton, save_rgb
-
     images = [Path(p) for p in images]
     stems = [p.stem for p in images]
     dup = next((s for s in stems if stems.count(s) > 1), None)
@@ -223,7 +215,7 @@ def predict_images(model: Path, images: Iterable[Path], out_dir: Path,
         for bbox, score in found:
             items.append((p, bbox))
             owners.append((k, score))
-    kps = predict_boxes(predictor, items, flip, batch_size, progress)
+    kps = predict_boxes(predictor, items, flip_test, batch_size, progress)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
@@ -247,7 +239,5 @@ def predict_images(model: Path, images: Iterable[Path], out_dir: Path,
         save_rgb(path, canvas)
         written.append(path)
     dst = out_dir / "predictions.json"
-    tmp = dst.with_name(dst.name + ".tmp")
-    tmp.write_text(json.dumps(records))
-    os.replace(tmp, dst)
+    write_json(dst, records, indent=None)
     return written + [dst]

@@ -2,7 +2,7 @@
 
 One row per model, one column per dataset metric ("coco AP", "mpii PCKh@0.5", "halpe AP"; a
 format given twice gets its annotation file's stem too). "Average" is the paper's average
-accuracy (SPEC "Cross-dataset table"): the mean of the COCO-format AP and MPII PCKh columns,
+accuracy (docs/conventions.md "Metrics"): the mean of the COCO-format AP and MPII PCKh columns,
 present when the table has both kinds; Halpe columns are reported but not averaged.
 Outputs: markdown on stdout; report.md, report.csv and report.png (grouped bars) in --out.
 """
@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.datasets import parse_spec
 from pipeline.errors import UniError
+from pipeline.files import atomic_write, write_text
+from student.evaluate import as_predictions, evaluate_dataset, load_datasets, predict_datasets
+from student.predict import load_predictor
 
 AVERAGE = "Average"
 AVERAGED_FORMATS = ("coco", "mpii")
@@ -73,12 +75,6 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def bar_chart(rows: list[dict], path: Path) -> Path:
     """Grouped bars: one group per column, one bar per model (matplotlib, no display)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -101,9 +97,7 @@ def bar_chart(rows: list[dict], path: Path) -> Path:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title("Every model on every dataset")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    _atomic(path, buf.getvalue())
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
     return path
 
 
@@ -114,24 +108,21 @@ def write_report(rows: list[dict], out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "report.md"
-    _atomic(md, (markdown_table(rows) + "\n").encode())
+    write_text(md, markdown_table(rows) + "\n")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     for r in rows:
         writer.writerow({k: ("" if v is None else v) for k, v in r.items()})
     csv_path = out_dir / "report.csv"
-    _atomic(csv_path, buf.getvalue().encode())
+    write_text(csv_path, buf.getvalue())
     return [md, csv_path, bar_chart(rows, out_dir / "report.png")]
 
 
 def report(runs: list[Path], specs: list[str], out_dir: Path | None = None,
-           names: list[str] | None = None, head_boxes: Path | None = None, flip: bool = True,
-           progress: bool = True) -> tuple[str, list[Path]]:
+           names: list[str] | None = None, head_boxes: Path | None = None,
+           flip_test: bool = True, progress: bool = True) -> tuple[str, list[Path]]:
     """Evaluate every run on every spec → (markdown table, files written)."""
-    from student.evaluate import as_predictions, evaluate_dataset, load_datasets, predict_datasets
-    from student.predict import load_predictor
-
     if names is not None and len(names) != len(runs):
         raise UniError(f"--names: {len(names)} names for {len(runs)} runs")
     datasets = load_datasets(list(specs), head_boxes)
@@ -141,7 +132,7 @@ def report(runs: list[Path], specs: list[str], out_dir: Path | None = None,
         name = names[i] if names else predictor.name
         if name in results:
             raise UniError(f"{run}: two runs are both named {name!r}; give --names")
-        records = predict_datasets(predictor, datasets, flip, progress=progress)
+        records = predict_datasets(predictor, datasets, flip_test, progress=progress)
         results[name] = {s: evaluate_dataset(ds, as_predictions(rs))
                          for s, ds, rs in zip(specs, datasets, records, strict=True)}
     rows = report_rows(results)

@@ -15,7 +15,8 @@ import numpy as np
 from pipeline.datasets import Dataset
 from pipeline.geometry import apply, bbox_to_center_size, compose, crop_affine, crop_to_heatmap
 from pipeline.skeletons import SKELETONS, unified_to_native
-from stores.heatmap_store import StoreMeta, write_store
+from stores.heatmap_store import StoreMeta
+from stores.writer import write_store
 
 SD = (0.12, 0.05)  # × box height
 ANGLE = np.deg2rad(30.0)
@@ -74,6 +75,6 @@ def write_analytic_store(path: Path, dataset: Dataset, skeleton: str, name: str,
     meta = StoreMeta(teacher_name=name, teacher_sha256="0" * 64, teacher_metadata={},
                      skeleton=skeleton, dataset_id=dataset_id or dataset.dataset_id,
                      dataset_spec=str(dataset.spec), input_wh=input_wh, padding=1.25,
-                     flip=False, heatmap_shape=(k, grid_wh[1], grid_wh[0]))
+                     flip_test=False, heatmap_shape=(k, grid_wh[1], grid_wh[0]))
     write_store(path, meta, [i.instance_id for i in insts], maps, affines)
     return path

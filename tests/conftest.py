@@ -89,7 +89,7 @@ def make_simcc_teacher(path: Path, k: int = 17, input_wh=(48, 64), split: float 
 
 @pytest.fixture(scope="session")
 def heatmap_teacher(tmp_path_factory) -> Path:
-    """A described coco17 heatmap teacher (input 48×64, grid 12×16, sigmoid)."""
+    """A described coco17 heatmap teacher (input and grid H×W 64×48 and 16×12, sigmoid)."""
     from pipeline.teachers import TeacherInfo, describe_model
 
     path = make_heatmap_teacher(tmp_path_factory.mktemp("teachers") / "hm.onnx")
@@ -100,7 +100,7 @@ def heatmap_teacher(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def simcc_teacher(tmp_path_factory) -> Path:
-    """A described mpii16 SimCC teacher (input 48×64, split 2)."""
+    """A described mpii16 SimCC teacher (input H×W 64×48, split 2)."""
     from pipeline.teachers import TeacherInfo, describe_model
 
     path = make_simcc_teacher(tmp_path_factory.mktemp("teachers") / "simcc.onnx", k=16)
@@ -124,7 +124,7 @@ def coco_crops():
 
 @pytest.fixture(scope="session")
 def tiny_student_run(tmp_path_factory) -> Path:
-    """A run directory holding best.pt of an untrained tiny student (input 48×64, seed 0).
+    """A run directory holding best.pt of an untrained tiny student (input H×W 64×48, seed 0).
 
     Its head weights are scaled up so heatmaps have distinct peaks (not near-flat noise).
     """

@@ -60,16 +60,16 @@ def test_described_teacher_runs_one_crop_at_a_time(blazepose, coco_spec):
     np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
-@pytest.mark.parametrize("flip", [False, True], ids=["no-flip", "flip"])
-def test_store_keypoints_near_ground_truth(blazepose, coco_spec, tmp_path, flip):
+@pytest.mark.parametrize("flip_test", [False, True], ids=["no-flip-test", "flip-test"])
+def test_store_keypoints_near_ground_truth(blazepose, coco_spec, tmp_path, flip_test):
     """Argmax of each stored heatmap, back through the stored affine: ≥ 85 % of the labelled
     keypoints within 0.2 × max(box w, h) (the models README measured 90.6 % without flip)."""
     _run("cache-teachers", "--data", coco_spec, "--teacher", blazepose, "--out", tmp_path,
-         "--workers", "1", *([] if flip else ["--no-flip"]))
+         "--workers", "1", *([] if flip_test else ["--no-flip-test"]))
     (path,) = tmp_path.glob("*.h5")
     store = open_store(path)
     assert store.complete and store.meta.heatmap_shape == (33, 64, 64)
-    assert store.meta.flip == flip
+    assert store.meta.flip_test == flip_test
     skeleton = get_skeleton(store.meta.skeleton)
     by_id = load_dataset(coco_spec).by_id()
     hits = total = 0
@@ -94,14 +94,14 @@ def test_evaluate_coco_ap(blazepose, coco_spec):
     """COCO AP on the sample, GT boxes: measured 40.3 without flip, 45.0 with (12 people)."""
     from student.evaluate import evaluate, predict_datasets
 
-    r = evaluate([coco_spec], blazepose, flip=False, progress=False)[coco_spec]
+    r = evaluate([coco_spec], blazepose, flip_test=False, progress=False)[coco_spec]
     assert r["predicted"] == r["instances"] == 12
     assert len(r["scored_keypoints"]) == 17
     assert r["value"] > 30.0, r["value"]
-    flipped = evaluate([coco_spec], blazepose, flip=True, progress=False)[coco_spec]
+    flipped = evaluate([coco_spec], blazepose, flip_test=True, progress=False)[coco_spec]
     assert flipped["value"] > 30.0, flipped["value"]
     # Keypoints BlazePose lacks (pelvis, thorax, upper_neck, head_top) are not predicted.
-    (records,) = predict_datasets(blazepose, [load_dataset(coco_spec)], flip=False,
+    (records,) = predict_datasets(blazepose, [load_dataset(coco_spec)], flip_test=False,
                                   progress=False)
     kps = np.array([rec["keypoints"] for rec in records])  # (12, 21, 3)
     missing = [UNIFIED_NAMES.index(n) for n in ("pelvis", "thorax", "upper_neck", "head_top")]

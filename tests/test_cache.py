@@ -16,14 +16,15 @@ import numpy as np
 import pytest
 from conftest import DATA
 
-from pipeline.cache import cache_teachers, format_summary, store_name
+from pipeline.cache import cache_teachers, format_run_summary, store_name
 from pipeline.crops import crop_person, read_image
 from pipeline.datasets import load_dataset
 from pipeline.errors import UniError
 from pipeline.geometry import compose, crop_to_heatmap
 from pipeline.heatmaps import decode_heatmaps
 from pipeline.teachers import Teacher
-from stores.heatmap_store import StoreWriter, open_store
+from stores.heatmap_store import open_store
+from stores.writer import StoreWriter
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = DATA / "coco/images"
@@ -56,7 +57,7 @@ def test_store_matches_direct_run(teacher, request, tmp_path):
     spec = _coco(tmp_path)
     (s,) = cache_teachers([spec], [path], tmp_path / "out", workers=1, progress=False)
     assert s.computed == s.instances == 12 and not s.skipped
-    assert "12 instances, 12 computed, 0 skipped" in format_summary(s)
+    assert "12 instances, 12 computed, 0 skipped" in format_run_summary(s)
     ds = load_dataset(spec)
     assert s.path == tmp_path / "out" / store_name(Teacher(path).info.name, ds)
     done, stored, affines = _contents(s.path)
@@ -88,15 +89,16 @@ def test_up_to_date_mismatch_overwrite(heatmap_teacher, simcc_teacher, tmp_path)
     t0 = time.perf_counter()
     (again,) = cache_teachers([spec], [heatmap_teacher], out, workers=4, progress=False)
     assert again.up_to_date and time.perf_counter() - t0 < 5  # no cluster started
-    assert "up to date" in format_summary(again)
+    assert "up to date" in format_run_summary(again)
 
     # Same store name, different settings: refused in one line, store untouched.
     with pytest.raises(UniError, match="flip") as e:
-        cache_teachers([spec], [heatmap_teacher], out, workers=1, flip=False, progress=False)
+        cache_teachers([spec], [heatmap_teacher], out, workers=1, flip_test=False,
+                       progress=False)
     assert "--overwrite" in str(e.value) and "\n" not in str(e.value)
     np.testing.assert_array_equal(_contents(first.path)[1], before[1])
 
-    (rebuilt,) = cache_teachers([spec], [heatmap_teacher], out, workers=1, flip=False,
+    (rebuilt,) = cache_teachers([spec], [heatmap_teacher], out, workers=1, flip_test=False,
                                 overwrite=True, progress=False)
     assert rebuilt.path == first.path and rebuilt.computed == 12
     assert not list(out.glob("*.tmp"))
@@ -106,9 +108,9 @@ def test_up_to_date_mismatch_overwrite(heatmap_teacher, simcc_teacher, tmp_path)
 
     # Another quantisation threshold is another store too.
     with pytest.raises(UniError, match="threshold .* now 0.9.*--overwrite"):
-        cache_teachers([spec], [heatmap_teacher], out, workers=1, flip=False, threshold=0.9,
-                       progress=False)
-    cache_teachers([spec], [heatmap_teacher], out, workers=1, flip=False, threshold=0.9,
+        cache_teachers([spec], [heatmap_teacher], out, workers=1, flip_test=False,
+                       threshold=0.9, progress=False)
+    cache_teachers([spec], [heatmap_teacher], out, workers=1, flip_test=False, threshold=0.9,
                    overwrite=True, progress=False)
     assert open_store(first.path).attrs["threshold"] == 0.9
     coarse = _contents(first.path)[1]
@@ -137,7 +139,7 @@ def test_unreadable_images_skipped_or_strict(heatmap_teacher, tmp_path):
 
     (s,) = cache_teachers([spec], [heatmap_teacher], out, workers=1, progress=False)
     assert len(s.skipped) == n_victim and s.computed + n_victim == s.instances
-    text = format_summary(s)
+    text = format_run_summary(s)
     assert f"{n_victim} skipped" in text and str(victim) in text
     done, _, _ = _contents(s.path)
     r = open_store(s.path)
@@ -178,6 +180,25 @@ def test_torn_partial_store_is_mended_and_finished(heatmap_teacher, tmp_path):
     for a, b in zip(want, got, strict=True):
         np.testing.assert_array_equal(a, b)
     assert open_store(s.path).verify() == []
+
+
+def test_partial_store_with_the_old_flip_attribute_resumes(heatmap_teacher, tmp_path):
+    """A partial store written before `flip` was renamed `flip_test` (attribute "flip"): the
+    next run takes it as the same store and finishes it."""
+    import h5py
+
+    spec, out = _coco(tmp_path), tmp_path / "out"
+    (s,) = cache_teachers([spec], [heatmap_teacher], out, workers=1, progress=False)
+    want = _contents(s.path)
+    with h5py.File(s.path, "r+") as f:  # half done, as an earlier uni left it
+        f.attrs["complete"] = 0
+        f["done"][6:] = 0
+        f.attrs["flip"] = f.attrs["flip_test"]
+        del f.attrs["flip_test"]
+    (again,) = cache_teachers([spec], [heatmap_teacher], out, workers=1, progress=False)
+    assert again.computed == 6 and not again.up_to_date
+    for a, b in zip(want, _contents(s.path), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_kill_and_resume_equals_uninterrupted(heatmap_teacher, tmp_path):

@@ -16,8 +16,9 @@ from pipeline.datasets import load_dataset
 from pipeline.skeletons import SKELETONS, UNIFIED_NAMES
 from student.evaluate import evaluate
 
-# SPEC "Metrics", written out here so the test does not lean on pipeline.skeletons.
-SPEC_COCO_SIGMAS = [.026, .025, .025, .035, .035, .079, .079, .072, .072, .062, .062,
+# docs/conventions.md "Metrics", written out here so the test does not lean on
+# pipeline.skeletons.
+COCO_SIGMAS = [.026, .025, .025, .035, .035, .079, .079, .072, .072, .062, .062,
                     .107, .107, .087, .087, .089, .089]
 
 
@@ -61,7 +62,7 @@ def _direct_cocoeval(ann_file, records) -> list[float]:
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(ann_file))
         ev = COCOeval(gt, gt.loadRes(results), "keypoints")
-        ev.params.kpt_oks_sigmas = np.array(SPEC_COCO_SIGMAS)
+        ev.params.kpt_oks_sigmas = np.array(COCO_SIGMAS)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
@@ -94,7 +95,7 @@ def test_per_keypoint_oks_accuracy(coco, tmp_path):
     lw = UNIFIED_NAMES.index("left_wrist")
     for rec, inst in zip(records, ds.instances, strict=True):
         if inst.unified[lw, 2] > 0:
-            d = math.sqrt(-math.log(0.72) * 2 * inst.area * (2 * SPEC_COCO_SIGMAS[lw]) ** 2)
+            d = math.sqrt(-math.log(0.72) * 2 * inst.area * (2 * COCO_SIGMAS[lw]) ** 2)
             rec["keypoints"][lw][0] += d
     r = evaluate([spec], predictions=_write(tmp_path / "p.json", records))[spec]
     assert r["per_keypoint"]["left_wrist"] == pytest.approx(50.0)

@@ -46,11 +46,11 @@ def crops():
 
 def test_student_flip_test_is_consistent(crops):
     p = StudentPredictor(HalfPool(), "halfpool", (48, 64), device="cpu")
-    plain, merged = p.heatmaps(crops, flip=False), p.heatmaps(crops, flip=True)
+    plain, merged = p.heatmaps(crops, flip_test=False), p.heatmaps(crops, flip_test=True)
     assert plain.shape == (3, NUM_UNIFIED, 16, 12)
     np.testing.assert_allclose(merged, plain, atol=1e-5)
     # Without the channel swap the halves would not line up.
-    mirrored = p.heatmaps(crops[:, :, ::-1].copy(), flip=False)[:, :, :, ::-1]
+    mirrored = p.heatmaps(crops[:, :, ::-1].copy(), flip_test=False)[:, :, :, ::-1]
     assert not np.allclose(mirrored, plain, atol=1e-3)
 
 
@@ -65,7 +65,7 @@ class _PeakPredictor(Predictor):
         self.known = np.ones(21, bool)
         self.known[[17, 18]] = False
 
-    def heatmaps(self, crops, flip=True):
+    def heatmaps(self, crops, flip_test=True):
         hm = np.zeros((len(crops), 21, 16, 12), np.float32)
         hm[:, np.arange(21), self.peaks[:, 1], self.peaks[:, 0]] = 0.8
         return hm
@@ -76,7 +76,7 @@ def test_heatmap_pixels_map_back_to_the_image(data_dir):
     p = _PeakPredictor()
     image = data_dir / "coco/images/000000000785.jpg"
     boxes = [np.array([100.0, 50.0, 60.0, 80.0]), np.array([300.0, 40.0, 100.0, 80.0])]
-    kp = predict_boxes(p, [(image, b) for b in boxes], flip=False, progress=False)
+    kp = predict_boxes(p, [(image, b) for b in boxes], flip_test=False, progress=False)
     assert kp.shape == (2, 21, 3)
     for b, k in zip(boxes, kp, strict=True):
         # The box grown to aspect 48:64 around its centre, then × 1.25.
@@ -94,7 +94,7 @@ def test_heatmap_pixels_map_back_to_the_image(data_dir):
 
 def test_export_matches_torch_and_is_a_teacher(tmp_path, crops, tiny_student_run):
     from pipeline.teachers import Teacher, read_info
-    from student.train import load_student
+    from student.checkpoint import load_student
 
     model, cfg = load_student(tiny_student_run)
     r = _run("export", tiny_student_run, "--out", tmp_path / "s.onnx")
@@ -118,7 +118,7 @@ def test_export_matches_torch_and_is_a_teacher(tmp_path, crops, tiny_student_run
 def test_export_to_a_native_skeleton_keeps_its_channels(tmp_path, crops, tiny_student_run):
     from pipeline.skeletons import SKELETONS
     from pipeline.teachers import Teacher, read_info
-    from student.train import load_student
+    from student.checkpoint import load_student
 
     model, _ = load_student(tiny_student_run)
     r = _run("export", tiny_student_run, "--out", tmp_path / "m.onnx", "--skeleton", "mpii16")
@@ -175,7 +175,7 @@ def test_predict_with_detections(tmp_path, data_dir, tiny_student_run):
 
 def test_predict_whole_image_without_boxes(tmp_path, data_dir, tiny_student_run):
     img = data_dir / "mpii/images/005808361.jpg"
-    r = _run("predict", tiny_student_run, img, "--out", tmp_path, "--no-flip")
+    r = _run("predict", tiny_student_run, img, "--out", tmp_path, "--no-flip-test")
     assert r.exit_code == 0, r.output
     (rec,) = json.loads((tmp_path / "predictions.json").read_text())
     h, w = cv2.imread(str(img)).shape[:2]

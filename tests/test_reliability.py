@@ -34,6 +34,7 @@ from cli import uni
 from pipeline.cache import cache_teachers
 from pipeline.datasets import load_dataset
 from stores import heatmap_store as hs
+from stores import writer as sw
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -94,7 +95,7 @@ def stage_one(heatmap_teacher, tmp_path_factory):
     (ref,) = cache_teachers([spec], [heatmap_teacher], tmp / "ref", workers=1,
                             batch_size=BATCH, progress=False)
     (no_flip,) = cache_teachers([spec], [heatmap_teacher], tmp / "no_flip", workers=1,
-                                batch_size=BATCH, flip=False, progress=False)
+                                batch_size=BATCH, flip_test=False, progress=False)
     assert ref.skipped and ref.computed + len(ref.skipped) == ref.instances == 36
     return spec, heatmap_teacher, ref.path, no_flip.path
 
@@ -183,7 +184,7 @@ def test_cache_stops_before_the_disk_is_full_and_resumes(stage_one, tmp_path, mo
         calls.append(path)
         return real(path) if len(calls) <= 2 else usage(10 << 30, (10 << 30) - (5 << 20), 5 << 20)
 
-    monkeypatch.setattr(hs.shutil, "disk_usage", filling_up)
+    monkeypatch.setattr(sw.shutil, "disk_usage", filling_up)
     args = ["cache-teachers", "--data", spec, "--teacher", str(teacher), "--out", str(out),
             "--workers", "1", "--batch-size", str(BATCH)]
     _one_line_error(CliRunner().invoke(uni, args), ref.name, "disk full", "5 MB free")
@@ -225,7 +226,7 @@ def test_cache_write_failure_is_one_line_and_old_store_survives(stage_one, tmp_p
 
 
 def _read_only(monkeypatch, directory: Path) -> None:
-    """Make the store module see `directory` as a read-only file system (root ignores chmod):
+    """Make the store modules see `directory` as a read-only file system (root ignores chmod):
     creating a file there fails as the kernel and HDF5 report it."""
     def ro(path) -> bool:
         return Path(path).resolve().is_relative_to(directory.resolve())
@@ -246,8 +247,9 @@ def _read_only(monkeypatch, directory: Path) -> None:
     fake_h5py.__dict__.update(h5py.__dict__, File=file)
     fake_os = types.ModuleType("os")
     fake_os.__dict__.update(os.__dict__, open=os_open)
-    monkeypatch.setattr(hs, "h5py", fake_h5py)
-    monkeypatch.setattr(hs, "os", fake_os)
+    for module in (hs, sw):
+        monkeypatch.setattr(module, "h5py", fake_h5py)
+        monkeypatch.setattr(module, "os", fake_os)
 
 
 @pytest.mark.parametrize("case", ["new store", "partial store", "overwrite", "up to date"])
@@ -257,8 +259,8 @@ def test_cache_read_only_out_dir(case, stage_one, tmp_path, monkeypatch):
     out.mkdir()
     store = out / ref.name
     if case == "partial store":  # a run stopped after its first batch
-        hs.create_store(store, hs.open_store(ref).meta, hs.open_store(ref).instance_ids)
-        with hs.StoreWriter(store) as w:
+        sw.create_store(store, hs.open_store(ref).meta, hs.open_store(ref).instance_ids)
+        with sw.StoreWriter(store) as w:
             r = hs.open_store(ref)
             rows = np.flatnonzero(r.done)[:BATCH]
             w.write(rows, np.stack([r.read(i)[0] for i in rows]),

@@ -67,7 +67,7 @@ def test_report_cli_student_and_teacher(tmp_path, data_dir, tiny_student_run, he
     out = tmp_path / "rep"
     r = CliRunner().invoke(uni, ["report", str(tiny_student_run), str(heatmap_teacher),
                                  "--data", coco, "--data", mpii, "--out", str(out),
-                                 "--names", "student,teacher", "--no-flip"])
+                                 "--names", "student,teacher", "--no-flip-test"])
     assert r.exit_code == 0, r.output
     lines = r.stdout.strip().splitlines()
     assert lines[0] == "| model | coco AP | mpii PCKh@0.5 | Average |"
@@ -78,7 +78,7 @@ def test_report_cli_student_and_teacher(tmp_path, data_dir, tiny_student_run, he
         avg = (float(row["coco AP"]) + float(row["mpii PCKh@0.5"])) / 2
         assert float(row["Average"]) == pytest.approx(avg)
     ev = CliRunner().invoke(uni, ["evaluate", str(heatmap_teacher), "--data", mpii, "--json",
-                                  "--no-flip"])
+                                  "--no-flip-test"])
     per = json.loads(ev.stdout)[mpii]["per_keypoint"]
     assert per["head_top"] == per["upper_neck"] == per["pelvis"] == 0.0
     assert json.loads(ev.stdout)[mpii]["value"] == pytest.approx(float(rows[1]["mpii PCKh@0.5"]))

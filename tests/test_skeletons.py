@@ -1,4 +1,4 @@
-"""The skeleton table against SPEC.md, checked by keypoint name."""
+"""The skeleton table against docs/conventions.md, checked by keypoint name."""
 
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ from pipeline.skeletons import (
     unified_to_native,
 )
 
-# SPEC.md "Unified skeleton (index: name)".
-SPEC_UNIFIED = ("nose left_eye right_eye left_ear right_ear left_shoulder right_shoulder "
+# docs/conventions.md "Unified skeleton", written out again here.
+DOC_UNIFIED = ("nose left_eye right_eye left_ear right_ear left_shoulder right_shoulder "
                 "left_elbow right_elbow left_wrist right_wrist left_hip right_hip left_knee "
                 "right_knee left_ankle right_ankle pelvis thorax upper_neck head_top").split()
 
-# SPEC.md "Dataset → unified", written as native name → unified name.
-SPEC_MAPPINGS = {
-    "coco17": {n: n for n in SPEC_UNIFIED[:17]},
+# docs/conventions.md "Dataset mappings", written as native name → unified name.
+DOC_MAPPINGS = {
+    "coco17": {n: n for n in DOC_UNIFIED[:17]},
     "mpii16": {
         "r_ankle": "right_ankle", "r_knee": "right_knee", "r_hip": "right_hip",
         "l_hip": "left_hip", "l_knee": "left_knee", "l_ankle": "left_ankle",
@@ -34,42 +34,43 @@ SPEC_MAPPINGS = {
         "r_shoulder": "right_shoulder", "l_shoulder": "left_shoulder", "l_elbow": "left_elbow",
         "l_wrist": "left_wrist",
     },
-    "halpe26": {**{n: n for n in SPEC_UNIFIED[:17]}, "head": "head_top", "neck": "upper_neck",
+    "halpe26": {**{n: n for n in DOC_UNIFIED[:17]}, "head": "head_top", "neck": "upper_neck",
                 "hip": "pelvis", "left_big_toe": None, "right_big_toe": None,
                 "left_small_toe": None, "right_small_toe": None, "left_heel": None,
                 "right_heel": None},
 }
-# SPEC.md native index order (MPII list, Halpe-26 body order).
-SPEC_ORDER = {
+# docs/conventions.md "Dataset mappings": native index order (MPII list).
+DOC_ORDER = {
     "mpii16": ["r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis", "thorax",
                "upper_neck", "head_top", "r_wrist", "r_elbow", "r_shoulder", "l_shoulder",
                "l_elbow", "l_wrist"],
 }
-# SPEC.md index pairs for MPII (source index → unified index).
-SPEC_MPII_INDEX = {13: 5, 12: 6, 14: 7, 11: 8, 15: 9, 10: 10, 3: 11, 2: 12, 4: 13, 1: 14, 5: 15,
+# docs/conventions.md "Dataset mappings": MPII source index → unified index.
+DOC_MPII_INDEX = {13: 5, 12: 6, 14: 7, 11: 8, 15: 9, 10: 10, 3: 11, 2: 12, 4: 13, 1: 14, 5: 15,
                    0: 16, 6: 17, 7: 18, 8: 19, 9: 20}
-SPEC_SIGMAS = {"nose": .026, "eye": .025, "ear": .035, "shoulder": .079, "elbow": .072,
+# docs/conventions.md "Metrics": OKS sigmas.
+DOC_SIGMAS = {"nose": .026, "eye": .025, "ear": .035, "shoulder": .079, "elbow": .072,
                "wrist": .062, "hip": .107, "knee": .087, "ankle": .089, "pelvis": .08,
                "thorax": .08, "upper_neck": .08, "head_top": .08}
 
 
 def test_unified_names_and_count():
-    assert list(UNIFIED_NAMES) == SPEC_UNIFIED
+    assert list(UNIFIED_NAMES) == DOC_UNIFIED
     assert NUM_UNIFIED == 21
 
 
-@pytest.mark.parametrize("name", sorted(SPEC_MAPPINGS))
+@pytest.mark.parametrize("name", sorted(DOC_MAPPINGS))
 def test_mapping_by_name(name):
     sk = SKELETONS[name]
     assert dict(zip(sk.keypoints, (None if u is None else UNIFIED_NAMES[u]
-                                   for u in sk.to_unified), strict=True)) == SPEC_MAPPINGS[name]
-    if name in SPEC_ORDER:
-        assert list(sk.keypoints) == SPEC_ORDER[name]
+                                   for u in sk.to_unified), strict=True)) == DOC_MAPPINGS[name]
+    if name in DOC_ORDER:
+        assert list(sk.keypoints) == DOC_ORDER[name]
 
 
 def test_mpii_index_pairs_from_spec():
     sk = SKELETONS["mpii16"]
-    assert {i: u for i, u in enumerate(sk.to_unified)} == SPEC_MPII_INDEX
+    assert {i: u for i, u in enumerate(sk.to_unified)} == DOC_MPII_INDEX
 
 
 def test_unlabeled_unified_keypoints():
@@ -85,7 +86,7 @@ def test_unlabeled_unified_keypoints():
 def test_sigmas():
     for name, sigma in zip(UNIFIED_NAMES, UNIFIED_SIGMAS, strict=True):
         kind = name.split("_", 1)[1] if name.startswith(("left_", "right_")) else name
-        assert sigma == pytest.approx(SPEC_SIGMAS[kind]), name
+        assert sigma == pytest.approx(DOC_SIGMAS[kind]), name
 
 
 def test_flip_pairs_unified_match_spec():

@@ -23,6 +23,7 @@ from cli import uni
 from pipeline.errors import UniError
 from pipeline.heatmaps import gaussian_heatmaps
 from stores import heatmap_store as hs
+from stores import writer as sw
 
 REPO = Path(__file__).resolve().parents[1]
 K, H, W = 17, 16, 12
@@ -31,7 +32,7 @@ K, H, W = 17, 16, 12
 def _meta(**change) -> hs.StoreMeta:
     kw = dict(teacher_name="t", teacher_sha256="a" * 64, teacher_metadata={"head": "heatmap"},
               skeleton="coco17", dataset_id="d" * 64, dataset_spec="coco:none.json",
-              input_wh=(48, 64), padding=1.25, flip=True, heatmap_shape=(K, H, W))
+              input_wh=(48, 64), padding=1.25, flip_test=True, heatmap_shape=(K, H, W))
     kw.update(change)
     return hs.StoreMeta(**kw)
 
@@ -57,7 +58,7 @@ def store(tmp_path) -> tuple[Path, np.ndarray, np.ndarray, np.ndarray]:
     ids = np.arange(12) * 7 + 100
     maps, aff = _maps(12), _affines(12)
     path = tmp_path / "s.h5"
-    hs.write_store(path, _meta(), ids, maps, aff)
+    sw.write_store(path, _meta(), ids, maps, aff)
     return path, ids, maps, aff
 
 
@@ -147,9 +148,9 @@ def test_open_store_errors_name_file_and_field(store, tmp_path):
 def test_partial_store_rows_and_finalize(tmp_path):
     path = tmp_path / "p.h5"
     ids = np.arange(6) + 1
-    hs.create_store(path, _meta(), ids)
+    sw.create_store(path, _meta(), ids)
     assert hs.check_compatible(path, _meta()) == "partial"
-    with hs.StoreWriter(path) as w:
+    with sw.StoreWriter(path) as w:
         w.write(np.array([4, 1]), _maps(2), _affines(2))  # any order
         with pytest.raises(UniError, match="neither written nor skipped"):
             w.finalize({3: "unreadable"})
@@ -211,28 +212,52 @@ def test_reader_pickles_as_path_and_reads_in_workers(store):
 def test_check_compatible_states(tmp_path):
     path = tmp_path / "c.h5"
     assert hs.check_compatible(path, _meta()) == "missing"
-    hs.create_store(path, _meta(), [1, 2])
+    sw.create_store(path, _meta(), [1, 2])
     assert hs.check_compatible(path, _meta(dataset_spec="coco:moved.json")) == "partial"
 
 
 @pytest.mark.parametrize("field,value", [
     ("teacher_sha256", "b" * 64), ("dataset_id", "e" * 64), ("skeleton", "mpii16"),
-    ("input_wh", (64, 64)), ("padding", 1.0), ("flip", False), ("heatmap_shape", (K, 8, 6)),
+    ("input_wh", (64, 64)), ("padding", 1.0), ("flip_test", False), ("heatmap_shape", (K, 8, 6)),
     ("teacher_name", "other"),
 ])
 def test_check_compatible_refuses_each_field(tmp_path, field, value):
     path = tmp_path / "c.h5"
-    hs.create_store(path, _meta(), [1, 2])
+    sw.create_store(path, _meta(), [1, 2])
     with pytest.raises(UniError, match=f"{field}") as e:
         hs.check_compatible(path, _meta(**{field: value}))
     assert str(path) in str(e.value)
 
 
+def test_store_with_the_old_flip_attribute_opens_and_resumes(tmp_path):
+    """Stores written before `flip` was renamed `flip_test` hold the old attribute: they open
+    with the same meta, are checked on it, and resume to completion."""
+    path = tmp_path / "old.h5"
+    maps, aff = _maps(4), _affines(4)
+    sw.create_store(path, _meta(), np.arange(4))
+    with sw.StoreWriter(path) as w:
+        w.write(np.arange(2), maps[:2], aff[:2])
+    with h5py.File(path, "r+") as f:  # as an earlier uni wrote it
+        f.attrs["flip"] = f.attrs["flip_test"]
+        del f.attrs["flip_test"]
+    r = hs.open_store(path)
+    assert r.meta == _meta() and "flip_test" not in r.attrs and r.attrs["flip"]
+    assert hs.check_compatible(path, _meta()) == "partial"
+    with pytest.raises(UniError, match="flip_test True, now False"):
+        hs.check_compatible(path, _meta(flip_test=False))
+    with sw.StoreWriter(path) as w:
+        w.write(np.arange(2, 4), maps[2:], aff[2:])
+        w.finalize()
+    r = hs.open_store(path)
+    assert r.complete and r.meta.flip_test and r.verify() == []
+    np.testing.assert_array_equal(r.read(3)[1], aff[3])
+
+
 def test_threshold_is_kept_used_and_checked_on_resume(tmp_path):
     path = tmp_path / "t.h5"
     maps = _maps(4)
-    hs.create_store(path, _meta(), np.arange(4), threshold=0.2)
-    with hs.StoreWriter(path) as w:
+    sw.create_store(path, _meta(), np.arange(4), threshold=0.2)
+    with sw.StoreWriter(path) as w:
         w.write(np.arange(4), maps, _affines(4))
         w.finalize()
     r = hs.open_store(path)
@@ -246,7 +271,7 @@ def test_threshold_is_kept_used_and_checked_on_resume(tmp_path):
     with pytest.raises(UniError, match="threshold 0.2, now 0.0156863"):
         hs.check_compatible(path, _meta(), hs.THRESHOLD)
     with pytest.raises(UniError, match="threshold"):
-        hs.create_store(tmp_path / "bad.h5", _meta(), [1], threshold=1.5)
+        sw.create_store(tmp_path / "bad.h5", _meta(), [1], threshold=1.5)
 
 
 # --------------------------------------------------------------------------- locks
@@ -255,21 +280,21 @@ def test_threshold_is_kept_used_and_checked_on_resume(tmp_path):
 def test_lock_refuses_live_writer_and_takes_over_stale(store, caplog):
     path = store[0]
     lock = Path(str(path) + ".lock")
-    with hs.StoreWriter(path):
+    with sw.StoreWriter(path):
         assert lock.read_text().split()[0] == str(os.getpid())
         with pytest.raises(UniError, match=f"being written by pid {os.getpid()}"):
-            hs.StoreWriter(path)
+            sw.StoreWriter(path)
     assert not lock.exists()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         lock.write_text(f"{sleeper.pid}\n")
         with pytest.raises(UniError, match=f"being written by pid {sleeper.pid}"):
-            hs.StoreWriter(path)
+            sw.StoreWriter(path)
     finally:
         sleeper.kill()
         sleeper.wait()
     caplog.set_level(logging.WARNING)
-    with hs.StoreWriter(path):  # sleeper is gone: its lock is stale
+    with sw.StoreWriter(path):  # sleeper is gone: its lock is stale
         assert lock.read_text().split()[0] == str(os.getpid())
     assert f"lock of pid {sleeper.pid}" in caplog.text
     assert not lock.exists()
@@ -302,9 +327,9 @@ def test_corrupt_chunk_named_by_verify_and_read(store):
 
 _WRITER = """
 import sys, numpy as np
-from stores import heatmap_store as hs
+from stores import writer as sw
 path = sys.argv[1]
-with hs.StoreWriter(path) as w:
+with sw.StoreWriter(path) as w:
     for start in range(0, 4000, 8):
         rows = np.arange(start, start + 8)
         hm = np.random.default_rng(start).random((8, {K}, {H}, {W}), dtype=np.float32)
@@ -316,7 +341,7 @@ with hs.StoreWriter(path) as w:
 
 def test_kill_minus_nine_mid_write_leaves_consistent_store(tmp_path):
     path = tmp_path / "k.h5"
-    hs.create_store(path, _meta(), np.arange(4000))
+    sw.create_store(path, _meta(), np.arange(4000))
     code = _WRITER.format(K=K, H=H, W=W)
     proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE,
                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -325,7 +350,7 @@ def test_kill_minus_nine_mid_write_leaves_consistent_store(tmp_path):
     time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    mended = hs.mend(path)  # a chunk the kill tore: all 4000 rows share one, all reset
+    mended = sw.repair_store(path)  # a chunk the kill tore: all 4000 rows share one, all reset
     r = hs.open_store(path)
     done = np.flatnonzero(r.done)
     assert not r.complete
@@ -336,7 +361,7 @@ def test_kill_minus_nine_mid_write_leaves_consistent_store(tmp_path):
         assert a[0, 0] == row
     assert r.verify() == []
     r.close()  # one process may not hold a store open for reading and writing at once
-    with hs.StoreWriter(path) as w:  # resume: stale lock taken over, the rest written
+    with sw.StoreWriter(path) as w:  # resume: stale lock taken over, the rest written
         todo = np.flatnonzero(~r.done)
         w.write(todo, np.ones((len(todo), K, H, W), np.float32), _affines(len(todo)))
         w.finalize()
@@ -358,27 +383,27 @@ def test_chunk_torn_by_a_kill_is_mended_on_resume(tmp_path, name, caplog):
     the next writer resets that chunk's rows (computed again) and the store ends clean."""
     path = tmp_path / "m.h5"
     n, maps = 5000, _maps(1)  # rows 0–4095 share chunk 0 of the small datasets
-    hs.create_store(path, _meta(), np.arange(n))
+    sw.create_store(path, _meta(), np.arange(n))
     rows = np.array([1, 2, 4095, 4096, 4999])
-    with hs.StoreWriter(path) as w:
+    with sw.StoreWriter(path) as w:
         w.write(rows, np.repeat(maps, 5, 0), _affines(5))
     _tear(path, name)
     with pytest.raises(UniError, match="running it again repairs the store"):
         hs.open_store(path)._open()
     with caplog.at_level(logging.WARNING):
-        assert hs.mend(path) == 4096
+        assert sw.repair_store(path) == 4096
     assert "4096 rows torn" in caplog.text
     r = hs.open_store(path)
     assert np.flatnonzero(r.done).tolist() == [4096, 4999]  # chunk 1 kept its rows
     np.testing.assert_array_equal(r.read(4096)[1], _affines(5)[3])
     r.close()
-    with hs.StoreWriter(path) as w:
+    with sw.StoreWriter(path) as w:
         todo = np.flatnonzero(~r.done)
         w.write(todo, np.repeat(maps, len(todo), 0), _affines(len(todo)))
         w.finalize()
     r = hs.open_store(path)
     assert r.complete and r.verify() == []
-    assert hs.mend(path) == 0  # a complete store is left alone
+    assert sw.repair_store(path) == 0  # a complete store is left alone
 
 
 # --------------------------------------------------------------------------- CLI
@@ -413,7 +438,7 @@ def test_inspect_store_draws_on_real_crops(tmp_path, data_dir):
     ids = [i.instance_id for i in ds.instances][:3]
     meta = _meta(dataset_id=ds.dataset_id, dataset_spec=spec)
     path = tmp_path / "real.h5"
-    hs.write_store(path, meta, ids, _maps(3), _affines(3))
+    sw.write_store(path, meta, ids, _maps(3), _affines(3))
     res = CliRunner().invoke(uni, ["inspect-store", str(path), "--draw", "2", "--out",
                                    str(tmp_path / "draw")])
     assert res.exit_code == 0, res.output
@@ -422,7 +447,7 @@ def test_inspect_store_draws_on_real_crops(tmp_path, data_dir):
     img = cv2.imread(str(pngs[0]))
     assert img.shape == (64, 48, 3)
     # Over a real crop, not just the colour map: the same store without the dataset differs.
-    hs.write_store(tmp_path / "alone.h5", _meta(dataset_spec="coco:/nowhere.json"), ids,
+    sw.write_store(tmp_path / "alone.h5", _meta(dataset_spec="coco:/nowhere.json"), ids,
                    _maps(3), _affines(3))
     res = CliRunner().invoke(uni, ["inspect-store", str(tmp_path / "alone.h5"), "--draw", "1",
                                    "--out", str(tmp_path / "alone")])

@@ -18,10 +18,12 @@ from click.testing import CliRunner
 
 from cli import uni
 from pipeline.datasets import load_dataset
+from student.checkpoint import load_checkpoint, load_student
+from student.config import teacher_weights
 from student.data import PoseSamples, collate, match_stores
 from student.losses import total_loss
 from student.models import build_model
-from student.train import load_student, teacher_weights, train
+from student.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / ".venv" / "bin"
@@ -78,7 +80,7 @@ def test_training_reduces_the_loss_on_a_fixed_batch(synth, tmp_path):
 
 
 def _state(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return load_checkpoint(path)  # weights_only: what a resume gets is plain data
 
 
 def test_resume_after_sigkill_finishes_exactly(synth, tmp_path):

@@ -224,3 +224,15 @@ def test_cli_describe_teacher(tmp_path):
     r = subprocess.run(uni + ["describe-teacher", str(bare), "--skeleton", "coco17", "--head",
                               "heatmap"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "rank 3" in r.stderr
+
+
+def test_cli_describe_teacher_input_size_is_h_by_w(tmp_path):
+    bare = make_simcc_teacher(tmp_path / "s.onnx", k=16)  # input 64 high, 48 wide
+    uni = [sys.executable, "-m", "cli", "describe-teacher", str(bare), "--skeleton", "mpii16",
+           "--head", "simcc", "--out", str(tmp_path / "d.onnx"), "--input-size"]
+    r = subprocess.run(uni + ["64x48"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert read_info(tmp_path / "d.onnx").input_wh == (48, 64)
+    for size, words in (("48x64", "64 wide, 48 high"), ("64", "HxW")):
+        r = subprocess.run(uni + [size], cwd=REPO, capture_output=True, text=True)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and words in r.stderr, r.stderr

@@ -1,0 +1,134 @@
+"""Student checkpoints: find, save atomically, load safely, rebuild the model.
+
+A checkpoint is a dict: model and optimizer state dicts, the run's position (epoch, step,
+step_in_epoch, best validation loss), val_loss, the RNG states, the resolved config and the
+teacher names. Everything in it is a tensor or a plain Python value, so it loads with
+``torch.load(..., weights_only=True)``: a checkpoint from someone else can be evaluated without
+running whatever a pickle might hold; one that holds anything else is refused in one line.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import random
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.errors import UniError, io_reason
+from pipeline.faults import fault
+from pipeline.files import atomic_write
+from pipeline.skeletons import NUM_UNIFIED
+from student.models import build_model
+
+CHECKPOINT_NAMES = ("best.pt", "last.pt")  # what a run directory offers, in order of preference
+
+# Checkpoints written before the RNG state was kept in plain types hold numpy's as an ndarray.
+# numpy's array reconstruction builds arrays only (any object inside still passes torch's
+# restricted unpickler), so allowing it keeps those runs usable without trusting their pickle.
+_reconstruct = np.zeros(0).__reduce__()[0]
+_OLD_NUMPY = [_reconstruct, (_reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray,
+              np.dtype, type(np.dtype(np.uint32))]
+
+
+@dataclass
+class Position:
+    """Where a run stands: what a resume needs besides weights, optimiser and RNG states."""
+
+    epoch: int = 0
+    step: int = 0  # optimiser steps so far, all epochs
+    step_in_epoch: int = 0
+    best: float = math.inf  # lowest validation loss so far
+
+
+def run_name(path: Path) -> str:
+    """A model's name from its run directory, or from the folder of a .pt (else its stem)."""
+    path = Path(path)
+    return path.name if path.is_dir() else path.parent.name or path.stem
+
+
+def find_checkpoint(path: Path) -> Path:
+    """Run directory → its best.pt, else last.pt; a file → itself."""
+    path = Path(path)
+    if path.is_dir():
+        for name in CHECKPOINT_NAMES:
+            if (path / name).is_file():
+                return path / name
+        raise UniError(f"{path}: no best.pt or last.pt in this run directory")
+    if not path.is_file():
+        raise UniError(f"{path}: checkpoint not found")
+    return path
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint file → its dict, loaded with weights_only=True (no pickled code runs)."""
+    try:
+        with torch.serialization.safe_globals(_OLD_NUMPY):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UniError(f"{path}: refused: the checkpoint holds objects other than tensors and "
+                       "plain values (uni loads checkpoints with weights_only=True)") from None
+    except Exception as e:  # torch raises several types for a bad file
+        raise UniError(f"{path}: not a readable checkpoint ({io_reason(e, 120)})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise UniError(f"{path}: not a uni student checkpoint (no 'model' / 'config')")
+    return ckpt
+
+
+def load_student(path: Path) -> tuple[torch.nn.Module, dict]:
+    """Run dir (best.pt, else last.pt) or .pt → (model in eval mode on CPU, config dict).
+
+    config has at least 'model' and 'input_wh' (w, h); heatmaps come out at input / 4.
+    """
+    ckpt = load_checkpoint(find_checkpoint(path))
+    cfg = ckpt["config"]
+    model = build_model(cfg["model"], NUM_UNIFIED)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), cfg
+
+
+def rng_states() -> dict:
+    """Python's, numpy's and torch's global RNG states, as plain values and a tensor."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
+            "torch": torch.get_rng_state()}
+
+
+def set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, np.asarray(keys, np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                    pos: Position, cfg: dict, teachers: list[str],
+                    val_loss: float | None = None) -> None:
+    """Write a checkpoint atomically; a full disk is one UniError and the old file is kept."""
+    ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(), **asdict(pos),
+            "val_loss": val_loss, "rng": rng_states(), "config": cfg, "teachers": teachers}
+
+    def write(tmp: Path) -> None:
+        torch.save(ckpt, tmp)
+        fault("checkpoint")  # test hook: written, not yet renamed over the old one
+
+    try:
+        atomic_write(path, write)
+    except (OSError, RuntimeError) as e:  # a full disk (torch says RuntimeError)
+        free = shutil.disk_usage(path.parent).free / 1e6
+        raise UniError(f"{path}: cannot write the checkpoint ({io_reason(e, 120)}; "
+                       f"{free:.0f} MB free); the previous one is kept") from None
+
+
+def restore(ckpt: dict, model: torch.nn.Module, opt: torch.optim.Optimizer) -> Position:
+    """Load a checkpoint's model, optimiser and RNG states; returns its position."""
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    set_rng_states(ckpt["rng"])
+    return Position(ckpt["epoch"], ckpt["step"], ckpt["step_in_epoch"],
+                    ckpt.get("best", math.inf))

@@ -1,0 +1,119 @@
+"""Student checkpoints: safe loading refuses pickled code, RNG states survive a round trip."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli import uni
+from pipeline.errors import UniError
+from student.checkpoint import (
+    Position,
+    load_checkpoint,
+    load_student,
+    restore,
+    run_name,
+    save_checkpoint,
+)
+from student.models import build_model
+
+
+def _mark(path: str) -> None:
+    """What a malicious checkpoint would run: here it only leaves a file behind."""
+    Path(path).write_text("ran")
+
+
+class _Payload:
+    """Unpickling this calls _mark(marker): any code could stand there."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return _mark, (self.marker,)
+
+
+def _student_state() -> dict:
+    return {"model": build_model("tiny").state_dict(),
+            "config": {"model": "tiny", "input_wh": [48, 64]}}
+
+
+@pytest.mark.parametrize("kind", ["object", "function"])
+def test_a_checkpoint_holding_pickled_code_is_refused_in_one_line(tmp_path, data_dir, kind):
+    marker = tmp_path / "marker"
+    state = _student_state()
+    state["extra"] = _Payload(marker) if kind == "object" else _mark
+    run = tmp_path / "shared_run"
+    run.mkdir()
+    torch.save(state, run / "best.pt")
+
+    with pytest.raises(UniError, match="refused") as e:
+        load_checkpoint(run / "best.pt")
+    assert "\n" not in str(e.value) and str(run / "best.pt") in str(e.value)
+    with pytest.raises(UniError, match="refused"):
+        load_student(run)
+    r = CliRunner().invoke(uni, ["evaluate", str(run), "--data",
+                                 f"coco:{data_dir / 'coco/test_coco.json'}"])
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("uni: error:") and "refused" in lines[0]
+    assert not marker.exists()  # nothing in the pickle ran
+    if kind == "object":  # the payload is real: an unsafe load would have run it
+        torch.load(run / "best.pt", weights_only=False)
+        assert marker.read_text() == "ran"
+
+
+def test_a_checkpoint_round_trip_restores_model_optimiser_position_and_rng(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 3, 64, 48)).sum().backward()
+    opt.step()
+    random.seed(1)
+    np.random.seed(2)
+    pos = Position(epoch=1, step=7, step_in_epoch=3, best=0.5)
+    save_checkpoint(tmp_path / "last.pt", model, opt, pos, {"model": "tiny"}, ["t"], 0.25)
+    ahead = (random.random(), np.random.rand(3), torch.rand(3))
+
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    model2 = build_model("tiny")
+    opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-3)
+    assert restore(ckpt, model2, opt2) == pos
+    assert (random.random(), *np.random.rand(3), *torch.rand(3).tolist()) == (
+        ahead[0], *ahead[1], *ahead[2].tolist())
+    for k, v in model.state_dict().items():
+        assert torch.equal(model2.state_dict()[k], v), k
+    assert ckpt["val_loss"] == 0.25 and ckpt["teachers"] == ["t"]
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"],
+                       opt.state_dict()["state"][0]["exp_avg"])
+    assert not (tmp_path / "last.pt.tmp").exists()
+
+
+def test_a_checkpoint_with_numpys_rng_as_an_array_still_loads(tmp_path):
+    """Checkpoints written before the RNG state became plain values held an ndarray."""
+    np.random.seed(3)
+    model = build_model("tiny")
+    opt = torch.optim.AdamW(model.parameters())
+    state = {**_student_state(), "optimizer": opt.state_dict(), "epoch": 1, "step": 4,
+             "step_in_epoch": 0, "best": 1.0,
+             "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                     "torch": torch.get_rng_state()}}
+    torch.save(state, tmp_path / "old.pt")
+    want = np.random.rand(4)
+    restore(load_checkpoint(tmp_path / "old.pt"), model, opt)
+    np.testing.assert_array_equal(np.random.rand(4), want)
+
+
+def test_run_name(tmp_path):
+    (tmp_path / "my_run").mkdir()
+    assert run_name(tmp_path / "my_run") == "my_run"
+    assert run_name(tmp_path / "my_run" / "best.pt") == "my_run"
+    assert run_name(Path("best.pt")) == "best"
