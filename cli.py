@@ -107,9 +107,14 @@ def describe_teacher(model: Path, skeleton: str, head: str, name: str | None, me
               help="A described ONNX teacher; repeat for more.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Store directory: one TEACHER__FORMAT-DATASETID.h5 per teacher × dataset.")
-@click.option("--workers", type=int, help="Local dask worker processes (default: one per 4 "
-              "CPU cores, at least 1; 1 runs in this process).")
+@click.option("--workers", type=int, help="Local dask worker processes (default: one per "
+              "visible GPU, else one per 4 CPU cores, at least 1; 1 runs in this process).")
 @click.option("--scheduler", help="Use a running dask cluster instead (tcp://host:8786).")
+@click.option("--scheduler-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Or the file `dask scheduler --scheduler-file` wrote (shared filesystem).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N: "
+              "where teachers run; auto uses CUDA when it works, local workers take the "
+              "GPUs round-robin; cuda where CUDA cannot run is an error.")
 @click.option("--threads", type=int, help="onnxruntime threads per worker (default: the cores "
               "shared among the local workers; 1 per task with --scheduler).")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Crops per task.")
@@ -120,9 +125,9 @@ def describe_teacher(model: Path, skeleton: str, head: str, name: str | None, me
 @click.option("--overwrite", is_flag=True, help="Rebuild stores, also incompatible ones.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image.")
 def cache_teachers(data: tuple[str, ...], teachers: tuple[Path, ...], out: Path,
-                   workers: int | None, scheduler: str | None, threads: int | None,
-                   batch_size: int, threshold: float | None, flip_test: bool, overwrite: bool,
-                   strict: bool) -> None:
+                   workers: int | None, scheduler: str | None, scheduler_file: Path | None,
+                   device: str, threads: int | None, batch_size: int, threshold: float | None,
+                   flip_test: bool, overwrite: bool, strict: bool) -> None:
     """Stage one: run every teacher once over every person crop into compressed stores."""
     from pipeline.cache import cache_teachers as run
     from pipeline.cache import format_run_summary
@@ -130,9 +135,12 @@ def cache_teachers(data: tuple[str, ...], teachers: tuple[Path, ...], out: Path,
     for flag, value in (("--workers", workers), ("--threads", threads)):
         if value is not None and value < 1:
             raise UniError(f"{flag} must be at least 1, got {value}")
+    if scheduler and scheduler_file:
+        raise UniError("give --scheduler or --scheduler-file, not both")
     for s in run(list(data), list(teachers), out, workers=workers, scheduler=scheduler,
                  threads=threads, batch_size=batch_size, flip_test=flip_test,
-                 overwrite=overwrite, strict=strict, threshold=threshold):
+                 overwrite=overwrite, strict=strict, threshold=threshold, device=device,
+                 scheduler_file=scheduler_file):
         click.echo(format_run_summary(s))
 
 
@@ -190,7 +198,9 @@ def inspect_data(spec: str, as_json: bool, draw: int, out: Path | None,
               help="Teacher stores (folders of *.h5 or files); none = ground truth only.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="TOML file of these options (CLI options override it).")
+              help="TOML file of these options (CLI options override it) and of weight-decay, "
+                   "warmup-steps, kd-beta, val-fraction, max-steps, save-every, save-every-s "
+                   "[600], log-every (README \"Stage two\").")
 @click.option("--model", type=click.Choice(["tiny", "small", "base"]),
               help="Student size [tiny]: tiny ≈1M, small ≈5M, base ≈16M parameters.")
 @click.option("--input-size", help="Crop size HxW, as papers write it (256x192: 256 high) "
@@ -209,7 +219,8 @@ def inspect_data(spec: str, as_json: bool, draw: int, out: Path | None,
 @click.option("--seed", type=int, help="[0]")
 @click.option("--val-data", "val_data", multiple=True,
               help="Validation data (GT loss picks best.pt); default: 5 %% of --data held out.")
-@click.option("--resume", is_flag=True, default=None, help="Continue OUT/last.pt exactly.")
+@click.option("--resume", is_flag=True, default=None,
+              help="Continue OUT/last.pt exactly, as configured; no checkpoint yet: start OUT.")
 @click.option("--amp", is_flag=True, default=None, help="bf16 autocast on CPU, fp16 on CUDA.")
 @click.option("--strict", is_flag=True, default=None, help="An unreadable image is fatal.")
 @click.option("--skip-corrupt", is_flag=True, default=None,
@@ -284,17 +295,19 @@ def inspect_store(store: Path, as_json: bool, verify: bool, draw: int, out: Path
 @click.option("--flip-test/--no-flip-test", default=True, show_default=True,
               help="Average each crop's heatmaps with its mirror's (off: half the compute).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--device", default="auto", show_default=True,
+              help="auto | cpu | cuda | cuda:N: where MODEL runs (cuda without one: an error).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def evaluate_cmd(model: Path | None, data: tuple[str, ...], predictions: Path | None,
                  save_predictions: Path | None, head_boxes: Path | None, flip_test: bool,
-                 batch_size: int, as_json: bool) -> None:
+                 batch_size: int, device: str, as_json: bool) -> None:
     """Score MODEL (run dir, .pt or described .onnx) on GT boxes: COCO/Halpe AP, MPII PCKh."""
     from student.evaluate import evaluate, format_results
 
     if save_predictions and predictions:
         raise UniError("--save-predictions needs a MODEL, not --predictions")
     results = evaluate(list(data), model, predictions, flip_test, head_boxes,
-                       save_predictions, batch_size, progress=not as_json)
+                       save_predictions, batch_size, progress=not as_json, device=device)
     click.echo(json.dumps(results) if as_json else format_results(results))
 
 
@@ -349,13 +362,16 @@ def export_cmd(run: Path, out: Path, name: str | None, skeleton: str) -> None:
               help="Draw keypoints scoring higher.")
 @click.option("--flip-test/--no-flip-test", default=True, show_default=True,
               help="Average each crop's heatmaps with its mirror's (off: half the compute).")
+@click.option("--device", default="auto", show_default=True,
+              help="auto | cpu | cuda | cuda:N: where MODEL runs (cuda without one: an error).")
 def predict_cmd(model: Path, images: tuple[Path, ...], out: Path, boxes: Path | None,
-                score_threshold: float, keypoint_threshold: float, flip_test: bool) -> None:
+                score_threshold: float, keypoint_threshold: float, flip_test: bool,
+                device: str) -> None:
     """Draw MODEL's 21 keypoints on IMAGEs → OUT/<image>.png and OUT/predictions.json."""
     from student.predict import predict_images
 
     for path in predict_images(model, list(images), out, boxes, score_threshold,
-                               keypoint_threshold, flip_test):
+                               keypoint_threshold, flip_test, device=device):
         click.echo(f"wrote {path}")
 
 

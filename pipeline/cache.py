@@ -1,48 +1,56 @@
 """Stage one's job: every teacher × every dataset → one HDF5 store of soft heatmaps.
 
 One store per (teacher, dataset): ``OUT/<teacher name>__<format>-<dataset id[:12]>.h5``.
-Work is split into batches of B instances, cut at fixed places in image order (so an image is
-decoded once) whatever is already done; a batch is written at once, so a resumed run feeds the
-model exactly the batches a fresh run would and the store comes out the same. Batches run on
-dask workers (decode, crop, infer; the ONNX session is built once per worker process), at most
-2 per worker in flight so memory stays flat; this process is the single HDF5 writer.
-``workers=1`` without a scheduler runs the batches in this process instead (no cluster start).
+A dataset is passed over once for all its teachers: its rows, in image order (so an image is
+decoded once), are cut every B rows at fixed places whatever is already done, and a task carries
+one cut with, per teacher, the rows that teacher's store still lacks (pipeline/cache_tasks.py,
+the worker side, decodes, crops, infers and compresses). Each store writes a task's rows at once,
+so a resumed run feeds every model exactly the batches a fresh run would and each store comes
+out the same. Tasks run on dask workers (local processes, or a cluster's through --scheduler /
+--scheduler-file), at most 2 per worker thread in flight so memory stays flat; this process is
+the single writer of every store. One local worker without a scheduler runs the tasks in this
+process instead (no cluster start).
 
-Layering: stage one's top; the one pipeline module that uses `stores` (it writes them), while
-the foundation modules of pipeline/ stay store-free.
+Layering: stage one's top, with pipeline/cache_tasks.py; the pipeline modules that use `stores`
+(they write them), while the foundation modules of pipeline/ stay store-free.
 """
 
 from __future__ import annotations
 
-import logging
-import os
+import json
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.crops import crop_person, read_image
+from pipeline.cache_tasks import (
+    Item,
+    Task,
+    TaskResult,
+    TeacherSpec,
+    cores,
+    dask_results,
+    local_results,
+    start_client,
+)
 from pipeline.datasets import Dataset, load_dataset
+from pipeline.devices import cuda_device_count, parse_device, resolve_device
 from pipeline.errors import UniError, io_reason
 from pipeline.faults import fault
 from pipeline.files import atomic_write
-from pipeline.geometry import compose, crop_to_heatmap
 from pipeline.teachers import Teacher
-from stores.heatmap_store import THRESHOLD, StoreMeta, check_compatible, open_store
+from stores.heatmap_store import CODEC, THRESHOLD, StoreMeta, check_compatible, open_store
 from stores.writer import StoreWriteFailed, StoreWriter, create_store, repair_store
 
 DEFAULT_BATCH = 32
-IN_FLIGHT_PER_WORKER = 2
-
-Item = tuple[int, int, str, list[float]]  # (row, instance id, image path, bbox xywh)
-# (rows (n,) int64, heatmaps (n, K, h, w) float32, affines (n, 2, 3), skipped {id: reason})
-Result = tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, str]]
-TaskArgs = tuple[str, str, int, bool]  # (teacher path, its sha256, threads, flip_test)
+IN_FLIGHT_PER_THREAD = 2
+STEPS = ("decode", "crop", "infer", "encode", "write")
+Runner = Callable[[list[TeacherSpec], list[Task]], Iterator[TaskResult]]
 
 
 def store_name(teacher_name: str, dataset: Dataset) -> str:
@@ -56,74 +64,17 @@ class StoreSummary:
     heatmap_shape: tuple[int, int, int]  # (K, h, w)
     computed: int = 0  # crops run in this invocation
     skipped: dict[int, str] = field(default_factory=dict)
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the dataset's pass (shared by its stores)
     up_to_date: bool = False
     bytes_on_disk: int = 0
     written: int = 0  # rows in the store (done), for the compression ratio
+    steps: dict[str, float] = field(default_factory=dict)  # STEPS → worker / writer seconds
+    shared_by: int = 1  # stores of one dataset pass, which share its decoding
+    workers: dict[str, str] = field(default_factory=dict)  # host:pid → provider it ran on
 
     @property
     def crops_per_s(self) -> float:
         return self.computed / self.seconds if self.seconds > 0 else 0.0
-
-
-# --------------------------------------------------------------------------- worker side
-
-_TEACHERS: dict[tuple[str, str, int], Teacher] = {}  # per worker process: sessions can't pickle
-
-
-def _teacher(path: str, sha256: str, threads: int) -> Teacher:
-    key = (path, sha256, threads)
-    if key not in _TEACHERS:
-        t = Teacher(Path(path), threads=threads)
-        if t.sha256 != sha256:
-            raise UniError(f"{path}: the model changed while caching (sha256 differs)")
-        _TEACHERS[key] = t
-    return _TEACHERS[key]
-
-
-def crop_batch(t: Teacher, items: list[Item]
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:
-    """Decode and crop: items (row, instance id, image path, bbox xywh) → rows (n,) int64,
-    crops (n, H, W, 3) uint8, affines (n, 2, 3) image → heatmap grid, skipped {id: reason}."""
-    info = t.info
-    to_grid = crop_to_heatmap(info.input_wh, t.heatmap_wh)
-    images: dict[str, np.ndarray] = {}
-    rows, crops, affines, skipped = [], [], [], {}
-    for row, instance_id, image_path, bbox in items:
-        try:
-            if image_path not in images:
-                images = {image_path: read_image(Path(image_path))}  # items are image-sorted
-            crop, affine = crop_person(images[image_path], np.asarray(bbox), info.input_wh,
-                                       info.padding)
-        except UniError as e:
-            skipped[instance_id] = str(e)
-            continue
-        rows.append(row)
-        crops.append(crop)
-        affines.append(compose(to_grid, affine))
-    w, h = info.input_wh
-    return (np.asarray(rows, np.int64),
-            np.stack(crops) if crops else np.zeros((0, h, w, 3), np.uint8),
-            np.asarray(affines, np.float64).reshape(-1, 2, 3), skipped)
-
-
-def _predict(t: Teacher, crops: np.ndarray, flip_test: bool) -> np.ndarray:
-    k, (w, h) = t.info.num_keypoints, t.heatmap_wh
-    return (t.predict(crops, flip_test=flip_test) if len(crops)
-            else np.zeros((0, k, h, w), np.float32))
-
-
-def infer_batch(teacher_path: str, sha256: str, threads: int, flip_test: bool,
-                items: list[Item]) -> Result:
-    """One task: items (row, instance id, image path, bbox xywh) → rows (n,) int64,
-    heatmaps (n, K, h, w) float32, affines (n, 2, 3) image → heatmap grid, skipped {id: reason}.
-    """
-    t = _teacher(teacher_path, sha256, threads)
-    rows, crops, affines, skipped = crop_batch(t, items)
-    return rows, _predict(t, crops, flip_test), affines, skipped
-
-
-# --------------------------------------------------------------------------- client side
 
 
 @dataclass
@@ -135,83 +86,40 @@ class _Job:
     meta: StoreMeta
 
 
-def _batches(dataset: Dataset, instance_ids: list[int], done: np.ndarray, batch: int
-             ) -> list[list[Item]]:
-    """Rows in image order (one decode per image), cut every `batch` rows, minus done rows.
+# --------------------------------------------------------------------------- planning
 
-    The cuts do not depend on `done`, and a batch is written at once, so a resumed run sees
-    exactly the batches of an uninterrupted one.
+
+def dataset_items(dataset: Dataset, instance_ids: np.ndarray) -> list[Item]:
+    """A store's rows (its instance ids (N,)) as items in image order, ties by store row."""
+    at = dataset.rows_of(instance_ids)  # (N,) dataset row of each store row
+    if (at < 0).any():
+        raise UniError(f"{dataset.spec}: instance {int(instance_ids[np.argmax(at < 0)])} of "
+                       "its store is not in the dataset (use --overwrite to rebuild the store)")
+    paths = dataset.image_paths[dataset.image_index[at]]  # (N,) str
+    order = np.lexsort((np.arange(len(at)), paths))
+    ids, boxes = dataset.instance_ids[at], dataset.bboxes[at]
+    return [(int(r), int(ids[r]), str(paths[r]), tuple(boxes[r].tolist())) for r in order]
+
+
+def plan_tasks(items: list[Item], dones: list[np.ndarray], batch: int) -> list[Task]:
+    """Cut `items` every `batch`; a task keeps the rows some teacher still needs (dones[t]:
+    (N,) bool per row of teacher t's store).
+
+    The cuts do not depend on `dones`, and each store writes a task's rows at once, so a
+    resumed run gives every teacher exactly the batches of an uninterrupted one.
     """
-    by_id = dataset.by_id()
-    insts = [by_id[i] for i in instance_ids]
-    order = sorted(range(len(insts)), key=lambda r: (str(insts[r].image_path), r))
     out = []
-    for start in range(0, len(order), batch):
-        items = [(row, insts[row].instance_id, str(insts[row].image_path),
-                  insts[row].bbox.tolist())
-                 for row in order[start:start + batch] if not done[row]]
-        if items:
-            out.append(items)
+    for start in range(0, len(items), batch):
+        cut = items[start:start + batch]
+        rows = np.fromiter((it[0] for it in cut), np.int64, len(cut))
+        wants = [~d[rows] for d in dones]  # per teacher (n,) bool
+        keep = np.any(wants, axis=0)
+        if keep.any():
+            out.append(Task([cut[i] for i in np.flatnonzero(keep)], [w[keep] for w in wants]))
     return out
 
 
-def _local_results(batches: list[list[Item]], args: TaskArgs, prefetch: bool | None = None
-                   ) -> Iterator[Result]:
-    """In this process. With prefetch (default: when the teacher runs on an accelerator) the
-    next batch is decoded and cropped on a thread while this one is inferred and written.
-    On the CPU it is off: onnxruntime already keeps every core busy, and the thread measured
-    slower (bench/stage_one.py), competing with onnxruntime's spinning threads."""
-    if not batches:
-        return
-    teacher_path, sha256, threads, flip_test = args
-    t = _teacher(teacher_path, sha256, threads)
-    if prefetch is None:
-        prefetch = t.session.get_providers()[0] != "CPUExecutionProvider"
-    if not prefetch:
-        for items in batches:
-            rows, crops, affines, skipped = crop_batch(t, items)
-            yield rows, _predict(t, crops, flip_test), affines, skipped
-        return
-    with ThreadPoolExecutor(1) as pool:
-        nxt = pool.submit(crop_batch, t, batches[0])
-        for i in range(len(batches)):
-            rows, crops, affines, skipped = nxt.result()
-            if i + 1 < len(batches):
-                nxt = pool.submit(crop_batch, t, batches[i + 1])
-            yield rows, _predict(t, crops, flip_test), affines, skipped
-
-
-def _dask_results(client, batches: list[list[Item]], args: TaskArgs, in_flight: int
-                  ) -> Iterator[Result]:
-    """Results as they complete, never more than `in_flight` batches submitted at once."""
-    from distributed import as_completed
-
-    todo = iter(batches)
-    ac = as_completed()
-    for items in todo:
-        ac.add(client.submit(infer_batch, *args, items, pure=False, retries=2))
-        if ac.count() >= in_flight:
-            break
-    for fut in ac:
-        result = fut.result()
-        fut.release()
-        nxt = next(todo, None)
-        if nxt is not None:
-            ac.add(client.submit(infer_batch, *args, nxt, pure=False, retries=2))
-        yield result
-
-
-def _start_client(workers: int, scheduler: str | None):
-    from distributed import Client, LocalCluster
-
-    if scheduler:
-        try:
-            return Client(scheduler, timeout="20s")
-        except (OSError, TimeoutError) as e:
-            raise UniError(f"--scheduler {scheduler}: cannot connect ({e})") from None
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None, silence_logs=logging.ERROR)
-    return Client(cluster)
+# --------------------------------------------------------------------------- stores
 
 
 def _repair_if_possible(path: Path) -> None:
@@ -247,7 +155,7 @@ def _prepare(teacher: Teacher, dataset: Dataset, out_dir: Path, flip_test: bool,
             state = "missing"
         if state == "missing":
             tmp.unlink(missing_ok=True)
-            create_store(tmp, meta, [i.instance_id for i in dataset.instances],
+            create_store(tmp, meta, dataset.instance_ids,
                          threshold=threshold)
         return _Job(teacher, dataset, path, tmp, meta)
     _repair_if_possible(path)
@@ -258,39 +166,78 @@ def _prepare(teacher: Teacher, dataset: Dataset, out_dir: Path, flip_test: bool,
     if state == "complete":
         return None
     if state == "missing":
-        create_store(path, meta, [i.instance_id for i in dataset.instances],
+        create_store(path, meta, dataset.instance_ids,
                      threshold=threshold)
     return _Job(teacher, dataset, path, path, meta)
 
 
-def _run_job(job: _Job, results_for: Callable[[list[list[Item]]], Iterator[Result]],
-             batch_size: int, strict: bool, progress: bool) -> StoreSummary:
-    reader = open_store(job.work_path)
-    ids, done = list(reader.instance_ids), np.asarray(reader.done, bool).copy()
-    del reader
-    batches = _batches(job.dataset, ids, done, batch_size)
-    summary = StoreSummary(job.path, len(ids), tuple(job.meta.heatmap_shape))
-    name = f"{job.teacher.info.name} × {job.dataset.format}"
+def _open_jobs(jobs: list[_Job], spec_for: Callable[[_Job, dict], TeacherSpec]
+               ) -> tuple[np.ndarray, list[np.ndarray], list[TeacherSpec], list[list[str]]]:
+    """(instance ids (N,), done (N,) bool per store, specs, providers recorded per store)."""
+    ids, dones, specs, providers = None, [], [], []
+    for job in jobs:
+        r = open_store(job.work_path)
+        if ids is None:
+            ids = np.asarray(r.instance_ids)
+        elif not np.array_equal(ids, r.instance_ids):
+            raise UniError(f"{job.work_path}: lists other instances than the dataset's other "
+                           "stores (use --overwrite to rebuild it)")
+        dones.append(np.asarray(r.done, bool).copy())
+        specs.append(spec_for(job, r.attrs))
+        try:
+            providers.append(list(json.loads(r.attrs.get("providers", "[]"))))
+        except (TypeError, ValueError):  # unreadable: this run's providers replace it
+            providers.append([])
+        r.close()
+    return ids, dones, specs, providers
+
+
+def _run_dataset(jobs: list[_Job], run: Runner, spec_for: Callable[[_Job, dict], TeacherSpec],
+                 batch_size: int, strict: bool, progress: bool) -> list[StoreSummary]:
+    """One pass over a dataset for all its stores: plan, run, write each store, finalize."""
+    ids, dones, specs, providers = _open_jobs(jobs, spec_for)
+    tasks = plan_tasks(dataset_items(jobs[0].dataset, ids), dones, batch_size)
+    summaries = [StoreSummary(j.path, len(ids), tuple(j.meta.heatmap_shape), shared_by=len(jobs),
+                              steps=dict.fromkeys(STEPS, 0.0)) for j in jobs]
+    names = ", ".join(j.teacher.info.name for j in jobs)
     t0 = time.perf_counter()
-    with StoreWriter(job.work_path) as writer, tqdm(
-            total=len(ids), initial=int(done.sum()), unit="crop", desc=name, file=sys.stderr,
-            dynamic_ncols=True, disable=not progress, smoothing=0.1) as bar:
+    with ExitStack() as stack:
+        writers = [stack.enter_context(StoreWriter(j.work_path)) for j in jobs]
+        bar = stack.enter_context(tqdm(
+            total=len(ids) * len(jobs), initial=int(sum(d.sum() for d in dones)), unit="crop",
+            desc=f"{names} × {jobs[0].dataset.format}", file=sys.stderr, dynamic_ncols=True,
+            disable=not progress, smoothing=0.1))
         fault("cache-start")  # test hook (pipeline/faults.py); so are the fault() calls below
-        for rows, heatmaps, affines, skipped in results_for(batches):
-            if skipped and strict:
-                first = next(iter(skipped.values()))
-                raise UniError(f"{first} (instance {next(iter(skipped))}; --strict)")
-            if len(rows):
-                writer.write(rows, heatmaps, affines)
-                fault("cache-batch")
-            summary.skipped.update(skipped)
-            summary.computed += len(rows)
-            bar.update(len(rows) + len(skipped))
-        writer.finalize(skipped=summary.skipped)
-    summary.seconds = time.perf_counter() - t0
-    if job.work_path != job.path:  # the rebuild is complete: it replaces the old store
-        atomic_write(job.path, lambda tmp: None, tmp=job.work_path)
-    return _with_sizes(summary)
+        for result in run(specs, tasks):
+            for writer, s, part, known in zip(writers, summaries, result.parts, providers,
+                                              strict=True):
+                if part.skipped and strict:
+                    first = next(iter(part.skipped))
+                    raise UniError(f"{part.skipped[first]} (instance {first}; --strict)")
+                s.steps["decode"] += result.decode_s
+                for step, sec in part.seconds.items():
+                    s.steps[step] += sec
+                if len(part.rows):
+                    t1 = time.perf_counter()
+                    writer.write_encoded(part.rows, part.encoded, part.affines)
+                    s.steps["write"] += time.perf_counter() - t1
+                    s.workers[result.worker] = part.provider
+                    if part.provider not in known:  # the store records what computed it
+                        known.append(part.provider)
+                        writer.set_attr("providers", json.dumps(sorted(known)))
+                    fault("cache-batch")
+                s.skipped.update(part.skipped)
+                s.computed += len(part.rows)
+                bar.update(len(part.rows) + len(part.skipped))
+        for writer, s in zip(writers, summaries, strict=True):
+            writer.finalize(skipped=s.skipped)
+    seconds = time.perf_counter() - t0
+    for job, s in zip(jobs, summaries, strict=True):
+        s.seconds = seconds
+        if job.work_path != job.path:  # the rebuild is complete: it replaces the old store
+            atomic_write(job.path, lambda tmp: None, tmp=job.work_path)
+        _with_sizes(s)
+    return summaries
 
 
 def _with_sizes(summary: StoreSummary) -> StoreSummary:
@@ -302,26 +249,37 @@ def _with_sizes(summary: StoreSummary) -> StoreSummary:
     return summary
 
 
+# --------------------------------------------------------------------------- the job
+
+
 def cache_teachers(data: list[str], teachers: list[Path], out_dir: Path,
                    workers: int | None = None, scheduler: str | None = None,
                    threads: int | None = None, batch_size: int = DEFAULT_BATCH,
                    flip_test: bool = True, overwrite: bool = False, strict: bool = False,
-                   progress: bool = True, threshold: float | None = None) -> list[StoreSummary]:
+                   progress: bool = True, threshold: float | None = None,
+                   device: str = "auto", scheduler_file: Path | None = None
+                   ) -> list[StoreSummary]:
     """Run every teacher over every person of every dataset into OUT stores (resumable).
 
-    workers: local worker processes (None: one per 4 cores, at least 1; 1 runs in this process).
-    threads: onnxruntime intra-op threads per worker; None = this machine's cores shared among
-    the local workers, or 1 per task on a --scheduler cluster. threshold: stored
-    values under threshold × their channel's peak are zeroed (None: the store's default);
-    flip_test: store the average of each crop's and its mirror's maps."""
+    workers: local worker processes (None: one per visible GPU when the teachers run on GPUs,
+    else one per 4 cores, at least 1; 1 runs in this process). device: pipeline.devices (auto |
+    cpu | cuda | cuda:N); local workers take the GPUs round-robin. threads: onnxruntime intra-op
+    threads per worker; None = this machine's cores shared among the local workers, or 1 per
+    task on a cluster (scheduler address or scheduler_file). threshold: stored values under
+    threshold × their channel's peak are zeroed (None: the store's default); flip_test: store
+    the average of each crop's and its mirror's maps."""
     threshold = THRESHOLD if threshold is None else float(threshold)
-
+    device = parse_device(device)
     if batch_size < 1:
         raise UniError(f"--batch-size must be at least 1, got {batch_size}")
-    cores = os.cpu_count() or 1
+    remote = bool(scheduler or scheduler_file)
+    # Local runs check the device here, before anything is written; a cluster's workers do.
+    gpus = 0 if remote or resolve_device(device) == "cpu" else cuda_device_count()
+    n_cores = cores()
     # Measured (BENCHMARKS.md §1): on 2 cores one in-process worker running onnxruntime on both
     # beats 2 one-thread dask workers; bigger machines get a worker per 4 cores.
-    workers = workers or max(1, cores // 4)
+    workers = workers or ((1 if device.startswith("cuda:") else gpus) if gpus
+                          else max(1, n_cores // 4))
     out_dir = Path(out_dir)
     datasets = [load_dataset(d) for d in data]
     # Client-side teachers only describe the store (grid, sha); workers build their own.
@@ -334,9 +292,10 @@ def cache_teachers(data: list[str], teachers: list[Path], out_dir: Path,
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UniError(f"--out {out_dir}: cannot create it ({io_reason(e)})") from None
-    summaries, jobs = [], []
-    for teacher in models:
-        for ds in datasets:
+    summaries, passes = [], []
+    for ds in datasets:
+        jobs = []
+        for teacher in models:
             job = _prepare(teacher, ds, out_dir, flip_test, overwrite, threshold)
             if job is None:
                 path = out_dir / store_name(teacher.info.name, ds)
@@ -345,29 +304,36 @@ def cache_teachers(data: list[str], teachers: list[Path], out_dir: Path,
                     path, len(ds.instances), (k, h, w), up_to_date=True)))
             else:
                 jobs.append(job)
-    if not jobs:
+        if jobs:
+            passes.append(jobs)
+    if not passes:
         return summaries
-    client = None if workers == 1 and not scheduler else _start_client(workers, scheduler)
+    local = workers == 1 and not remote
+    # A GPU worker runs 2 tasks at once: one decodes and crops while the other infers.
+    client = None if local else start_client(workers, scheduler, scheduler_file,
+                                             threads_per_worker=2 if gpus else 1)
     try:
         if client is not None:
             n_threads = sum(client.nthreads().values())
-            in_flight = IN_FLIGHT_PER_WORKER * max(n_threads, 1)
-            if threads is None and scheduler:
+            if threads is None and remote:
                 threads = 1 if n_threads > 1 else 0  # their cores are unknown: one each
             elif threads is None:
-                threads = max(1, cores // workers)  # share this machine's cores
-        elif threads is None:
-            threads = 0
-        for job in jobs:
-            # Absolute paths: a remote worker's working directory is not ours.
-            args = (str(job.teacher.path.resolve()), job.teacher.sha256, threads, flip_test)
-            if client is None:
-                def results_for(batches, args=args):
-                    return _local_results(batches, args)
-            else:
-                def results_for(batches, args=args):
-                    return _dask_results(client, batches, args, in_flight)
-            summaries.append(_run_job(job, results_for, batch_size, strict, progress))
+                threads = max(1, n_cores // workers)  # share this machine's cores
+
+            def run(specs, tasks):
+                return dask_results(client, specs, tasks, lambda: IN_FLIGHT_PER_THREAD * max(
+                    1, sum(client.nthreads().values())))
+        else:
+            threads = 0 if threads is None else threads
+            run = local_results
+
+        def spec_for(job: _Job, attrs: dict) -> TeacherSpec:
+            return TeacherSpec(
+                str(job.teacher.path.resolve()), job.teacher.sha256, threads, flip_test, device,
+                float(attrs.get("threshold", THRESHOLD)), str(attrs.get("codec", CODEC)))
+
+        for jobs in passes:
+            summaries.extend(_run_dataset(jobs, run, spec_for, batch_size, strict, progress))
     finally:
         if client is not None:
             cluster = client.cluster
@@ -378,7 +344,8 @@ def cache_teachers(data: list[str], teachers: list[Path], out_dir: Path,
 
 
 def format_run_summary(s: StoreSummary, max_skipped: int = 20) -> str:
-    """Lines for one store of this run: counts, time, rate, size on disk and ratio to raw fp16."""
+    """Lines for one store of this run: counts, time, rate, size on disk and ratio to raw fp16;
+    what each worker ran on, and where the time went."""
     raw_fp16 = 2 * int(np.prod(s.heatmap_shape)) * s.written
     ratio = f" ({raw_fp16 / s.bytes_on_disk:.1f}x smaller than raw fp16)" if s.bytes_on_disk else ""
     head = f"{s.path}: {s.instances} instances"
@@ -387,6 +354,20 @@ def format_run_summary(s: StoreSummary, max_skipped: int = 20) -> str:
                 f"{s.bytes_on_disk / 1e6:.2f} MB on disk{ratio}")
     lines = [f"{head}, {s.computed} computed, {len(s.skipped)} skipped, {s.seconds:.1f} s, "
              f"{s.crops_per_s:.1f} crops/s, {s.bytes_on_disk / 1e6:.2f} MB on disk{ratio}"]
+    if s.workers:
+        by: dict[str, list[str]] = {}
+        for worker, provider in sorted(s.workers.items()):
+            by.setdefault(provider, []).append(worker)
+        lines.append("  ran on " + "; ".join(
+            f"{p} by {', '.join(w[:4])}{f' and {len(w) - 4} more' if len(w) > 4 else ''}"
+            for p, w in sorted(by.items())))
+    total = sum(s.steps.values())
+    if total > 0:
+        shared = f" (shared by {s.shared_by} stores)" if s.shared_by > 1 else ""
+        parts = [f"{k} {v:.2f} s{shared if k == 'decode' else ''}" for k, v in s.steps.items()]
+        top = max(s.steps, key=s.steps.get)
+        lines.append(f"  time (summed over workers): {', '.join(parts)}; most in {top} "
+                     f"({100 * s.steps[top] / total:.0f} %)")
     for i, (instance_id, reason) in enumerate(sorted(s.skipped.items())):
         if i == max_skipped:
             lines.append(f"  ... and {len(s.skipped) - max_skipped} more skipped")

@@ -1,21 +1,29 @@
-"""Dataset readers: annotation files → one flat list of person instances.
+"""Datasets: data specs, and a loaded dataset as numpy columns of persons.
 
 A data spec names a dataset everywhere: ``FORMAT:ANNOTATIONS[:IMAGE_ROOT]`` with FORMAT in
 coco | mpii | halpe and IMAGE_ROOT defaulting to ``images/`` beside the annotation file.
 An instance is addressed by (dataset id = sha256 of the annotation file, instance id).
+A loaded dataset holds arrays, not one Python object per person (pipeline/annotations.py reads
+the files): at COCO-train size (150k persons) that is ~75 MB instead of ~600 MB, and forked
+DataLoader workers read the same pages instead of copying objects whose reference counts they
+touch. `Dataset.instances` still gives `Instance` objects, made on demand.
 """
 
 from __future__ import annotations
 
 import math
+import operator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.annotations import coco_columns, mpii_columns
+from pipeline.dataset_cache import cache_key, load_columns, save_columns
 from pipeline.errors import UniError
-from pipeline.files import file_sha256, json_int, read_json
-from pipeline.geometry import mpii_bbox
+from pipeline.files import file_sha256, read_json
 from pipeline.skeletons import UNIFIED_NAMES, Skeleton, get_skeleton, native_to_unified
 
 FORMATS = {"coco": "coco17", "mpii": "mpii16", "halpe": "halpe26"}
@@ -49,7 +57,8 @@ def parse_spec(spec: str | DataSpec) -> DataSpec:
 
 @dataclass(slots=True)
 class Instance:
-    """One annotated person. Keypoint arrays are (K, 3) float64 [x, y, v], v in {0, 1, 2}."""
+    """One annotated person, built on demand from a dataset's columns. Keypoint arrays are
+    (K, 3) float64 [x, y, v], v in {0, 1, 2}; bbox and keypoints are read-only views."""
 
     instance_id: int
     image_id: int
@@ -61,20 +70,138 @@ class Instance:
     area: float = 0.0
 
 
-@dataclass
+class Instances(Sequence[Instance]):
+    """dataset.instances: len, index, slice, iterate; each `Instance` made when asked for."""
+
+    __slots__ = ("_ds",)
+
+    def __init__(self, dataset: Dataset):
+        self._ds = dataset
+
+    def __len__(self) -> int:
+        return len(self._ds.instance_ids)
+
+    def __getitem__(self, j):
+        n = len(self)
+        if isinstance(j, slice):
+            return [self._ds.instance(r) for r in range(*j.indices(n))]
+        j = operator.index(j)
+        if not -n <= j < n:
+            raise IndexError(f"instance row {j} out of range ({n} instances)")
+        return self._ds.instance(j % n)
+
+    def __iter__(self) -> Iterator[Instance]:
+        return map(self._ds.instance, range(len(self)))
+
+
+class InstanceIndex(Mapping[int, Instance]):
+    """dataset.by_id(): instance id → Instance, looked up in the sorted id column."""
+
+    __slots__ = ("_ds",)
+
+    def __init__(self, dataset: Dataset):
+        self._ds = dataset
+
+    def __getitem__(self, instance_id: int) -> Instance:
+        row = self._ds.row_of(instance_id)
+        if row is None:
+            raise KeyError(instance_id)
+        return self._ds.instance(row)
+
+    def __contains__(self, instance_id: object) -> bool:
+        return self._ds.row_of(instance_id) is not None
+
+    def __len__(self) -> int:
+        return len(self._ds.instance_ids)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._ds.instance_ids.tolist())
+
+
+@dataclass(eq=False)
 class Dataset:
+    """A dataset's persons as read-only numpy columns (row = person, ascending instance id; see
+    pipeline/annotations.Columns) and each image path once. Hot paths index the columns;
+    `instances` / `by_id()` give `Instance` objects for the rest."""
+
     spec: DataSpec
     skeleton: Skeleton
     dataset_id: str  # sha256 of the annotation file
-    instances: list[Instance]
-    num_images: int
+    image_ids: np.ndarray  # (I,) int64
+    image_paths: np.ndarray  # (I,) str, resolved
+    instance_ids: np.ndarray  # (N,) int64, ascending
+    image_index: np.ndarray  # (N,) int32: row into image_ids / image_paths
+    bboxes: np.ndarray  # (N, 4) float64 x, y, w, h
+    keypoints: np.ndarray  # (N, K, 3) float64 native order
+    head_boxes: np.ndarray  # (N, 4) float64 x1, y1, x2, y2; NaN where unknown
+    areas: np.ndarray  # (N,) float64
+
+    def __post_init__(self) -> None:
+        for a in (self.image_ids, self.image_paths, self.instance_ids, self.image_index,
+                  self.bboxes, self.keypoints, self.head_boxes, self.areas):
+            a.flags.writeable = False  # shared by every Instance view and forked worker
 
     @property
     def format(self) -> str:
         return self.spec.format
 
-    def by_id(self) -> dict[int, Instance]:
-        return {inst.instance_id: inst for inst in self.instances}
+    @property
+    def num_images(self) -> int:
+        return len(self.image_paths)
+
+    @property
+    def instances(self) -> Instances:
+        return Instances(self)
+
+    @cached_property
+    def unified(self) -> np.ndarray:
+        """(N, 21, 3) float64 keypoints in unified order, made on first use and kept (~0.5 KB a
+        person: not made by loading; `unified_rows` converts a few rows without it)."""
+        out = self.unified_rows(slice(None))
+        out.flags.writeable = False
+        return out
+
+    def unified_rows(self, rows) -> np.ndarray:
+        """(…, 21, 3) unified keypoints of `rows` (an index, slice or index array)."""
+        return native_to_unified(self.keypoints[rows], self.skeleton)
+
+    @property
+    def has_head_box(self) -> np.ndarray:
+        """(N,) bool."""
+        return ~np.isnan(self.head_boxes).any(axis=1)
+
+    def image_path(self, row: int) -> Path:
+        return Path(self.image_paths[self.image_index[row]])
+
+    def instance(self, row: int) -> Instance:
+        """The person in `row` as an Instance (views of the columns, no copies)."""
+        image = self.image_index[row]
+        head = self.head_boxes[row]
+        kp = self.keypoints[row]
+        return Instance(int(self.instance_ids[row]), int(self.image_ids[image]),
+                        Path(self.image_paths[image]), self.bboxes[row], kp,
+                        native_to_unified(kp, self.skeleton),
+                        None if np.isnan(head).any() else head, float(self.areas[row]))
+
+    def rows_of(self, instance_ids) -> np.ndarray:
+        """(M,) int64 rows of these instance ids; -1 for an id the dataset does not have."""
+        ids = np.asarray(instance_ids, dtype=np.int64).reshape(-1)
+        pos = np.searchsorted(self.instance_ids, ids)
+        hit = pos < len(self.instance_ids)
+        hit[hit] = self.instance_ids[pos[hit]] == ids[hit]
+        return np.where(hit, pos, -1)
+
+    def row_of(self, instance_id: object) -> int | None:
+        """The row of one instance id, or None."""
+        if isinstance(instance_id, bool) or not isinstance(instance_id, int | np.integer):
+            return None
+        if not -(2**63) <= int(instance_id) < 2**63:
+            return None
+        row = int(self.rows_of([instance_id])[0])
+        return None if row < 0 else row
+
+    def by_id(self) -> InstanceIndex:
+        return InstanceIndex(self)
 
     def read_annotations(self) -> dict | list:
         """The annotation file as parsed JSON, read again (not kept: it is most of a dataset's
@@ -83,135 +210,6 @@ class Dataset:
             raise UniError(f"{self.spec.annotations}: changed since it was loaded "
                            "(sha256 differs)")
         return read_json(self.spec.annotations)
-
-
-def _image_path(root: Path, name: object, where: str) -> Path:
-    if not isinstance(name, str) or not name:
-        raise UniError(f"{where}: image file name must be a non-empty string")
-    try:
-        path = (root / name).resolve()
-    except (OSError, ValueError) as e:  # NUL bytes, symlink loops
-        raise UniError(f"{where}: bad image file name {name!r:.60} ({e})") from None
-    if not path.is_relative_to(root.resolve()):
-        raise UniError(f"{where}: image path {name!r} escapes the image root {root}")
-    return path
-
-
-def _floats(value: object, n: int | None, where: str) -> np.ndarray:
-    """A flat list of finite numbers, of length n when given."""
-    try:
-        arr = np.asarray(value, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError, OverflowError):
-        raise UniError(f"{where}: expected a list of numbers") from None
-    if n is not None and arr.size != n:
-        raise UniError(f"{where}: expected {n} numbers, got {arr.size}")
-    if not np.isfinite(arr).all():
-        raise UniError(f"{where}: contains NaN or inf")
-    return arr
-
-
-def _field(record: object, key: str, where: str):
-    if not isinstance(record, dict):
-        raise UniError(f"{where}: expected an object, got {type(record).__name__}")
-    if key not in record:
-        raise UniError(f"{where}: missing field {key!r}")
-    return record[key]
-
-
-def _check_box(bbox: np.ndarray, where: str) -> None:
-    if bbox[2] <= 0 or bbox[3] <= 0:
-        raise UniError(f"{where}: bbox width and height must be positive, got {bbox.tolist()}")
-
-
-def _by_id(data: dict, key: str, src: str, noun: str) -> dict[int, tuple[str, dict]]:
-    """{id: (where, record)} of the list data[key]; UniError on a bad or duplicate id."""
-    out = {}
-    for i, record in enumerate(data[key]):
-        where = f"{src}: {key}[{i}]"
-        record_id = json_int(_field(record, "id", where), f"{where} field 'id'", "an integer id")
-        if record_id in out:
-            raise UniError(f"{where} field 'id': duplicate {noun} id {record_id}")
-        out[record_id] = where, record
-    return out
-
-
-def _load_coco_like(spec: DataSpec, data: object, skeleton: Skeleton) -> tuple[list[Instance], int]:
-    """COCO and Halpe: COCO-format JSON {images, annotations}; crowd / unlabeled people skipped."""
-    src = str(spec.annotations)
-    for key in ("images", "annotations"):
-        if not isinstance(_field(data, key, src), list):
-            raise UniError(f"{src}: field {key!r} must be a list")
-    images = {image_id: _image_path(spec.image_root, _field(img, "file_name", where), where)
-              for image_id, (where, img) in _by_id(data, "images", src, "image").items()}
-    anns = _by_id(data, "annotations", src, "annotation")
-    k = skeleton.num_keypoints
-    instances = []
-    for ann_id in sorted(anns):
-        ann = anns[ann_id][1]
-        where = f"{src}: annotation id {ann_id}"
-        if ann.get("iscrowd", 0) or ann.get("num_keypoints", 1) == 0:
-            continue
-        kp = _floats(_field(ann, "keypoints", where), None, f"{where} field 'keypoints'")
-        # Halpe ships 136 whole-body keypoints whose first 26 are the body.
-        if kp.size % 3 or kp.size < 3 * k or (kp.size != 3 * k and spec.format != "halpe"):
-            raise UniError(f"{where} field 'keypoints': expected {3 * k} numbers, got {kp.size}")
-        kp = kp[: 3 * k].reshape(k, 3)
-        if not (kp[:, 2] > 0).any():
-            continue
-        bbox = _floats(_field(ann, "bbox", where), 4, f"{where} field 'bbox'")
-        _check_box(bbox, f"{where} field 'bbox'")
-        image_id = json_int(_field(ann, "image_id", where), f"{where} field 'image_id'",
-                            "an integer id")
-        if image_id not in images:
-            raise UniError(f"{where} field 'image_id': no image with id {image_id}")
-        area = (_floats(ann["area"], 1, f"{where} field 'area'")[0] if "area" in ann
-                else bbox[2] * bbox[3])
-        instances.append(Instance(
-            instance_id=ann_id, image_id=image_id, image_path=images[image_id],
-            bbox=bbox, keypoints=kp, unified=native_to_unified(kp, skeleton), area=float(area)))
-    return instances, len(images)
-
-
-def _load_mpii(spec: DataSpec, data: object, skeleton: Skeleton,
-               head_boxes: np.ndarray | None) -> tuple[list[Instance], int]:
-    """MMPose's MPII JSON: a list of {image, center, scale, joints, joints_vis[, head_box]}.
-
-    MPII coordinates are 1-based (MATLAB); instances are 0-based like everything else.
-    """
-    src = str(spec.annotations)
-    if not isinstance(data, list):
-        raise UniError(f"{src}: expected a list of MPII person records")
-    if head_boxes is not None and len(head_boxes) != len(data):
-        raise UniError(f"{src}: {len(data)} persons but the head-box file has {len(head_boxes)}")
-    image_ids: dict[str, int] = {}
-    instances = []
-    for i, rec in enumerate(data):
-        where = f"{src}: record {i}"
-        name = _field(rec, "image", where)
-        path = _image_path(spec.image_root, name, f"{where} field 'image'")
-        image_id = image_ids.setdefault(name, len(image_ids))
-        center = _floats(_field(rec, "center", where), 2, f"{where} field 'center'") - 1.0
-        scale = _floats(_field(rec, "scale", where), 1, f"{where} field 'scale'")[0]
-        if scale <= 0:
-            raise UniError(f"{where} field 'scale': must be positive, got {scale}")
-        joints = _floats(_field(rec, "joints", where), 32, f"{where} field 'joints'")
-        vis = _floats(_field(rec, "joints_vis", where), 16, f"{where} field 'joints_vis'")
-        kp = np.zeros((16, 3))
-        kp[:, :2] = joints.reshape(16, 2) - 1.0
-        kp[:, 2] = np.where(vis > 0, 2.0, 0.0)
-        kp[kp[:, 2] == 0, :2] = 0.0
-        if head_boxes is not None:
-            head = head_boxes[i]
-        elif "head_box" in rec:
-            head = _floats(rec["head_box"], 4, f"{where} field 'head_box'") - 1.0
-        else:
-            head = None
-        bbox = mpii_bbox(center, scale)
-        instances.append(Instance(
-            instance_id=i, image_id=image_id, image_path=path, bbox=bbox, keypoints=kp,
-            unified=native_to_unified(kp, skeleton), head_box=head,
-            area=float(bbox[2] * bbox[3])))
-    return instances, len(image_ids)
 
 
 def load_mpii_head_boxes(mat_path: Path) -> np.ndarray:
@@ -237,13 +235,24 @@ def load_dataset(spec: str | DataSpec, head_boxes: Path | None = None) -> Datase
     """Read a dataset named by a data spec; raises UniError naming the file and field at fault."""
     spec = parse_spec(spec)
     skeleton = get_skeleton(FORMATS[spec.format])
-    data = read_json(spec.annotations)
-    if spec.format == "mpii":
-        hb = load_mpii_head_boxes(head_boxes) if head_boxes else None
-        instances, n_images = _load_mpii(spec, data, skeleton, hb)
+    cols = key = None
+    if spec.annotations.is_file() and (not head_boxes or Path(head_boxes).is_file()):
+        key = cache_key(file_sha256(spec.annotations), spec.format, spec.image_root,
+                        file_sha256(head_boxes) if head_boxes else None)
+        cols = load_columns(key)  # pipeline/dataset_cache.py: parsed once, read back after
+    if cols is None:
+        if spec.format == "mpii":
+            hb = load_mpii_head_boxes(head_boxes) if head_boxes else None
+            cols = mpii_columns(spec.annotations, spec.image_root, hb)
+        else:
+            cols = coco_columns(spec.annotations, spec.image_root, skeleton,
+                                spec.format == "halpe")
+        dataset_id = file_sha256(spec.annotations)
+        if key is not None and key["dataset_id"] == dataset_id:  # unchanged while parsed
+            save_columns(key, cols)
     else:
-        instances, n_images = _load_coco_like(spec, data, skeleton)
-    return Dataset(spec, skeleton, file_sha256(spec.annotations), instances, n_images)
+        dataset_id = key["dataset_id"]
+    return Dataset(spec, skeleton, dataset_id, **vars(cols))
 
 
 def head_size(head_box: np.ndarray) -> float:
@@ -253,8 +262,7 @@ def head_size(head_box: np.ndarray) -> float:
 
 def summarize(dataset: Dataset) -> dict:
     """{"images", "instances", "keypoints": {unified name: labeled (v > 0) count}}."""
-    counts = np.zeros(len(UNIFIED_NAMES), dtype=np.int64)
-    for inst in dataset.instances:
-        counts += inst.unified[:, 2] > 0
-    return {"images": int(dataset.num_images), "instances": len(dataset.instances),
+    labeled = (dataset.keypoints[:, :, 2:] > 0).sum(axis=0)  # (K, 1) per native keypoint
+    counts = native_to_unified(labeled[None], dataset.skeleton)[0, :, 0]  # (21,)
+    return {"images": int(dataset.num_images), "instances": len(dataset.instance_ids),
             "keypoints": {n: int(c) for n, c in zip(UNIFIED_NAMES, counts, strict=True)}}

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from pipeline.crops import read_image
-from pipeline.datasets import Dataset, Instance
+from pipeline.datasets import Dataset
 from pipeline.errors import UniError, io_reason
 from pipeline.files import atomic_write
 from pipeline.skeletons import UNIFIED, UNIFIED_NAMES, Skeleton, native_to_unified
@@ -111,12 +111,12 @@ def save_rgb(path: Path, image: np.ndarray) -> None:
 
 def draw_dataset(dataset: Dataset, n_images: int, out_dir: Path) -> list[Path]:
     """Write PNGs of the first n_images images with every instance's box and skeleton."""
-    by_image: dict[int, list[Instance]] = {}
-    for inst in dataset.instances:
-        by_image.setdefault(inst.image_id, []).append(inst)
+    # Images in the order their first person comes, as the dataset's rows (columns, not objects).
+    images, first = np.unique(dataset.image_index, return_index=True)
     written = []
-    for image_id in list(by_image)[:n_images]:
-        insts = by_image[image_id]
+    for image in images[np.argsort(first)][:n_images]:
+        insts = [dataset.instance(r) for r in np.flatnonzero(dataset.image_index == image)]
+        image_id = insts[0].image_id
         img = read_image(insts[0].image_path)
         for inst in insts:
             draw_box(img, inst.bbox, label=str(inst.instance_id), copy=False)

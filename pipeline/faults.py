@@ -2,8 +2,10 @@
 reaches ``fault(POINT)``, so tests can kill a job at a named moment. Unset, it does nothing.
 
 Points: cache-start (store created and locked, nothing written), cache-batch (after a batch is
-written), store-finalize (inside StoreWriter.finalize), checkpoint (a checkpoint written to its
-temp file, not yet renamed).
+written), cache-task (a worker starting a task: kills that worker), store-chunk (after a
+batch's first heatmap chunk is written: mid-batch), store-reserve (before a store reserves room
+for a batch), store-finalize (inside StoreWriter.finalize), checkpoint (a checkpoint written
+to its temp file, not yet renamed), train-step (a training step taken, not yet checkpointed).
 """
 
 from __future__ import annotations

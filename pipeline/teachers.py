@@ -12,8 +12,6 @@ turned into 2-D maps on the input/4 grid (outer product of the x and y marginals
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.crops import DEFAULT_MEAN, DEFAULT_STD, normalize
+from pipeline.devices import CUDA, provider_used, resolve_device, session_providers
 from pipeline.errors import UniError
 from pipeline.files import atomic_write, file_sha256
 from pipeline.geometry import PADDING
@@ -239,58 +238,6 @@ def describe_model(src: Path, info: TeacherInfo, dst: Path | None = None) -> Pat
     return dst
 
 
-# --------------------------------------------------------------------------- providers
-
-
-def _cuda_libraries_load() -> bool:
-    """The driver and the CUDA libraries onnxruntime's CUDA provider links against are loadable."""
-    try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    import onnxruntime as ort
-
-    if hasattr(ort, "preload_dlls"):  # ORT ≥ 1.21 can load CUDA/cuDNN from the nvidia-* wheels
-        try:
-            ort.preload_dlls()
-        except Exception:  # best effort; the probe session below decides
-            pass
-    return True
-
-
-def _probe_model() -> bytes:
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
-
-
-@functools.lru_cache(maxsize=1)
-def pick_providers() -> tuple[str, ...]:
-    """('CUDAExecutionProvider', 'CPUExecutionProvider') when CUDA really works, else CPU only.
-
-    Quiet: asking onnxruntime-gpu for CUDA on a machine without it prints red load errors, so
-    the driver is checked first and a tiny probe session runs with the logger silenced.
-    """
-    import onnxruntime as ort
-
-    cpu = ("CPUExecutionProvider",)
-    if "CUDAExecutionProvider" not in ort.get_available_providers() or not _cuda_libraries_load():
-        return cpu
-    ort.set_default_logger_severity(4)
-    try:
-        sess = ort.InferenceSession(_probe_model(),
-                                    providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-        ok = "CUDAExecutionProvider" in sess.get_providers()
-    except Exception:
-        ok = False
-    finally:
-        ort.set_default_logger_severity(2)
-    return ("CUDAExecutionProvider",) + cpu if ok else cpu
-
-
 # --------------------------------------------------------------------------- running
 
 
@@ -318,22 +265,31 @@ def simcc_to_grid(p: np.ndarray, split: float, stride: float, size: int) -> np.n
 class Teacher:
     """An ONNX teacher ready to run: crops → (N, K, h, w) soft heatmaps in its native order."""
 
-    def __init__(self, path: Path, providers: list[str] | None = None, threads: int = 0):
+    def __init__(self, path: Path, providers: list[str] | None = None, threads: int = 0,
+                 device: str = "auto", slot: int = 0):
+        """providers: onnxruntime's, as given (tests); else from device (pipeline.devices:
+        auto | cpu | cuda | cuda:N) and slot (the worker's, for round-robin over GPUs)."""
         import onnxruntime as ort
 
         self.path = Path(path)
         self.info = read_info(self.path)
         self.sha256 = file_sha256(self.path)
         self.skeleton = get_skeleton(self.info.skeleton)
+        concrete = None if providers else resolve_device(device, slot)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads  # 0 = onnxruntime's default (all cores)
         opts.inter_op_num_threads = 1 if threads else 0
         opts.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=opts,
-                                                providers=list(providers or pick_providers()))
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=opts,
+                providers=list(providers) if providers else session_providers(concrete))
         except Exception as e:  # onnxruntime raises its own types for bad graphs
             raise UniError(f"{self.path}: onnxruntime cannot load it ({str(e)[:200]})") from None
+        self.provider = provider_used(self.session)  # what it really runs on
+        if concrete and concrete != "cpu" and self.provider != f"{CUDA}:{concrete[5:]}":
+            raise UniError(f"{self.path}: onnxruntime runs it on {self.provider}, not {concrete} "
+                           "(--device)")
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None

@@ -1,8 +1,10 @@
 """The soft-label store's format and its reader: one HDF5 file of teacher heatmaps per
-(teacher, dataset). stores/writer.py creates and writes stores.
+(teacher, dataset). stores/writer.py creates and writes stores, stores/encode.py makes the bytes
+of a row, stores/verify.py checks stores and records that it did.
 
-Schema (format_version 1) — readable with plain h5py (``import hdf5plugin`` first, for the
-compression filter); N instances, K keypoints in the teacher's native order, H×W heatmap grid:
+Schema (format_version 2; 1 is still read) — readable with plain h5py (``import hdf5plugin``
+first, for the compression filter); N instances, K keypoints in the teacher's native order,
+H×W heatmap grid:
 
   heatmaps      (N, K, H, W) uint8    chunks (1, K, H, W): one instance per chunk, so a shuffled
                                       read decodes exactly one chunk; compressed (CODEC below),
@@ -13,6 +15,8 @@ compression filter); N instances, K keypoints in the teacher's native order, H×
                                       conventions); a target is only valid for this view.
   instance_ids  (N,) int64            the dataset's instance ids; row r holds instance_ids[r].
   done          (N,) uint8            1 = row r is written (data flushed before done is set).
+  row_crc       (N,) uint32           (version 2) CRC-32 of row r's scales, affine, instance id
+                                      and done (encode.row_crcs); checked by every read.
 
   attributes    format_version (int), every StoreMeta field (dicts and tuples as JSON strings,
                 flip_test as a bool; stores written before its rename hold it as "flip"),
@@ -21,6 +25,9 @@ compression filter); N instances, K keypoints in the teacher's native order, H×
                 ISO 8601, completed "" until finished), complete (0/1), skipped (JSON object
                 {instance id: reason}), codec (a CODECS key), threshold (float).
   A reader must not use rows whose done is 0 (StoreReader.read raises UniError for them).
+  All small datasets carry fletcher32 too, which misses a 16-bit word going 0x0000 ↔ 0xffff
+  (its sums are mod 65535): row_crc sees that. Version 1 stores lack row_crc and are read
+  without that check; a writer resuming one adds it (stores/writer.py).
 
 Decoding row r:  heatmaps[r].astype(float32) * scales[r][:, None, None].
 
@@ -34,41 +41,49 @@ measurements"): zstd-1 stores within a few % of the smallest codec and decodes a
 zstd; lz4 reads faster but stores 1.6× more, and a training step's JPEG decode costs far more
 than either read. The default threshold (4/255, attribute "threshold", checked on resume) errs
 ≤ 1.6 % of the peak, and the KD loss's β = 10 sharpening weighs such values (4/255)^10 ≈ 0.
+
+Who encodes (tables: BENCHMARKS.md "Scale", bench/store_scale.py): workers quantise and
+compress (encode.encode_rows: HDF5 filters the chunk in an in-memory twin of the store's dataset
+and hands the bytes back), the one writer only writes them (StoreWriter.write_encoded:
+write_direct_chunk). Chosen over shards that workers write and a join merges: the bytes are the
+store's own, so plain h5py reads every store and fletcher32 checks every chunk as before, resume
+and kill safety stay one file's, and a join would read and write every byte once more — while
+direct chunks already clear the goal. Measured side by side on 17×64×48 maps, batches of 32,
+2 shared cores (two runs): the writer takes 24,200–30,600 instances/s from EncodedRows against
+1,560–1,650/s from float32 maps (16–19×), and a worker ships 4,700 bytes per instance instead
+of 208,950 (1/44). Rows scattered over the store (not in batch order) write at 12,300–14,500/s.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
-from collections.abc import Container, Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import h5py
-import hdf5plugin
 import numpy as np
-from tqdm import tqdm
 
 from pipeline.errors import UniError
+from stores.encode import (  # noqa: F401  (re-exported: the store's public names)
+    CODEC,
+    CODECS,
+    THRESHOLD,
+    EncodedRows,
+    dequantize,
+    encode_rows,
+    quantize,
+    row_crc,
+)
+from stores.verify import (  # noqa: F401  (StoreCheck, missing_instances: re-exported)
+    StoreCheck,
+    check_store,
+    missing_instances,
+)
 
-FORMAT_VERSION = 1
-THRESHOLD = 4.0 / 255.0  # default × channel max under which values are zeroed (see above)
-# Compression filters for the heatmaps (hdf5plugin); stores record the name in attr "codec".
-_Blosc = hdf5plugin.Blosc
-CODECS = {
-    "zstd-1": lambda: hdf5plugin.Zstd(clevel=1),
-    "zstd-3": lambda: hdf5plugin.Zstd(clevel=3),
-    "zstd-9": lambda: hdf5plugin.Zstd(clevel=9),
-    "lz4": lambda: hdf5plugin.LZ4(),
-    "blosc-lz4": lambda: _Blosc(cname="lz4", clevel=5, shuffle=_Blosc.SHUFFLE),
-    "blosc-lz4-bitshuffle": lambda: _Blosc(cname="lz4", clevel=5, shuffle=_Blosc.BITSHUFFLE),
-    "blosc-zstd": lambda: _Blosc(cname="zstd", clevel=3, shuffle=_Blosc.SHUFFLE),
-    "blosc-zstd-bitshuffle": lambda: _Blosc(cname="zstd", clevel=3, shuffle=_Blosc.BITSHUFFLE),
-    "gzip-4": lambda: {"compression": "gzip", "compression_opts": 4},
-}
-CODEC = "zstd-1"
-DATASETS = ("heatmaps", "scales", "affines", "instance_ids", "done")
+FORMAT_VERSION = 2  # what this uni writes
+OLDEST_VERSION = 1  # the oldest it still reads
+DATASETS = ("heatmaps", "scales", "affines", "instance_ids", "done")  # + row_crc from 2 on
 
 
 @dataclass
@@ -132,28 +147,6 @@ def meta_from_attrs(attrs, where: str) -> StoreMeta:
         raise UniError(f"{where}: bad attributes ({e})") from None
 
 
-def quantize(heatmaps: np.ndarray, threshold: float = THRESHOLD
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """heatmaps: (n, K, H, W) float ≥ 0 → (uint8 (n, K, H, W), scales (n, K) float32)."""
-    hm = np.maximum(np.asarray(heatmaps, np.float32), 0.0)
-    peak = hm.max(axis=(2, 3))  # (n, K)
-    scales = (peak / 255.0).astype(np.float32)
-    inv = np.divide(1.0, scales, out=np.zeros_like(scales), where=scales > 0)
-    q = np.rint(hm * inv[:, :, None, None])
-    q[hm < (threshold * peak)[:, :, None, None]] = 0
-    q = np.clip(q, 0, 254).astype(np.uint8)
-    # Only the first maximum gets 255, so the argmax (the decoded keypoint) survives exactly.
-    n, k = peak.shape
-    top = hm.reshape(n, k, -1).argmax(-1)
-    q.reshape(n, k, -1)[np.arange(n)[:, None], np.arange(k), top] = np.where(peak > 0, 255, 0)
-    return q, scales
-
-
-def dequantize(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """uint8 (..., K, H, W), scales (..., K) → float32 (..., K, H, W)."""
-    return np.multiply(q, scales[..., None, None], dtype=np.float32)
-
-
 def check_file(path: Path) -> None:
     """UniError unless `path` exists and is an HDF5 file."""
     if not path.exists():
@@ -182,41 +175,29 @@ def check_layout(f: h5py.File, where: str) -> StoreMeta:
     version = f.attrs.get("format_version")
     if version is None:
         raise UniError(f"{where}: attribute 'format_version' missing (not a uni store?)")
-    if int(version) != FORMAT_VERSION:
-        raise UniError(f"{where}: format_version {int(version)}, this uni reads "
-                       f"{FORMAT_VERSION}")
-    for name in DATASETS:
+    version = int(version)
+    if version > FORMAT_VERSION:
+        raise UniError(f"{where}: format_version {version}, written by a newer uni (this one "
+                       f"reads {OLDEST_VERSION} to {FORMAT_VERSION}); upgrade uni to read it")
+    if version < OLDEST_VERSION:
+        raise UniError(f"{where}: format_version {version}, this uni reads {OLDEST_VERSION} "
+                       f"to {FORMAT_VERSION}")
+    for name in DATASETS + (("row_crc",) if version >= 2 else ()):
         if name not in f:
             raise UniError(f"{where}: dataset {name!r} missing")
     meta = meta_from_attrs(f.attrs, where)
     n = f["instance_ids"].shape[0]
     want = {"heatmaps": (n, *meta.heatmap_shape), "scales": (n, meta.heatmap_shape[0]),
-            "affines": (n, 2, 3), "done": (n,)}
+            "affines": (n, 2, 3), "done": (n,), "row_crc": (n,)}
     for name, shape in want.items():
-        if f[name].shape != shape:
+        if name in f and f[name].shape != shape:
             raise UniError(f"{where}: dataset {name!r} has shape {f[name].shape}, "
                            f"expected {shape}")
     return meta
 
 
-def missing_instances(instance_ids: Iterable[int], row_of: dict[int, int], done: np.ndarray,
-                      skipped: Container[int]) -> list[int]:
-    """Those of `instance_ids` neither done (a row whose done is 1) nor skipped, in order:
-    what a complete store may not lack."""
-    return [i for i in map(int, instance_ids)
-            if i not in skipped and (i not in row_of or not done[row_of[i]])]
-
-
 _REPAIR_HINT = ("; if a cache-teachers run was killed while writing it, running it again "
                 "repairs the store")
-
-
-@dataclass
-class StoreCheck:
-    """What one full scan of a store found (StoreReader.check)."""
-
-    problems: list[str]  # every problem, one line each
-    damaged: dict[int, str]  # {row: problem} for the rows marked done among them
 
 
 class StoreReader:
@@ -226,9 +207,10 @@ class StoreReader:
         self.path = Path(path)
         with open_h5(self.path) as f:
             self.meta = check_layout(f, str(self.path))
+            self.version = int(f.attrs["format_version"])
             try:
                 self.instance_ids = f["instance_ids"][:].astype(np.int64)
-                self.done = f["done"][:].astype(bool)
+                self.done_raw = f["done"][:]  # (N,) uint8: 0 or 1 unless damaged
             except OSError as e:
                 raise UniError(f"{self.path}: instance_ids / done unreadable ({e}){_REPAIR_HINT}"
                                ) from None
@@ -240,6 +222,7 @@ class StoreReader:
             self.skipped = {int(k): v for k, v in json.loads(self.attrs["skipped"]).items()}
         except (KeyError, ValueError, AttributeError):
             raise UniError(f"{self.path}: attribute 'skipped' missing or not JSON") from None
+        self.done = self.done_raw != 0  # (N,) bool; a value not 0 or 1 is damage (check)
         self.row_of = {int(i): r for r, i in enumerate(self.instance_ids)}
         self._pid = None  # the process whose handle _f is
 
@@ -262,9 +245,10 @@ class StoreReader:
         try:
             self._scales = f["scales"][:]
             self._affines = f["affines"][:]
+            self._crc = f["row_crc"][:] if self.version >= 2 else None  # (N,) uint32
         except OSError as e:
-            raise UniError(f"{self.path}: scales / affines unreadable ({e}){_REPAIR_HINT}"
-                           ) from None
+            raise UniError(f"{self.path}: scales / affines / row_crc unreadable ({e})"
+                           f"{_REPAIR_HINT}") from None
         k, h, w = self.meta.heatmap_shape
         self._fspace = self._hm.id.get_space()
         self._mspace = h5py.h5s.create_simple((1, k, h, w))
@@ -287,6 +271,11 @@ class StoreReader:
         if not self.done[row]:
             raise UniError(f"{self.path}: instance {self.instance_ids[row]} (row {row}) is "
                            "not in the store (skipped or not computed yet)")
+        if self._crc is not None and self._crc[row] != row_crc(
+                self._scales[row], self._affines[row], self.instance_ids[row],
+                self.done_raw[row]):
+            raise UniError(f"{self.path}: metadata (scales, affine, done) of instance "
+                           f"{self.instance_ids[row]} (row {row}) fails its row_crc")
         try:
             out = self._read_chunk(row)
         except OSError as e:
@@ -304,60 +293,19 @@ class StoreReader:
             self._f.close()
         self._pid = None
 
-    def check(self, progress: bool = False) -> StoreCheck:
-        """One scan: read every chunk (checksums), check the done mask and the attributes."""
-        self._open()
-        allocated = np.zeros(len(self), bool)
-
-        def seen(info) -> None:
-            allocated[info.chunk_offset[0]] = True
-
-        self._hm.id.chunk_iter(seen)
-        found = StoreCheck([], {})
-        for row in tqdm(range(len(self)), desc=f"verify {self.path.name}", unit="inst",
-                        disable=not progress, file=sys.stderr, delay=1.0):  # quiet when quick
-            problem = self._row_problem(row, bool(allocated[row]))
-            if problem:
-                found.problems.append(f"instance {int(self.instance_ids[row])} (row {row}): "
-                                      f"{problem}")
-                if self.done[row]:
-                    found.damaged[row] = found.problems[-1]
-        if self.complete:
-            missing = missing_instances(self.instance_ids, self.row_of, self.done, self.skipped)
-            if missing:
-                found.problems.append(f"marked complete but {len(missing)} instances neither "
-                                      f"done nor skipped (first: instance {missing[0]})")
-        return found
+    def check(self, progress: bool = False, trust: bool = True) -> StoreCheck:
+        """Every chunk's checksum, every row's metadata, the done mask and the attributes.
+        trust: rows a recorded clean check still covers are not read again (stores/verify.py);
+        False reads every chunk (inspect-store --verify)."""
+        return check_store(self, progress, trust)
 
     def verify(self, progress: bool = False) -> list[str]:
-        """Every problem check() finds."""
-        return self.check(progress).problems
+        """Every problem a full check (every chunk read) finds."""
+        return self.check(progress, trust=False).problems
 
     def damaged(self, progress: bool = False) -> dict[int, str]:
-        """{row: problem} for rows marked done whose data check() finds unusable."""
+        """{row: problem} for rows marked done whose data is unusable (a trusting check)."""
         return self.check(progress).damaged
-
-    def _row_problem(self, row: int, allocated: bool) -> str | None:
-        """What is wrong with one row, or None."""
-        if not allocated:
-            return "marked done but has no data" if self.done[row] else None
-        try:
-            out = self._read_chunk(row)
-        except OSError:
-            return "heatmap chunk fails its checksum"
-        if not self.done[row]:
-            return None
-        s = self._scales[row]
-        if not (np.isfinite(s).all() and (s >= 0).all()):
-            return "scales not finite and ≥ 0"
-        if not np.isfinite(self._affines[row]).all():
-            return "affine not finite"
-        peak = out[0].reshape(self.meta.heatmap_shape[0], -1).max(-1)
-        wrong = np.flatnonzero((s > 0) != (peak == 255))
-        if len(wrong):
-            return (f"keypoint {wrong[0]} peak {peak[wrong[0]]} does not match its scale "
-                    f"{s[wrong[0]]}")
-        return None
 
     def summary(self) -> dict:
         """Provenance, counts and sizes (JSON-able; stores.inspect formats it)."""

@@ -1,226 +1,136 @@
-"""Writing a soft-label store (the format is stores/heatmap_store.py's): create it, lock it,
-write rows crash-safely, repair what a kill tore, finalize.
+"""Writing a soft-label store (format: stores/heatmap_store.py; created by stores/create.py):
+lock it, write rows crash-safely, mend what a kill tore, finalize.
 
-Kill safety: the writer writes heatmaps / scales / affines, flushes, then sets done and flushes
-again, so after a SIGKILL done ⊆ rows really written. One writer at a time: StoreWriter holds
-``<store>.lock`` (its pid and host); a lock left by a dead process is taken over with a warning.
-The file uses HDF5's default (earliest) format: the "latest" format marks files open for
-writing in the superblock, and a killed writer leaves a file HDF5 then refuses to open.
-Linux ends a write at a page boundary when SIGKILL arrives, and each batch rewrites a scales /
-affines / done chunk (up to META_CHUNK rows), so a kill can leave one failing its checksum: the
-next writer resets that chunk's rows (they are computed again), so a resumed store still ends
-equal to an uninterrupted one. Disk full: a write stops with a one-line UniError while
-MIN_FREE_BYTES are still free, store intact and resumable. A write HDF5 itself fails (quota, a
-disk filled by someone else) raises StoreWriteFailed; HDF5 may leave that file unopenable
-(resume then says to --overwrite it). The kill tests' log is in BENCHMARKS.md "Store design
-measurements".
+Kill safety: a batch writes its heatmap chunks, scales, affines and row_crc, flushes, then sets
+done and flushes again, so after a SIGKILL done ⊆ rows really written. One writer at a time:
+StoreWriter holds ``<store>.lock`` (stores/lock.py). The file uses HDF5's default (earliest)
+format: the "latest" format marks files open for writing in the superblock, and a killed writer
+leaves a file HDF5 then refuses to open. Linux ends a write at a page boundary when SIGKILL
+arrives, and each batch rewrites a scales / affines / done / row_crc chunk (up to META_CHUNK
+rows), so a kill can leave one failing its checksum: the next writer resets that chunk's rows,
+and any done row whose row_crc fails (they are computed again), so a resumed store still ends
+equal to an uninterrupted one.
+
+Finished rows survive a failed write (a disk filled by someone else, a quota, a file size
+limit), by two rules:
+1. Room first. Before each batch the writer reserves, with posix_fallocate on the store itself,
+   more than the batch can take (twice its chunk bytes, a chunk of each small dataset and
+   RESERVE_SLACK for HDF5's own metadata); every byte HDF5 then writes lands in space already
+   allocated, so it cannot fail for room. When the reservation fails nothing of the batch was
+   written: a one-line UniError, the store closed cleanly, resumable. (Checked after every
+   batch: HDF5's end of file never passed the reservation in the tests.)
+2. Nothing after a failure. Should an HDF5 write fail anyway (an I/O error, a file system that
+   does not honour fallocate), HDF5 has only written what the last flush committed plus data in
+   unreferenced space — its metadata cache holds every change until the flush (evictions off) —
+   and the writer at once points HDF5's file descriptor at an anonymous in-memory file, so no
+   later flush (close, interpreter exit) can write half a batch's metadata: the file on disk
+   stays as of the last batch, and the next run resumes it (StoreWriteFailed; exit 2).
+Disk almost full: a write also stops cleanly while MIN_FREE_BYTES are still free.
+The kill tests' log is in BENCHMARKS.md "Store design measurements".
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import socket
-import time
-from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
+from dataclasses import fields
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from pipeline.errors import UniError, io_reason
+from pipeline.errors import UniError
 from pipeline.faults import fault
-from pipeline.files import atomic_write
-from pipeline.skeletons import get_skeleton
-from stores.heatmap_store import (
+from stores.create import (  # noqa: F401  (create_store, StoreWriteFailed: re-exported)
+    META_CHUNK,
+    StoreWriteFailed,
+    create_meta_dataset,
+    create_store,
+    now,
+    write_failed,
+)
+from stores.encode import (
     CODEC,
-    CODECS,
-    FORMAT_VERSION,
     THRESHOLD,
+    EncodedRows,
+    encode_rows,
+    filter_pipeline,
+    row_crcs,
+    twin_filters,
+)
+from stores.guard import WRITE_ERRORS, WriteGuard
+from stores.heatmap_store import (
+    FORMAT_VERSION,
     StoreMeta,
     check_file,
     check_layout,
-    meta_to_attrs,
     missing_instances,
     open_h5,
-    quantize,
 )
+from stores.lock import release_lock, take_lock
+from stores.verify import WriterRecord
 
 log = logging.getLogger(__name__)
 
-META_CHUNK = 4096  # rows per chunk of the small per-instance datasets
-# A writer stops cleanly while this much disk is still free (plus the batch itself): HDF5
-# cannot recover a file whose writes failed (it may be left unopenable, and crashes at exit).
+# A writer stops cleanly while this much disk is still free (plus the batch itself).
 MIN_FREE_BYTES = 64 << 20
+RESERVE_SLACK = 1 << 20  # bytes reserved per batch for HDF5's metadata (index nodes, headers)
+_FORMAT_ATTRS = {"format_version", "to_unified", "software_version", "created", "updated",
+                 "completed", "complete", "skipped", "codec", "threshold", "flip"}
 
 
-class StoreWriteFailed(UniError):
-    """HDF5 failed to write a store this process holds open. HDF5 then crashes at interpreter
-    exit (SIGSEGV, seen with a full disk), so the CLI leaves with os._exit after its line."""
-
-    exit_hard = True
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def _write_failed(path: Path, e: BaseException) -> StoreWriteFailed:
-    return StoreWriteFailed(f"{path}: write failed ({io_reason(e)})")
+def _write_runs(ds: h5py.Dataset, runs: list[tuple[int, int]], data: np.ndarray) -> None:
+    """data (n, ...) into the rows of `runs` ((first row, length), ascending, n rows in all),
+    in one HDF5 write; h5py's indexing costs ~10× more per call than the write itself."""
+    fspace, tail = ds.id.get_space(), ds.shape[1:]
+    for i, (start, length) in enumerate(runs):
+        fspace.select_hyperslab((start, *(0,) * len(tail)), (length, *tail),
+                                op=h5py.h5s.SELECT_OR if i else h5py.h5s.SELECT_SET)
+    ds.id.write(h5py.h5s.create_simple(data.shape), fspace,
+                np.ascontiguousarray(data, dtype=ds.dtype))
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _software_version() -> str:
-    try:
-        return version("uni")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-# --------------------------------------------------------------------------- creating
-
-
-def create_store(path: Path, meta: StoreMeta, instance_ids, codec: str = CODEC,
-                 threshold: float = THRESHOLD) -> None:
-    """Write an empty store for these instances (done all 0): a temp file, then renamed."""
-    path = Path(path)
-    if codec not in CODECS:
-        raise UniError(f"unknown store codec {codec!r}; known: {', '.join(CODECS)}")
-    if not 0.0 <= threshold < 1.0:
-        raise UniError(f"store threshold must be in [0, 1) of the channel peak, got {threshold}")
-    ids = np.asarray(instance_ids, dtype=np.int64).reshape(-1)
-    if len(ids) == 0:
-        raise UniError(f"{path}: no instances to store")
-    if len(np.unique(ids)) != len(ids):
-        raise UniError(f"{path}: instance ids are not unique")
-    k, h, w = meta.heatmap_shape
-    to_unified = get_skeleton(meta.skeleton).to_unified  # UniError for an unknown skeleton
-    n = len(ids)
-    c = min(n, META_CHUNK)
-
-    def write(tmp: Path) -> None:
-        try:
-            f = h5py.File(str(tmp), "w")
-        except OSError as e:
-            raise UniError(f"{path}: cannot create the store ({io_reason(e)})") from None
-        with f:
-            f.create_dataset("heatmaps", (n, k, h, w), np.uint8, chunks=(1, k, h, w),
-                             fletcher32=True, fillvalue=0, **dict(CODECS[codec]()))
-            f.create_dataset("scales", (n, k), np.float32, chunks=(c, k), fletcher32=True)
-            f.create_dataset("affines", (n, 2, 3), np.float64, chunks=(c, 2, 3),
-                             fletcher32=True)
-            f.create_dataset("instance_ids", data=ids, chunks=(c,), fletcher32=True)
-            f.create_dataset("done", (n,), np.uint8, chunks=(c,), fletcher32=True, fillvalue=0)
-            a = f.attrs
-            a["format_version"] = FORMAT_VERSION
-            for key, value in meta_to_attrs(meta).items():
-                a[key] = value
-            a["to_unified"] = json.dumps(list(to_unified))
-            a["software_version"] = _software_version()
-            a["created"] = a["updated"] = _now()
-            a["completed"] = ""
-            a["complete"] = 0
-            a["skipped"] = "{}"
-            a["codec"] = codec
-            a["threshold"] = float(threshold)
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UniError(f"{path}: cannot create the store ({io_reason(e)})") from None
-    # Not <store>.tmp: pipeline.cache rebuilds a store under that name.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
-    try:
-        atomic_write(path, write, tmp=tmp)
-    except (OSError, RuntimeError) as e:  # h5py raises both for failed writes
-        raise _write_failed(path, e) from None
-
-
-# --------------------------------------------------------------------------- the lock
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _read_lock(lock: Path) -> tuple[int, str] | None:
-    try:
-        text = lock.read_text().split()
-        return int(text[0]), (text[1] if len(text) > 1 else "")
-    except (FileNotFoundError, ValueError, IndexError):
-        return None
-
-
-def _take_lock(path: Path) -> Path:
-    """Create <path>.lock holding our pid; take over a lock whose process is gone."""
-    lock = Path(str(path) + ".lock")
-    host = socket.gethostname()
-    for _ in range(3):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            held = _read_lock(lock)
-            if held is None:  # being written this instant, or garbage: look again
-                time.sleep(0.05)
-                held = _read_lock(lock)
-            if held is not None:
-                pid, owner_host = held
-                if owner_host and owner_host != host:
-                    raise UniError(f"{path}: is being written by pid {pid} on {owner_host} "
-                                   f"(remove {lock} if that is not true)") from None
-                if _pid_alive(pid):
-                    raise UniError(f"{path}: is being written by pid {pid}") from None
-            log.warning("%s: taking over the lock of pid %s, which is gone", path,
-                        held[0] if held else "?")
-            lock.unlink(missing_ok=True)
-            continue
-        except OSError as e:  # a read-only directory, say
-            raise UniError(f"{path}: cannot take the lock {lock} ({io_reason(e)})") from None
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(f"{os.getpid()} {host}\n")
-        except OSError as e:
-            lock.unlink(missing_ok=True)
-            raise UniError(f"{path}: cannot take the lock {lock} ({io_reason(e)})") from None
-        return lock
-    raise UniError(f"{path}: could not take {lock}")
-
-
-# --------------------------------------------------------------------------- writing
+def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
+    """(first row, length) of each run of consecutive rows; rows ascending."""
+    cut = np.flatnonzero(np.diff(rows) != 1) + 1
+    return [(int(r[0]), len(r)) for r in np.split(rows, cut)]
 
 
 class StoreWriter:
     """The single writer of a store (a context manager); holds ``<store>.lock`` while open.
-    Opening it resets the rows of chunks a killed writer tore (`rows_reset` says how many)."""
+    Opening it resets the rows of chunks a killed writer tore and of done rows whose row_crc
+    fails (`rows_reset` says how many), and upgrades a format 1 store to 2 (adds row_crc)."""
 
-    def __init__(self, path: Path, flush_every_s: float = 0.0):
+    def __init__(self, path: Path):
         self.path = Path(path)
         check_file(self.path)
-        self._lock = _take_lock(self.path)
+        self._lock = take_lock(self.path)
+        self._guard = None
+        self._record = None
         try:
-            self._f = open_h5(self.path, "r+")
-            self.meta = check_layout(self._f, str(self.path))
+            self._record = WriterRecord(self.path)  # before the file changes
+            self._f = f = open_h5(self.path, "r+")
+            self.meta = check_layout(f, str(self.path))
+            k = self.meta.heatmap_shape[0]  # a chunk of each small dataset, checksums too:
+            small = f["done"].chunks[0] * (4 * k + 48 + 1 + 4) + 16
+            self._guard = WriteGuard(self.path, f, small)
         except BaseException:
-            self._release()
+            self.close()
             raise
-        self._hm = self._f["heatmaps"]
-        self._scales = self._f["scales"]
-        self._affines = self._f["affines"]
-        self._done = self._f["done"]
-        self._ids = self._f["instance_ids"][:]
-        self.threshold = float(self._f.attrs.get("threshold", THRESHOLD))
-        self.flush_every_s = flush_every_s
-        self._failed = False
+        self._hm, self._done = f["heatmaps"], f["done"]
+        self._scales, self._affines = f["scales"], f["affines"]
+        self._ids = f["instance_ids"][:]
+        self._touched = np.zeros(len(self._ids), bool)  # rows written or reset: not verified
+        self.threshold = float(f.attrs.get("threshold", THRESHOLD))
+        self.codec = _text(f.attrs.get("codec", CODEC))
+        self._filters_checked = False
         try:
-            self.rows_reset = self._reset_torn_chunks()
+            self.rows_reset = self._mend()
         except BaseException:
             self.close()
             raise
@@ -231,77 +141,177 @@ class StoreWriter:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _reset_torn_chunks(self) -> int:
-        """Reset the scales / affines / done chunks a kill tore; returns how many rows it reset.
+    # ----------------------------------------------------------------------- mending
 
-        Their rows are marked not done and computed again; heatmap chunks are written once per
-        row, before the row is marked done, so they need nothing."""
-        n, c, k = len(self._ids), self._done.chunks[0], self.meta.heatmap_shape[0]
-        reset = 0
+    def _mend(self) -> int:
+        """Reset torn chunks' rows and done rows whose row_crc fails; add row_crc to a format 1
+        store. Returns how many rows it reset; they are computed again."""
+        f, n, c, k = self._f, len(self._ids), self._done.chunks[0], self.meta.heatmap_shape[0]
+        upgrade = int(f.attrs["format_version"]) < 2
+        small = [d for d in (self._done, self._scales, self._affines, f.get("row_crc"))
+                 if d is not None]
+        torn = []
         for start in range(0, n, c):
-            sl = slice(start, min(start + c, n))
             try:
-                self._done[sl], self._scales[sl], self._affines[sl]
-                continue
+                for d in small:
+                    d[start:start + c]
             except OSError:  # checksum or decode failure
-                pass
-            m = sl.stop - sl.start
-            try:  # whole chunks: HDF5 replaces them without reading the torn ones
+                torn.append(slice(start, min(start + c, n)))
+        if torn or upgrade:
+            self._guard.reserve(RESERVE_SLACK + 4 * n)
+        reset = np.zeros(n, bool)
+        with self._guard.writing():
+            if upgrade and "row_crc" not in f:
+                create_meta_dataset(f, "row_crc", (n,), np.uint32, c, fillvalue=0)
+            self._crc = f["row_crc"]
+            for sl in torn:  # whole chunks, in their stored dtypes: HDF5 replaces them
+                m = sl.stop - sl.start  # without reading the torn ones
                 self._scales[sl] = np.zeros((m, k), np.float32)
                 self._affines[sl] = np.zeros((m, 2, 3))
                 self._done[sl] = np.zeros(m, np.uint8)
-            except (OSError, RuntimeError) as e:
-                self._failed = True
-                raise _write_failed(self.path, e) from None
-            reset += m
-        if reset:
-            self._f.flush()
+                self._crc[sl] = np.zeros(m, np.uint32)
+                reset[sl] = True
+            done, crc = self._done[:], self._crc[:]
+            rows = np.flatnonzero(done)
+            crcs = row_crcs(self._scales[:][rows], self._affines[:][rows], self._ids[rows],
+                            done[rows])
+            # A format 1 row has no row_crc yet: it is taken as it is.
+            bad = rows[(done[rows] > 1) | ((crcs != crc[rows]) & (not upgrade))]
+            if len(bad):
+                if not (torn or upgrade):
+                    self._guard.reserve(RESERVE_SLACK)
+                done[bad] = 0
+                self._done[:] = done
+                reset[bad] = True
+            if upgrade:
+                crc[:] = 0
+                crc[rows] = np.where(done[rows] == 1, crcs, 0)
+                self._crc[:] = crc
+            if len(bad) or torn or upgrade:
+                f.flush()
+            if upgrade:  # only once row_crc is whole
+                f.attrs["format_version"] = FORMAT_VERSION
+                f.flush()
+        self._is_done = done == 1  # (N,) bool, kept in step with the file
+        self._touched |= reset
+        if reset.any():
             log.warning("%s: %d rows torn by an interrupted write will be computed again",
-                        self.path, reset)
-        return reset
+                        self.path, int(reset.sum()))
+        if upgrade:
+            log.info("%s: upgraded to store format %d (row_crc added)", self.path,
+                     FORMAT_VERSION)
+        return int(reset.sum())
+
+    # ----------------------------------------------------------------------- writing
 
     def write(self, rows: np.ndarray, heatmaps: np.ndarray, affines: np.ndarray) -> None:
-        """rows (n,) int, heatmaps (n, K, H, W) float ≥ 0, affines (n, 2, 3) image → grid."""
+        """rows (n,) int, heatmaps (n, K, H, W) float ≥ 0, affines (n, 2, 3) image → grid.
+        Encodes here (encode_rows), then write_encoded."""
         rows = np.asarray(rows, np.int64).reshape(-1)
         heatmaps = np.asarray(heatmaps)
-        affines = np.asarray(affines, np.float64)
         n = len(rows)
-        if heatmaps.shape != (n, *self.meta.heatmap_shape) or affines.shape != (n, 2, 3):
-            raise UniError(f"{self.path}: write of {n} rows got heatmaps {heatmaps.shape} and "
-                           f"affines {affines.shape}, expected (n, {self.meta.heatmap_shape}) "
-                           "and (n, 2, 3)")
+        if heatmaps.shape != (n, *self.meta.heatmap_shape):
+            raise UniError(f"{self.path}: write of {n} rows got heatmaps {heatmaps.shape}, "
+                           f"expected (n, {self.meta.heatmap_shape})")
+        self._check_rows(rows)
+        bad = np.flatnonzero(~np.isfinite(heatmaps).all(axis=(1, 2, 3)))
+        if len(bad):
+            raise UniError(f"{self.path}: instance {self._ids[rows[bad[0]]]}: heatmaps or "
+                           "affine not finite")
+        self.write_encoded(rows, encode_rows(heatmaps, self.threshold, self.codec), affines)
+
+    def write_encoded(self, rows: np.ndarray, encoded: EncodedRows, affines: np.ndarray
+                      ) -> None:
+        """rows (n,) int, their finished chunks and scales (encode_rows), affines (n, 2, 3)
+        image → grid. The chunks go to disk as they are (write_direct_chunk): the writer only
+        writes. Order: room reserved; chunks, scales, affines, row_crc; flush; done; flush."""
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        affines = np.asarray(affines, np.float64)
+        self._check_encoded(rows, encoded, affines)
+        n = len(rows)
         if n == 0:
             return
-        if rows.min() < 0 or rows.max() >= len(self._ids) or len(np.unique(rows)) != n:
+        self._guard.refuse_if_stopped()
+        chunk_bytes = sum(map(len, encoded.chunks))
+        self._check_space(chunk_bytes)
+        order = np.argsort(rows)
+        rows, affines = rows[order], affines[order]
+        scales = np.asarray(encoded.scales, np.float32)[order]
+        masks = np.asarray(encoded.filter_masks, np.uint32)[order]
+        crcs = row_crcs(scales, affines, self._ids[rows], np.ones(n, np.uint8))
+        runs = _runs(rows)
+        reserved_to = self._guard.reserve(2 * chunk_bytes + RESERVE_SLACK)
+        self._touched[rows] = True
+        with self._guard.writing():
+            again = rows[self._is_done[rows]]
+            if len(again):  # rewritten rows are not done until their new data is flushed:
+                _write_runs(self._done, _runs(again), np.zeros(len(again), np.uint8))
+                self._f.flush()  # their old chunks' space may be reused in this batch
+                self._is_done[again] = False
+            write_chunk = self._hm.id.write_direct_chunk
+            for j, r in enumerate(rows):  # ascending; order[j]: its place in `encoded`
+                write_chunk((int(r), 0, 0, 0), encoded.chunks[order[j]], int(masks[j]))
+                if j == 0:
+                    fault("store-chunk")  # test hook: a failure here lands mid-batch
+            _write_runs(self._scales, runs, scales)
+            _write_runs(self._affines, runs, affines)
+            _write_runs(self._crc, runs, crcs)
+            self._f.flush()  # data on disk before it is marked done
+        self._guard.check_reserved(reserved_to)
+        reserved_to = self._guard.reserve(RESERVE_SLACK)  # should the flush have trimmed it
+        with self._guard.writing():
+            _write_runs(self._done, runs, np.ones(n, np.uint8))
+            self._f.flush()
+        self._is_done[rows] = True
+        self._guard.check_reserved(reserved_to)
+
+    def _check_rows(self, rows: np.ndarray) -> None:
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self._ids)
+                          or len(np.unique(rows)) != len(rows)):
             raise UniError(f"{self.path}: write rows out of range or repeated")
-        bad = ~np.isfinite(heatmaps).all(axis=(1, 2, 3)) | ~np.isfinite(affines).all(axis=(1, 2))
+
+    def _check_encoded(self, rows: np.ndarray, enc: EncodedRows, affines: np.ndarray) -> None:
+        """UniError unless `enc` was encoded for this store and matches rows and affines; the
+        filter pipeline is compared once per writer."""
+        shape = tuple(self.meta.heatmap_shape)
+        problem = enc.mismatch(len(rows), shape, self.codec, self.threshold)
+        if problem is None and affines.shape != (len(rows), 2, 3):
+            problem = f"affines of shape {affines.shape} for {len(rows)} rows"
+        if problem:
+            raise UniError(f"{self.path}: {problem}")
+        self._check_rows(rows)
+        bad = ~np.isfinite(affines).all(axis=(1, 2)) | ~(np.isfinite(enc.scales)
+                                                         & (enc.scales >= 0)).all(axis=1)
         if bad.any():
             raise UniError(f"{self.path}: instance {self._ids[rows[bad][0]]}: heatmaps or "
                            "affine not finite")
-        self._check_space(n)
-        q, scales = quantize(heatmaps, self.threshold)
-        order = np.argsort(rows)
-        rows, q, scales, affines = rows[order], q[order], scales[order], affines[order]
-        try:
-            for i, r in enumerate(rows):
-                self._hm[r] = q[i]
-            self._scales[rows] = scales
-            self._affines[rows] = affines
-            self._f.flush()  # data on disk before it is marked done
-            self._done[rows] = 1
-            self._f.flush()
-        except (OSError, RuntimeError) as e:  # h5py raises both for failed writes
-            self._failed = True
-            raise _write_failed(self.path, e) from None
+        if not self._filters_checked:
+            if filter_pipeline(self._hm) != twin_filters(shape, self.codec):
+                raise UniError(f"{self.path}: the heatmaps' filters {filter_pipeline(self._hm)}"
+                               f" are not codec {self.codec!r}'s")
+            self._filters_checked = True
 
-    def _check_space(self, n: int) -> None:
+    def _check_space(self, chunk_bytes: int) -> None:
         """Stop, store intact, before the disk fills up (see MIN_FREE_BYTES)."""
-        need = MIN_FREE_BYTES + 2 * n * int(np.prod(self.meta.heatmap_shape))
+        need = MIN_FREE_BYTES + 2 * chunk_bytes
         free = shutil.disk_usage(self.path.parent).free
         if free < need:
             raise UniError(f"{self.path}: disk full ({free / 1e6:.0f} MB free, {need / 1e6:.0f}"
                            " MB needed to write safely); the store is intact: free some space "
                            "and run again to resume")
+
+    def set_attr(self, name: str, value: str | int | float) -> None:
+        """Set one store attribute of the writer's own (e.g. which providers computed it),
+        flushed at once; the attributes of the format and the store's identity are refused."""
+        if name in _FORMAT_ATTRS or name in {f.name for f in fields(StoreMeta)}:
+            raise UniError(f"{self.path}: attribute {name!r} belongs to the store format")
+        self._guard.refuse_if_stopped()
+        self._guard.reserve(RESERVE_SLACK + len(str(value)))
+        with self._guard.writing():
+            self._f.attrs[name] = value
+            self._f.flush()
+
+    # ----------------------------------------------------------------------- finishing
 
     def finalize(self, skipped: dict[int, str] | None = None) -> None:
         """Mark the store complete: every row done or skipped ({instance id: reason})."""
@@ -316,39 +326,55 @@ class StoreWriter:
         if missing:
             raise UniError(f"{self.path}: cannot finalize, {len(missing)} instances neither "
                            f"written nor skipped (first: {missing[0]})")
-        try:
+        self._guard.reserve(RESERVE_SLACK + len(json.dumps(skipped)))
+        with self._guard.writing():
             a = self._f.attrs
             a["skipped"] = json.dumps({str(k): v for k, v in sorted(skipped.items())})
             fault("store-finalize")
             a["complete"] = 1
-            a["completed"] = a["updated"] = _now()
+            a["completed"] = a["updated"] = now()
             self._f.flush()
-        except (OSError, RuntimeError) as e:
-            self._failed = True
-            raise _write_failed(self.path, e) from None
 
     def close(self) -> None:
-        f = getattr(self, "_f", None)
+        """Flush and close (a cut-off handle closes onto nothing), trim the reservation's
+        unused tail, carry the verification record over, release the lock."""
+        f, guard = getattr(self, "_f", None), self._guard
         try:
-            if f is not None and f.id.valid:
-                try:
-                    if not self._failed and not int(f.attrs["complete"]):
-                        f.attrs["updated"] = _now()
-                    f.close()
-                except (OSError, RuntimeError) as e:
-                    if not self._failed:  # else the first failure is the one to report
-                        self._failed = True
-                        raise _write_failed(self.path, e) from None
+            end = None
+            try:
+                if f is not None and f.id.valid:
+                    end = self._close_file(f)
+            finally:
+                if guard is not None:
+                    guard.close(end)  # None after a failure: no trimming
+            if guard is not None and not guard.failed and hasattr(self, "_touched"):
+                self._record.close(self._touched, FORMAT_VERSION)  # opened as a store
         finally:
-            self._release()
-
-    def _release(self) -> None:
-        lock = getattr(self, "_lock", None)
-        if lock is not None:
-            held = _read_lock(lock)
-            if held is not None and held[0] == os.getpid():
-                lock.unlink(missing_ok=True)
+            self._guard = None
+            release_lock(getattr(self, "_lock", None))
             self._lock = None
+
+    def _close_file(self, f) -> int | None:
+        """Close HDF5's file; its end of file at the last flush (None after a failure)."""
+        guard = self._guard
+        failed = guard is not None and guard.failed
+        end, error = None, None
+        try:
+            if guard is not None and not (failed or guard.short) and not int(f.attrs["complete"]):
+                f.attrs["updated"] = now()
+            f.flush()
+            end = f.id.get_filesize()
+        except WRITE_ERRORS as e:
+            if guard is not None and not failed:  # else the first failure is the one reported
+                guard.cut_off()
+                error, end = e, None
+        try:
+            f.close()  # a cut-off handle may complain: its writes went nowhere, as meant
+        except WRITE_ERRORS as e:
+            error = error or (None if failed else e)
+        if error is not None:
+            raise write_failed(self.path, error) from None
+        return None if failed else end
 
 
 def repair_store(path: Path) -> int:
@@ -361,7 +387,7 @@ def repair_store(path: Path) -> int:
         return w.rows_reset
 
 
-def write_store(path: Path, meta: StoreMeta, instance_ids, heatmaps: np.ndarray,
+def write_store(path: Path, meta, instance_ids, heatmaps: np.ndarray,
                 affines: np.ndarray) -> None:
     """One shot: a complete store of these instances (heatmaps (N, K, H, W), affines (N, 2, 3))."""
     create_store(path, meta, instance_ids)

@@ -1,8 +1,10 @@
 """Student checkpoints: find, save atomically, load safely, rebuild the model.
 
-A checkpoint is a dict: model and optimizer state dicts, the run's position (epoch, step,
-step_in_epoch, best validation loss), val_loss, the RNG states, the resolved config and the
-teacher names. Everything in it is a tensor or a plain Python value, so it loads with
+A checkpoint is a dict: model, optimizer and grad-scaler state dicts, the run's position
+(epoch, step, step_in_epoch, best validation loss, and mid-epoch the epoch's running loss sums
+and the unreadable samples met so far), val_loss, the RNG states, the resolved config and the
+teacher names: everything a resume needs to continue exactly, at an epoch end or mid-epoch.
+Everything in it is a tensor or a plain Python value, so it loads with
 ``torch.load(..., weights_only=True)``: a checkpoint from someone else can be evaluated without
 running whatever a pickle might hold; one that holds anything else is refused in one line.
 """
@@ -13,7 +15,7 @@ import math
 import pickle
 import random
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,9 @@ class Position:
     step: int = 0  # optimiser steps so far, all epochs
     step_in_epoch: int = 0
     best: float = math.inf  # lowest validation loss so far
+    sums: dict[str, float] = field(default_factory=dict)  # loss term → Σ over this epoch's samples
+    seen: int = 0  # samples behind `sums` (rank 0's: the ones metrics.csv reports)
+    skipped: list[str] = field(default_factory=list)  # unreadable samples, all ranks, in order
 
 
 def run_name(path: Path) -> str:
@@ -91,6 +96,14 @@ def load_student(path: Path) -> tuple[torch.nn.Module, dict]:
     return model.eval(), cfg
 
 
+def seed_rngs(seed: int) -> None:
+    """Python's, numpy's and torch's global RNGs seeded: a run's RNG states are a function of
+    its config, whatever the process did before (a resume restores them from its checkpoint)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def rng_states() -> dict:
     """Python's, numpy's and torch's global RNG states, as plain values and a tensor."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -108,10 +121,12 @@ def set_rng_states(states: dict) -> None:
 
 def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
                     pos: Position, cfg: dict, teachers: list[str],
-                    val_loss: float | None = None) -> None:
+                    val_loss: float | None = None,
+                    scaler: torch.amp.GradScaler | None = None) -> None:
     """Write a checkpoint atomically; a full disk is one UniError and the old file is kept."""
     ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(), **asdict(pos),
-            "val_loss": val_loss, "rng": rng_states(), "config": cfg, "teachers": teachers}
+            "val_loss": val_loss, "rng": rng_states(), "config": cfg, "teachers": teachers,
+            "scaler": scaler.state_dict() if scaler is not None else {}}
 
     def write(tmp: Path) -> None:
         torch.save(ckpt, tmp)
@@ -125,10 +140,15 @@ def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
                        f"{free:.0f} MB free); the previous one is kept") from None
 
 
-def restore(ckpt: dict, model: torch.nn.Module, opt: torch.optim.Optimizer) -> Position:
-    """Load a checkpoint's model, optimiser and RNG states; returns its position."""
+def restore(ckpt: dict, model: torch.nn.Module, opt: torch.optim.Optimizer,
+            scaler: torch.amp.GradScaler | None = None) -> Position:
+    """Load a checkpoint's model, optimiser, grad-scaler and RNG states; returns its position
+    (an older version's checkpoint lacks the running sums: its epoch's means restart)."""
     model.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
     set_rng_states(ckpt["rng"])
     return Position(ckpt["epoch"], ckpt["step"], ckpt["step_in_epoch"],
-                    ckpt.get("best", math.inf))
+                    ckpt.get("best", math.inf), dict(ckpt.get("sums", {})),
+                    int(ckpt.get("seen", 0)), list(ckpt.get("skipped", [])))

@@ -8,12 +8,17 @@ names with _ for -:
   kd_decay {teacher: none|linear}, kd_loss (kl|mse), kd_beta, seed, amp, strict,
   skip_corrupt (train without the instances whose cached targets fail verification),
   val_fraction (held-out slice of the training instances when val_data is empty; 0 = no val),
-  save_every (steps between mid-epoch checkpoints; 0 = at epoch ends only), log_every (steps),
-  max_steps (stop after this many optimiser steps; 0 = no limit), resume (bool).
+  save_every (steps between mid-epoch checkpoints; 0 = none by steps), save_every_s (seconds
+  between mid-epoch checkpoints, 600 = a kill loses at most ~10 minutes; 0 = none by time;
+  last.pt is also written at every epoch end), log_every (steps), max_steps (stop after this
+  many optimiser steps; 0 = no limit), resume (bool).
+Keys without a CLI option (weight_decay, warmup_steps, kd_beta, val_fraction, max_steps,
+save_every, save_every_s, log_every) are set in the --config TOML; README "Stage two" lists them.
 """
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +37,7 @@ DEFAULTS: dict = {
     "workers": 2, "gt_weight": 0.3, "kd_weight": {}, "kd_decay": {}, "kd_loss": "kl",
     "kd_beta": 10.0, "seed": 0, "amp": False, "strict": False, "skip_corrupt": False,
     "val_fraction": 0.05,
-    "save_every": 0, "log_every": 20, "max_steps": 0, "resume": False,
+    "save_every": 0, "save_every_s": 600.0, "log_every": 20, "max_steps": 0, "resume": False,
 }
 # The paper's weights (docs/conventions.md "The method") for the two-teacher COCO + MPII setting.
 PAPER_KD = {"coco17": (0.25, "none"), "mpii16": (0.45, "linear")}
@@ -87,6 +92,15 @@ def read_config_file(path: Path) -> dict:
     return out
 
 
+def read_run_config(path: Path) -> dict:
+    """A run directory's config.toml (write_config's output) → config dict."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise UniError(f"{path}: unreadable run config ({e})") from None
+
+
 def write_config(path: Path, cfg: dict) -> None:
     """The resolved config as TOML (tomllib reads it back to the same dict)."""
     write_text(path, tomli_w.dumps(cfg))
@@ -120,10 +134,12 @@ def resolve_config(config: dict) -> dict:
         for key in ("epochs", "batch_size", "workers", "seed", "save_every", "log_every",
                     "max_steps", "warmup_steps"):
             cfg[key] = int(cfg[key])
-        for key in ("lr", "weight_decay", "gt_weight", "kd_beta", "val_fraction"):
+        for key in ("lr", "weight_decay", "gt_weight", "kd_beta", "val_fraction",
+                    "save_every_s"):
             cfg[key] = float(cfg[key])
     except (TypeError, ValueError) as e:
         raise UniError(f"config: bad value ({e})") from None
+    _finite(cfg)
     if len(cfg["input_wh"]) != 2 or min(cfg["input_wh"]) < 4:
         raise UniError(f"config: input_wh must be [w, h], got {cfg['input_wh']}")
     if cfg["epochs"] < 1 or cfg["batch_size"] < 1 or cfg["workers"] < 0:
@@ -133,6 +149,19 @@ def resolve_config(config: dict) -> dict:
     for key in ("amp", "strict", "skip_corrupt", "resume"):
         cfg[key] = bool(cfg[key])
     return cfg
+
+
+def _finite(cfg: dict) -> None:
+    """A NaN or infinite weight or rate would train on garbage (or stop at the first step):
+    refused here, before any data is read."""
+    for key in ("lr", "weight_decay", "gt_weight", "kd_beta", "save_every_s"):
+        if not math.isfinite(cfg[key]):
+            raise UniError(f"config: {key} must be a finite number, got {cfg[key]}")
+    for name, w in cfg["kd_weight"].items():
+        if not math.isfinite(w):
+            raise UniError(f"--kd-weight {name}: must be a finite number, got {w}")
+    if cfg["save_every_s"] < 0 or cfg["save_every"] < 0:
+        raise UniError("config: save_every and save_every_s must be ≥ 0 (0 = off)")
 
 
 def teacher_weights(cfg: dict, skeletons: dict[str, str]) -> tuple[dict, dict]:

@@ -143,7 +143,9 @@ class PoseSamples(torch.utils.data.Dataset):
 
     Item i → dict: image (3, H, W) float32, gt_heatmaps (21, h, w), gt_weights (21,),
     kd_targets (T, 21, h, w), kd_masks (T, 1, h, w), kd_weights (T, 21), index; or
-    {"skipped": "path: reason (format instance id)"} when the image cannot be read.
+    {"skipped": "path: reason (format instance id)"} when the image cannot be read, or
+    {"damaged": "store: reason"} when a cached target fails its checksum (one line, even from
+    a DataLoader worker, which would wrap an exception in its traceback).
     T = len(teachers) (fixed order);
     a teacher with no store for the sample's dataset gives all-zero masks and weights.
     """
@@ -166,9 +168,10 @@ class PoseSamples(torch.utils.data.Dataset):
         self.epoch = 0
         self.padding = padding
         self.sigma = sigma
-        # (dataset index, instance index) pairs; default: everything.
-        self.items = instances if instances is not None else [
-            (d, i) for d, ds in enumerate(datasets) for i in range(len(ds.instances))]
+        # (M, 2) int64 (dataset index, row) pairs; default: everything. An array, not tuples:
+        # forked DataLoader workers read it without touching (and so copying) Python objects.
+        self.items = (np.asarray(instances, np.int64).reshape(-1, 2) if instances is not None
+                      else all_items(datasets))
         self._to_grid = crop_to_heatmap(self.input_wh, self.hm_wh)
 
     def __len__(self) -> int:
@@ -183,9 +186,9 @@ class PoseSamples(torch.utils.data.Dataset):
         return sample_view(np.random.default_rng([self.seed, self.epoch, index]), self.augment)
 
     def __getitem__(self, index: int) -> dict:
-        d, i = self.items[index]
+        d, i = self.items[index].tolist()
         ds = self.datasets[d]
-        inst = ds.instances[i]
+        inst = ds.instance(i)  # built from the dataset's columns
         try:
             image = read_image(inst.image_path)
         except UniError as e:
@@ -207,7 +210,10 @@ class PoseSamples(torch.utils.data.Dataset):
             row = src.reader.row_of.get(inst.instance_id)
             if row is None or not src.reader.done[row]:
                 continue
-            maps, a_teacher = src.reader.read(row)
+            try:
+                maps, a_teacher = src.reader.read(row)
+            except UniError as e:  # damaged since it was checked: the loop refuses or skips it
+                return {"damaged": str(e)}
             kd[j], kd_mask[j], kd_w[j] = teacher_targets(maps, a_teacher, src.skeleton, a_grid,
                                                          v.flip, self.hm_wh)
         return {"image": torch.from_numpy(normalize(crop[None])[0]),
@@ -217,9 +223,10 @@ class PoseSamples(torch.utils.data.Dataset):
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack the readable samples; batch["skipped"] lists the unreadable ones ("path: reason")."""
-    good = [s for s in samples if "skipped" not in s]
-    batch: dict = {"skipped": [s["skipped"] for s in samples if "skipped" in s]}
+    """Stack the readable samples; batch["skipped"] lists the unreadable images and
+    batch["damaged"] the unreadable cached targets ("path: reason")."""
+    good = [s for s in samples if "skipped" not in s and "damaged" not in s]
+    batch: dict = {key: [s[key] for s in samples if key in s] for key in ("skipped", "damaged")}
     if good:
         for key in good[0]:
             batch[key] = (torch.tensor([s[key] for s in good]) if key == "index"
@@ -274,7 +281,7 @@ def match_stores(store_paths: list[Path], datasets: list[Dataset],
         if skeletons.setdefault(meta.teacher_name, meta.skeleton) != meta.skeleton:
             raise UniError(f"{f}: teacher {meta.teacher_name!r} has skeleton {meta.skeleton} "
                            f"here but {skeletons[meta.teacher_name]} in another store")
-        missing = len(missing_instances((i.instance_id for i in ds.instances), reader.row_of,
+        missing = len(missing_instances(ds.instance_ids.tolist(), reader.row_of,
                                         reader.done, reader.skipped))
         if missing:
             raise UniError(f"{f}: missing {missing} of {len(ds.instances)} instances of "
@@ -283,11 +290,18 @@ def match_stores(store_paths: list[Path], datasets: list[Dataset],
     return sorted(skeletons), skeletons, sources
 
 
+def all_items(datasets: list[Dataset]) -> np.ndarray:
+    """(M, 2) int64 (dataset index, row) of every instance of every dataset."""
+    return np.concatenate([np.zeros((0, 2), np.int64)] + [
+        np.stack([np.full(len(ds.instance_ids), d), np.arange(len(ds.instance_ids))], axis=1)
+        for d, ds in enumerate(datasets)]).astype(np.int64)
+
+
 def split_items(datasets: list[Dataset], val_fraction: float, seed: int
                 ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """(training items, held-out items) as (dataset index, instance index) pairs: a seeded
     random `val_fraction` of all instances held out (at least one; none when it is 0)."""
-    items = [(d, i) for d, ds in enumerate(datasets) for i in range(len(ds.instances))]
+    items = [(d, i) for d, ds in enumerate(datasets) for i in range(len(ds.instance_ids))]
     if val_fraction == 0.0:
         return items, []
     rng = np.random.default_rng(seed)
@@ -297,27 +311,36 @@ def split_items(datasets: list[Dataset], val_fraction: float, seed: int
             [x for j, x in enumerate(items) if j in held])
 
 
-def check_stores(sources: dict[tuple[str, str], TeacherSource], datasets: list[Dataset],
-                 items: list[tuple[int, int]], skip_corrupt: bool, progress: bool = False,
-                 verbose: bool = True) -> list[tuple[int, int]]:
-    """Read every store's chunks once, before training: damaged cached targets are refused in
-    one line, or (skip_corrupt) their instances are dropped from `items` and counted."""
-    bad: dict[str, set[int]] = {}  # dataset id → instance ids with a damaged target
+def check_stores(sources: dict[tuple[str, str], TeacherSource], progress: bool = False
+                 ) -> tuple[dict[str, set[int]], str | None]:
+    """Check every store once before training (one rank does; student/train.py shares the
+    answer): → ({dataset id: instance ids whose cached targets are damaged}, the first problem
+    as one line, or None). A store recorded as verified and unchanged since is trusted: only
+    its new rows' chunks are read, every row's metadata is checked (stores/verify.py)."""
+    bad: dict[str, set[int]] = {}
     first = None
     for (_, dataset_id), src in sources.items():
-        damaged = src.reader.damaged(progress=progress)
+        damaged = src.reader.check(progress=progress, trust=True).damaged
         src.reader.close()  # DataLoader workers open their own handles
         if damaged:
             first = first or f"{src.path}: {next(iter(damaged.values()))}"
             bad.setdefault(dataset_id, set()).update(
                 int(src.reader.instance_ids[r]) for r in damaged)
+    return bad, first
+
+
+def drop_damaged(bad: dict[str, set[int]], first: str | None, datasets: list[Dataset],
+                 items: list[tuple[int, int]], skip_corrupt: bool, verbose: bool = True
+                 ) -> list[tuple[int, int]]:
+    """check_stores' damaged instances refused in one line, or (skip_corrupt) dropped from
+    `items` and counted."""
     if not bad:
         return items
     n = sum(len(ids) for ids in bad.values())
     if not skip_corrupt:
         raise UniError(f"{first}; {n} damaged instance(s) in the stores (uni inspect-store "
                        "--verify lists them; --skip-corrupt trains without them)")
-    keep = [(d, i) for d, i in items if datasets[d].instances[i].instance_id
+    keep = [(d, i) for d, i in items if int(datasets[d].instance_ids[i])
             not in bad.get(datasets[d].dataset_id, ())]
     if verbose:
         print(f"uni: skipping {len(items) - len(keep)} training instances whose cached "

@@ -1,4 +1,5 @@
-"""Data-parallel plumbing for the trainer: process group, CPU threads, sums, samplers.
+"""Data-parallel plumbing for the trainer: process group, CPU threads, sums, broadcasts,
+samplers.
 
 The trainer runs single-process or under ``torchrun --nproc-per-node N`` (gloo on CPU, nccl on
 GPU); these helpers make the single-process case a world of one.
@@ -58,6 +59,24 @@ def all_sum(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def broadcast(obj: object, src: int = 0) -> object:
+    """Rank `src`'s (picklable) `obj` on every rank; the others wait for it."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def merge_lists(items: list[str]) -> list[str]:
+    """Every rank's items, each once, in rank then list order (the same list on all ranks)."""
+    if not dist.is_initialized():
+        return list(dict.fromkeys(items))
+    lists: list = [None] * dist.get_world_size()
+    dist.all_gather_object(lists, items)
+    return list(dict.fromkeys(x for part in lists for x in part))
 
 
 class SkipSampler(torch.utils.data.Sampler):

@@ -61,11 +61,13 @@ MPII_GROUPS = (("Head", ("head_top",)), ("Shoulder", ("left_shoulder", "right_sh
 
 
 def prediction_records(dataset: Dataset, keypoints: np.ndarray, known: np.ndarray) -> list[dict]:
-    """keypoints (N, 21, 3) for dataset.instances (in order) → predictions records."""
-    return [{"instance_id": inst.instance_id, "image_id": inst.image_id,
+    """keypoints (N, 21, 3) for the dataset's rows (in order) → predictions records."""
+    image_ids = dataset.image_ids[dataset.image_index].tolist()
+    return [{"instance_id": iid, "image_id": image_id,
              "keypoints": kp.tolist(), "score": instance_score(kp, known),
              "dataset_id": dataset.dataset_id}
-            for inst, kp in zip(dataset.instances, keypoints, strict=True)]
+            for iid, image_id, kp in zip(dataset.instance_ids.tolist(), image_ids, keypoints,
+                                         strict=True)]
 
 
 def save_predictions(path: Path, records: list[dict]) -> Path:
@@ -210,24 +212,25 @@ def _named(values: np.ndarray, names: list[str]) -> dict[str, float | None]:
 
 
 def _coco_like(dataset: Dataset, preds: dict[int, dict], gt: dict, scored: np.ndarray,
-               gt_keypoints: dict[int, np.ndarray]) -> dict:
-    """AP on the unified keypoints `scored` (indices); gt already holds them in that order."""
+               gt_keypoints: np.ndarray) -> dict:
+    """AP on the unified keypoints `scored` (indices); gt already holds them in that order, and
+    so does gt_keypoints (N, S, 3), one row per dataset row."""
     sigmas = UNIFIED_SIGMAS[scored]
     cats = {a["id"]: a.get("category_id", 1) for a in gt["annotations"]}
-    by_id = dataset.by_id()
+    pred_ids = list(preds)
+    image_ids = dataset.image_ids[dataset.image_index[dataset.rows_of(pred_ids)]].tolist()
     results = []
-    for iid, rec in preds.items():
+    for iid, image_id in zip(pred_ids, image_ids, strict=True):
+        rec = preds[iid]
         kp = rec["keypoints"][scored]
-        results.append({"image_id": by_id[iid].image_id, "category_id": cats[iid],
+        results.append({"image_id": image_id, "category_id": cats[iid],
                         "keypoints": kp.reshape(-1).tolist(), "score": rec["score"]})
     out = {"metric": "AP", **coco_eval(gt, results, sigmas)}
     out["value"] = out["AP"]
-    insts = dataset.instances
+    insts = dataset.instance_ids.tolist()
     per_kp, _ = oks_accuracy(
-        [preds[i.instance_id]["keypoints"][scored, :2] if i.instance_id in preds else None
-         for i in insts],
-        np.stack([gt_keypoints[i.instance_id] for i in insts]),
-        np.array([i.area for i in insts]), sigmas)
+        [preds[i]["keypoints"][scored, :2] if i in preds else None for i in insts],
+        gt_keypoints, dataset.areas, sigmas)
     names = [UNIFIED_NAMES[u] for u in scored]
     out.update(per_keypoint=_named(per_kp, names), scored_keypoints=names,
                per_keypoint_metric=PER_KEYPOINT_AP, instances=len(insts), predicted=len(preds),
@@ -239,7 +242,7 @@ def _coco_like(dataset: Dataset, preds: dict[int, dict], gt: dict, scored: np.nd
 def evaluate_coco(dataset: Dataset, preds: dict[int, dict]) -> dict:
     """COCO OKS AP on the 17 COCO keypoints, GT = the annotation file as it is."""
     scored = np.flatnonzero(SKELETONS["coco17"].unified_mask)  # unified 0–16
-    gt_kp = {i.instance_id: i.unified[scored] for i in dataset.instances}
+    gt_kp = dataset.unified_rows(slice(None))[:, scored]
     return _coco_like(dataset, preds, dataset.read_annotations(), scored, gt_kp)
 
 
@@ -271,13 +274,13 @@ def halpe_gt(dataset: Dataset, scored: np.ndarray) -> dict:
 def evaluate_halpe(dataset: Dataset, preds: dict[int, dict]) -> dict:
     """OKS AP on the unified keypoints Halpe labels (docs/conventions.md "Dataset mappings")."""
     scored = halpe_scored()
-    gt_kp = {i.instance_id: i.unified[scored] for i in dataset.instances}
+    gt_kp = dataset.unified_rows(slice(None))[:, scored]
     return _coco_like(dataset, preds, halpe_gt(dataset, scored), scored, gt_kp)
 
 
 def require_head_boxes(dataset: Dataset) -> None:
-    missing = [i.instance_id for i in dataset.instances if i.head_box is None]
-    if missing:
+    missing = dataset.instance_ids[~dataset.has_head_box]
+    if len(missing):
         raise UniError(f"{dataset.spec.annotations}: record {missing[0]} has no 'head_box'; "
                        "MPII PCKh needs head boxes: pass --head-boxes mpii_gt_val.mat")
 
@@ -287,13 +290,13 @@ def evaluate_mpii(dataset: Dataset, preds: dict[int, dict]) -> dict:
     require_head_boxes(dataset)
     mpii = SKELETONS["mpii16"]
     joints = np.array(mpii.to_unified)  # (16,) unified index of each MPII joint
-    insts = dataset.instances
-    gt = np.stack([i.unified[joints] for i in insts])  # (N, 16, 3)
-    pred = np.stack([preds[i.instance_id]["keypoints"][joints, :2] if i.instance_id in preds
+    insts = dataset.instance_ids.tolist()
+    gt = dataset.unified_rows(slice(None))[:, joints]  # (N, 16, 3)
+    pred = np.stack([preds[i]["keypoints"][joints, :2] if i in preds
                      else np.full((16, 2), np.inf) for i in insts])
-    heads = np.array([head_size(i.head_box) for i in insts])
+    heads = np.array([head_size(h) for h in dataset.head_boxes])
     if (heads <= 0).any():
-        bad = insts[int(np.argmax(heads <= 0))].instance_id
+        bad = insts[int(np.argmax(heads <= 0))]
         raise UniError(f"{dataset.spec.annotations}: record {bad}: head box has zero size")
     pck, counts = pckh(pred, gt[..., :2], gt[..., 2] > 0, heads)
     names = [UNIFIED_NAMES[u] for u in joints]
@@ -307,7 +310,7 @@ def evaluate_mpii(dataset: Dataset, preds: dict[int, dict]) -> dict:
             "per_keypoint": per, "scored_keypoints": [n for n, m in zip(names, in_mean,
                                                                          strict=True) if m],
             "per_keypoint_metric": PER_KEYPOINT_PCKH, "groups": groups,
-            "instances": len(insts), "predicted": sum(i.instance_id in preds for i in insts)}
+            "instances": len(insts), "predicted": sum(i in preds for i in insts)}
 
 
 EVALUATORS = {"coco": evaluate_coco, "mpii": evaluate_mpii, "halpe": evaluate_halpe}
@@ -337,13 +340,14 @@ def load_datasets(specs: list[str], head_boxes: Path | None = None) -> list[Data
 
 
 def predict_datasets(model: Path | Predictor, datasets: list[Dataset], flip_test: bool = True,
-                     batch_size: int = 32, progress: bool = True) -> list[list[dict]]:
+                     batch_size: int = 32, progress: bool = True, device: str = "auto"
+                     ) -> list[list[dict]]:
     """Run MODEL (a path or a student.predict.Predictor) on every GT box of every dataset →
     predictions records per dataset."""
-    predictor = model if isinstance(model, Predictor) else load_predictor(model)
+    predictor = model if isinstance(model, Predictor) else load_predictor(model, device)
     out = []
     for ds in datasets:
-        items = [(i.image_path, i.bbox) for i in ds.instances]
+        items = [(ds.image_path(r), ds.bboxes[r]) for r in range(len(ds.instance_ids))]
         kps = predict_boxes(predictor, items, flip_test, batch_size, progress)
         out.append(prediction_records(ds, kps, predictor.known))
     return out
@@ -358,7 +362,7 @@ def as_predictions(records: list[dict]) -> dict[int, dict]:
 def evaluate(specs: list[str], model: Path | None = None, predictions: Path | None = None,
              flip_test: bool = True, head_boxes: Path | None = None,
              save_to: Path | None = None, batch_size: int = 32,
-             progress: bool = True) -> dict[str, dict]:
+             progress: bool = True, device: str = "auto") -> dict[str, dict]:
     """{spec: metric dict} for MODEL run on the GT boxes, or for a predictions file."""
     if (model is None) == (predictions is None):
         raise UniError("give either MODEL or --predictions FILE")
@@ -368,7 +372,7 @@ def evaluate(specs: list[str], model: Path | None = None, predictions: Path | No
     if predictions is not None:
         per_ds = load_predictions(predictions, datasets)
     else:
-        records = predict_datasets(model, datasets, flip_test, batch_size, progress)
+        records = predict_datasets(model, datasets, flip_test, batch_size, progress, device)
         if save_to is not None:
             save_predictions(save_to, [r for rs in records for r in rs])
         per_ds = [as_predictions(rs) for rs in records]

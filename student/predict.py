@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.crops import DEFAULT_MEAN, DEFAULT_STD, crop_person, normalize, read_image
+from pipeline.devices import parse_device
 from pipeline.draw import draw_box, draw_skeleton, save_rgb
 from pipeline.errors import UniError
 from pipeline.files import json_int, read_json, write_json
@@ -80,8 +81,8 @@ class StudentPredictor(Predictor):
 class OnnxPredictor(Predictor):
     """A described ONNX model (pipeline.teachers.Teacher), native channels moved to unified."""
 
-    def __init__(self, path: Path):
-        self.teacher = Teacher(path)
+    def __init__(self, path: Path, device: str = "auto"):
+        self.teacher = Teacher(path, device=device)
         info = self.teacher.info
         self.skeleton = get_skeleton(info.skeleton)
         self.name, self.input_wh, self.padding = info.name, tuple(info.input_wh), info.padding
@@ -94,13 +95,27 @@ class OnnxPredictor(Predictor):
             n, NUM_UNIFIED, h, w)
 
 
+def torch_device(device: str) -> str | None:
+    """--device (pipeline.devices) → a torch device, None for auto; a one-line UniError for
+    cuda where torch cannot use it (never a silent CPU run)."""
+    device = parse_device(device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UniError(f"--device {device}: torch sees no usable GPU here; use --device cpu or "
+                       "auto to run on the CPU")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise UniError(f"--device {device}: torch sees {torch.cuda.device_count()} GPU(s)")
+    return None if device == "auto" else device
+
+
 def load_predictor(path: Path, device: str | None = None) -> Predictor:
-    """MODEL (run directory, .pt checkpoint or described .onnx) → Predictor."""
+    """MODEL (run directory, .pt checkpoint or described .onnx) → Predictor, on device
+    (pipeline.devices: auto | cpu | cuda | cuda:N; None = auto)."""
     path = Path(path)
     if path.suffix.lower() == ".onnx":
-        return OnnxPredictor(path)
+        return OnnxPredictor(path, device or "auto")
     model, cfg = load_student(path)
-    return StudentPredictor(model, run_name(path), tuple(cfg["input_wh"]), device)
+    return StudentPredictor(model, run_name(path), tuple(cfg["input_wh"]),
+                            torch_device(device or "auto"))
 
 
 def instance_score(keypoints: np.ndarray, known: np.ndarray, box_score: float = 1.0,
@@ -189,7 +204,7 @@ def load_detections(path: Path, score_threshold: float = 0.0) -> dict[int, list[
 def predict_images(model: Path, images: Iterable[Path], out_dir: Path,
                    boxes: Path | None = None, score_threshold: float = 0.3,
                    draw_threshold: float = 0.3, flip_test: bool = True, batch_size: int = 32,
-                   progress: bool = True) -> list[Path]:
+                   progress: bool = True, device: str = "auto") -> list[Path]:
     """Draw the 21-keypoint skeleton of every person on each image → DIR/<image>.png, and
     DIR/predictions.json (evaluate's predictions format plus 'image', 'bbox', 'box_score')."""
     images = [Path(p) for p in images]
@@ -201,7 +216,7 @@ def predict_images(model: Path, images: Iterable[Path], out_dir: Path,
         if not p.is_file():
             raise UniError(f"{p}: image file not found")
     dets = load_detections(boxes, score_threshold) if boxes else None
-    predictor = load_predictor(model)
+    predictor = load_predictor(model, device)
     items, owners = [], []  # owners: (image index, box score)
     for k, p in enumerate(images):
         if dets is None:

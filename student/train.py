@@ -6,17 +6,25 @@ rank 0 alone writes files).
 
 Run directory: config.toml (the resolved config), metrics.csv, tb/ (TensorBoard),
 loss_curves.png (student/metrics.py), last.pt and best.pt (lowest validation loss;
-student/checkpoint.py). A checkpoint holds model, optimizer, position, RNG states and config, so
-`resume` continues exactly where last.pt left off: augmentations are seeded per
-(seed, epoch, sample) and the learning rate is a function of the step.
-Every store is verified (each chunk read once) before training: damaged cached targets are
-refused, or their instances left out with skip_corrupt — never trained on.
-Validation loss = the GT loss on un-augmented crops (teacher-free, so runs compare).
+student/checkpoint.py). last.pt is written at every epoch end, and mid-epoch every save_every
+steps and every save_every_s seconds (default 600: a kill loses at most ~10 minutes of work).
+`resume` continues exactly where last.pt left off, mid-epoch too: an epoch's sample order is a
+function of (seed, epoch) and restarts at the checkpoint's step (ddp.SkipSampler),
+augmentations are seeded per (seed, epoch, sample), the learning rate is a function of the step,
+loaders draw their worker seeds from their own generators (never the global RNG), and the
+checkpoint carries the RNG states and the epoch's running loss sums. The clock decides only
+when to save, never what is trained; under DDP rank 0's clock decides for every rank.
+Every store is checked before training, by rank 0 while the others wait for its answer (a store
+verified before and unchanged since is trusted): damaged cached targets are refused, or their
+instances left out with skip_corrupt — never trained on; a chunk that fails later, while
+training, is refused or skipped the same way. A non-finite loss stops the run in one line, the
+last checkpoint kept. Validation loss = the GT loss on un-augmented crops (teacher-free, so
+runs compare).
 """
-
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -28,15 +36,23 @@ from tqdm import tqdm
 
 from pipeline.datasets import load_dataset
 from pipeline.errors import UniError
+from pipeline.faults import fault
 from pipeline.skeletons import NUM_UNIFIED
 from student import ddp
-from student.checkpoint import Position, load_checkpoint, restore, save_checkpoint
-from student.config import resolve_config, teacher_weights, write_config
+from student.checkpoint import (
+    Position,
+    load_checkpoint,
+    restore,
+    save_checkpoint,
+    seed_rngs,
+)
+from student.config import read_run_config, resolve_config, teacher_weights, write_config
 from student.data import (
     Augment,
     PoseSamples,
     check_stores,
     collate,
+    drop_damaged,
     match_stores,
     split_items,
 )
@@ -98,7 +114,7 @@ class Data:
 
 
 def _data(cfg: dict, rank: int, world: int, device: torch.device, progress: bool) -> Data:
-    """Datasets, teacher stores (verified) and loaders; fills in cfg's per-teacher KD weights."""
+    """Datasets, teacher stores (checked) and loaders; fills in cfg's per-teacher KD weights."""
     train_sets = [load_dataset(s) for s in cfg["data"]]
     val_sets = [load_dataset(s) for s in cfg["val_data"]]
     ids = [d.dataset_id for d in train_sets]
@@ -110,8 +126,11 @@ def _data(cfg: dict, rank: int, world: int, device: torch.device, progress: bool
     cfg["kd_weight"], cfg["kd_decay"] = teacher_weights(cfg, skeletons)
     train_items, held_items = split_items(
         train_sets, 0.0 if cfg["val_data"] else cfg["val_fraction"], cfg["seed"])
-    train_items = check_stores(sources, train_sets, train_items, cfg["skip_corrupt"],
-                               progress and rank == 0, rank == 0)
+    # One rank reads the stores; the others wait for its answer instead of repeating it.
+    damage = check_stores(sources, progress) if rank == 0 else None
+    bad, first = ddp.broadcast(damage)
+    train_items = drop_damaged(bad, first, train_sets, train_items, cfg["skip_corrupt"],
+                               rank == 0)
     input_wh = tuple(cfg["input_wh"])
     train_ds = PoseSamples(train_sets, input_wh, teachers, sources, Augment(), cfg["seed"],
                            instances=train_items)
@@ -135,26 +154,49 @@ def _data(cfg: dict, rank: int, world: int, device: torch.device, progress: bool
     val_loader = None
     if val_ds is not None:
         val_sampler = DistributedSampler(val_ds, num_replicas=world, rank=rank, shuffle=False)
-        val_loader = DataLoader(val_ds, cfg["batch_size"], sampler=val_sampler, **loader_kw)
+        val_loader = DataLoader(val_ds, cfg["batch_size"], sampler=val_sampler, **loader_kw,
+                                generator=_generator(cfg["seed"], -1))
     return Data(teachers, train_ds, sampler, val_loader, loader_kw, steps_per_epoch,
                 total_steps)
 
 
+def _generator(seed: int, epoch: int) -> torch.Generator:
+    """A loader's own generator: creating a loader draws its worker seed from it, not from the
+    global RNG, so the RNG states a resume restores are those of an uninterrupted run."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch + 1)
+
+
+def _say(line: str) -> None:
+    """One line on stderr, from rank 0 only (torchrun sets RANK before the process group)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr)
+
+
 def _run_config(config: dict) -> tuple[dict, dict | None]:
     """(resolved config, the checkpoint to resume or None). A resumed run continues as it was
-    configured; only how it executes (workers) may change."""
+    configured (its last.pt, else its config.toml); only how it executes (workers) may change.
+    Resuming a run that has no checkpoint yet starts it, saying so."""
+    out = Path(config.get("out") or "")
     if not config.get("resume"):
         cfg = resolve_config(config)
         if (Path(cfg["out"]) / "last.pt").exists():
             raise UniError(f"{cfg['out']}: already holds a run (last.pt); use --resume or "
                            "another --out")
         return cfg, None
-    out = Path(config.get("out") or "")
-    if not (out / "last.pt").is_file():
-        raise UniError(f"{out}: nothing to resume (no last.pt)")
-    ckpt = load_checkpoint(out / "last.pt")
-    saved = dict(ckpt["config"])
-    saved.update(out=str(out), resume=True, workers=config.get("workers", saved["workers"]))
+    ckpt = None
+    if (out / "last.pt").is_file():
+        ckpt = load_checkpoint(out / "last.pt")
+        saved = dict(ckpt["config"])
+    elif (out / "config.toml").is_file():
+        saved = read_run_config(out / "config.toml")
+        _say(f"uni: {out}: no checkpoint yet; starting the run as its config.toml says")
+    elif config.get("data"):
+        saved = dict(config)
+        _say(f"uni: {out}: no checkpoint yet; starting the run")
+    else:
+        raise UniError(f"{out}: nothing to resume (no last.pt or config.toml) and no --data "
+                       "to start the run with")
+    saved.update(out=str(out), resume=True, workers=config.get("workers", saved.get("workers")))
     return resolve_config(saved), ckpt
 
 
@@ -170,91 +212,168 @@ def train(config: dict, progress: bool = True) -> Path:
         ddp.teardown()
 
 
+@dataclass
+class Run:
+    """A run's moving parts, shared by the loop's functions."""
+
+    cfg: dict
+    d: Data
+    model: torch.nn.Module
+    net: torch.nn.Module  # the model, DDP-wrapped under torchrun
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    pos: Position
+    log: RunLog | None  # rank 0's
+    rank: int
+    device: torch.device
+    warmup: int
+    saved_at: float  # time.monotonic() of the last checkpoint (rank 0's clock decides)
+    saved_step: int | None  # the step last.pt holds, None before the first
+
+    def lr(self, step: int) -> float:
+        return self.cfg["lr"] * lr_factor(step, self.warmup, self.d.total_steps)
+
+
 def _train(cfg: dict, resume: dict | None, rank: int, world: int, device: torch.device,
            progress: bool) -> Path:
     d = _data(cfg, rank, world, device, progress)
-    out, bs, teachers, total = Path(cfg["out"]), cfg["batch_size"], d.teachers, d.total_steps
-    torch.manual_seed(cfg["seed"])
+    out = Path(cfg["out"])
+    seed_rngs(cfg["seed"])
     model = build_model(cfg["model"], NUM_UNIFIED).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     scaler = torch.amp.GradScaler("cuda", enabled=cfg["amp"] and device.type == "cuda")
-    warmup = max(1, min(cfg["warmup_steps"], total // 10 or 1))
-    pos = restore(resume, model, opt) if resume is not None else Position()
-    net = ddp.wrap(model, world, device)
+    pos = restore(resume, model, opt, scaler) if resume is not None else Position()
+    warmup = max(1, min(cfg["warmup_steps"], d.total_steps // 10 or 1))
     log = None
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_config(out / "config.toml", cfg)
-        log = RunLog(out, teachers, pos.step if resume is not None else None)
-    skipped: dict[str, None] = {}  # unreadable samples: unique, in order of appearance
-    while pos.epoch < cfg["epochs"] and pos.step < total:
-        d.sampler.set_epoch(pos.epoch)
-        d.train_ds.set_epoch(pos.epoch)
-        loader = DataLoader(d.train_ds, bs, **d.loader_kw,
-                            sampler=ddp.SkipSampler(d.sampler, pos.step_in_epoch * bs))
-        bar = tqdm(loader, total=d.steps_per_epoch, initial=pos.step_in_epoch, unit="batch",
-                   desc=f"epoch {pos.epoch + 1}/{cfg['epochs']}", file=sys.stderr,
-                   disable=not progress or rank != 0, dynamic_ncols=True)
-        sums: dict[str, float] = {}  # loss term → sum over this epoch's samples
-        seen, t0 = 0, time.perf_counter()
-        for batch in bar:
-            skipped.update(dict.fromkeys(batch["skipped"]))
-            if batch["skipped"] and cfg["strict"]:
-                raise UniError(f"{batch['skipped'][0]} (--strict)")
-            if "image" in batch:
-                x = {k: v.to(device, non_blocking=True) for k, v in batch.items()
-                     if isinstance(v, torch.Tensor)}
-                for group in opt.param_groups:
-                    group["lr"] = cfg["lr"] * lr_factor(pos.step, warmup, total)
-                with _autocast(cfg, device):
-                    pred = net(x["image"])
-                loss, terms = total_loss(pred, x, teachers, cfg["gt_weight"], cfg["kd_weight"],
-                                         cfg["kd_decay"], cfg["kd_loss"], cfg["kd_beta"],
-                                         pos.step / total)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                n = len(x["image"])
-                seen += n
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + v * n
-                rate = seen * world / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix(loss=f"{terms['total']:.4f}", samples_s=f"{rate:.1f}")
-            pos.step += 1
-            pos.step_in_epoch += 1
-            end = pos.step_in_epoch >= d.steps_per_epoch or pos.step >= total
-            if log is not None and seen and (pos.step % cfg["log_every"] == 0 or end):
-                means = {k: v / seen for k, v in sums.items()}
-                lr = cfg["lr"] * lr_factor(pos.step, warmup, total)
-                rate = seen * world / max(time.perf_counter() - t0, 1e-9)
-                log.scalars(pos.step, means, lr, rate)
-                if not end:  # the epoch's last row comes with its validation loss
-                    log.row(pos.epoch, pos.step, means, lr, rate)
-            if end:
-                break
-            if rank == 0 and cfg["save_every"] and pos.step % cfg["save_every"] == 0:
-                save_checkpoint(out / "last.pt", model, opt, pos, cfg, teachers)
-        bar.close()
-        rate = seen * world / max(time.perf_counter() - t0, 1e-9)
-        lr = cfg["lr"] * lr_factor(pos.step, warmup, total)
-        val = _evaluate(model, d.val_loader, cfg, device)
-        pos.epoch += 1
-        pos.step_in_epoch = 0
+        log = RunLog(out, d.teachers, pos.step if cfg["resume"] else None)
+    r = Run(cfg, d, model, ddp.wrap(model, world, device), opt, scaler, pos, log, rank, device,
+            warmup, time.monotonic(), pos.step if resume is not None else None)
+    try:
+        while pos.epoch < cfg["epochs"] and pos.step < d.total_steps:
+            rate = _epoch(r, world, progress)
+            _epoch_end(r, rate)
+        pos.skipped = ddp.merge_lists(pos.skipped)
+    finally:
         if log is not None:
-            means = {k: v / seen for k, v in sums.items()} if seen else {}
-            log.row(pos.epoch - 1, pos.step, means, lr, rate, val)
-            log.epoch_end(pos.step, val)
-        if val is not None and val < pos.best:
-            pos.best = val
-            if rank == 0:
-                save_checkpoint(out / "best.pt", model, opt, pos, cfg, teachers, val)
-        if rank == 0:
-            save_checkpoint(out / "last.pt", model, opt, pos, cfg, teachers, val)
-    n_skipped = int(ddp.all_sum([float(len(skipped))], device)[0])
-    if log is not None:
-        log.close()
-        if n_skipped:
-            first = f"; first: {next(iter(skipped))}" if skipped else ""
-            print(f"uni: skipped {n_skipped} unreadable samples{first}", file=sys.stderr)
+            log.close()
+    if rank == 0 and pos.skipped:
+        print(f"uni: skipped {len(pos.skipped)} unreadable samples; first: {pos.skipped[0]}",
+              file=sys.stderr)
     return out
+
+
+def _epoch(r: Run, world: int, progress: bool) -> float:
+    """Train from r.pos to the end of its epoch (or of the run); → samples/s (all ranks)."""
+    cfg, d, pos, bs = r.cfg, r.d, r.pos, r.cfg["batch_size"]
+    d.sampler.set_epoch(pos.epoch)
+    d.train_ds.set_epoch(pos.epoch)
+    loader = DataLoader(d.train_ds, bs, **d.loader_kw, generator=_generator(cfg["seed"],
+                        pos.epoch), sampler=ddp.SkipSampler(d.sampler, pos.step_in_epoch * bs))
+    bar = tqdm(loader, total=d.steps_per_epoch, initial=pos.step_in_epoch, unit="batch",
+               desc=f"epoch {pos.epoch + 1}/{cfg['epochs']}", file=sys.stderr,
+               disable=not progress or r.rank != 0, dynamic_ncols=True)
+    seen0, t0, rate = pos.seen, time.perf_counter(), 0.0
+    for batch in bar:
+        _unreadable(r, batch)
+        terms, due = _step(r, batch)
+        pos.step += 1
+        pos.step_in_epoch += 1
+        end = pos.step_in_epoch >= d.steps_per_epoch or pos.step >= d.total_steps
+        rate = (pos.seen - seen0) * world / max(time.perf_counter() - t0, 1e-9)
+        if terms is not None:
+            bar.set_postfix(loss=f"{terms['total']:.4f}", samples_s=f"{rate:.1f}")
+        if r.log is not None and pos.seen and (pos.step % cfg["log_every"] == 0 or end):
+            means = {k: v / pos.seen for k, v in pos.sums.items()}
+            r.log.scalars(pos.step, means, r.lr(pos.step), rate)
+            if not end:  # the epoch's last row comes with its validation loss
+                r.log.row(pos.epoch, pos.step, means, r.lr(pos.step), rate)
+        fault("train-step")  # test hook: a step taken, not yet checkpointed
+        if end:
+            break
+        if due or (cfg["save_every"] and pos.step % cfg["save_every"] == 0):
+            _save(r)
+    bar.close()
+    return rate
+
+
+def _unreadable(r: Run, batch: dict) -> None:
+    """Note a batch's unreadable images (fatal with strict) and cached targets damaged since
+    the stores were checked (fatal unless skip_corrupt)."""
+    if batch["skipped"] and r.cfg["strict"]:
+        raise UniError(f"{batch['skipped'][0]} (--strict)")
+    if batch["damaged"] and not r.cfg["skip_corrupt"]:
+        raise UniError(f"{batch['damaged'][0]} (found while training; --skip-corrupt trains "
+                       "without it)")
+    for line in batch["skipped"] + batch["damaged"]:
+        if line not in r.pos.skipped:
+            r.pos.skipped.append(line)
+
+
+def _step(r: Run, batch: dict) -> tuple[dict[str, float] | None, bool]:
+    """One optimiser step (none when every sample of the batch was unreadable) → (its loss
+    terms or None, whether a checkpoint is due by time). All ranks agree on both decisions:
+    stopping on a non-finite loss and saving."""
+    cfg, pos = r.cfg, r.pos
+    loss, terms = None, None
+    if "image" in batch:
+        x = {k: v.to(r.device, non_blocking=True) for k, v in batch.items()
+             if isinstance(v, torch.Tensor)}
+        for group in r.opt.param_groups:
+            group["lr"] = r.lr(pos.step)
+        with _autocast(cfg, r.device):
+            pred = r.net(x["image"])
+        loss, terms = total_loss(pred, x, r.d.teachers, cfg["gt_weight"], cfg["kd_weight"],
+                                 cfg["kd_decay"], cfg["kd_loss"], cfg["kd_beta"],
+                                 pos.step / r.d.total_steps)
+    bad = terms is not None and not math.isfinite(terms["total"])
+    due = (r.rank == 0 and cfg["save_every_s"] > 0
+           and time.monotonic() - r.saved_at >= cfg["save_every_s"])
+    bad, due = (v > 0 for v in ddp.all_sum([float(bad), float(due)], r.device))
+    if bad:  # before the update: the weights stay those of the last good step
+        what = ", ".join(f"{k} {v}" for k, v in (terms or {}).items() if not math.isfinite(v))
+        kept = (f"{Path(cfg['out']) / 'last.pt'} (step {r.saved_step}) is the last good "
+                "checkpoint" if r.saved_step is not None else "no checkpoint was written")
+        raise UniError(f"step {pos.step + 1}: the training loss is not finite "
+                       f"({what or 'on another rank'}); stopped, {kept}")
+    if loss is not None:
+        r.opt.zero_grad(set_to_none=True)
+        r.scaler.scale(loss).backward()
+        r.scaler.step(r.opt)
+        r.scaler.update()
+        n = len(x["image"])
+        pos.seen += n
+        for k, v in terms.items():
+            pos.sums[k] = pos.sums.get(k, 0.0) + v * n
+    return terms, due
+
+
+def _epoch_end(r: Run, rate: float) -> None:
+    """Validation, the epoch's metrics row, best.pt when validation improved, last.pt."""
+    pos = r.pos
+    val = _evaluate(r.model, r.d.val_loader, r.cfg, r.device)
+    if r.log is not None:
+        means = {k: v / pos.seen for k, v in pos.sums.items()} if pos.seen else {}
+        r.log.row(pos.epoch, pos.step, means, r.lr(pos.step), rate, val)
+        r.log.epoch_end(pos.step, val)
+    pos.epoch += 1
+    pos.step_in_epoch, pos.sums, pos.seen = 0, {}, 0
+    best = val is not None and val < pos.best
+    if best:
+        pos.best = val
+    _save(r, val, best)
+
+
+def _save(r: Run, val: float | None = None, best: bool = False) -> None:
+    """Checkpoint the run as it stands: last.pt (and best.pt). Every rank calls it, so the
+    unreadable samples all ranks met go into it; rank 0 writes."""
+    r.pos.skipped = ddp.merge_lists(r.pos.skipped)
+    if r.rank == 0:
+        out, teachers = Path(r.cfg["out"]), r.d.teachers
+        if best:
+            save_checkpoint(out / "best.pt", r.model, r.opt, r.pos, r.cfg, teachers, val,
+                            r.scaler)
+        save_checkpoint(out / "last.pt", r.model, r.opt, r.pos, r.cfg, teachers, val, r.scaler)
+    r.saved_at, r.saved_step = time.monotonic(), r.pos.step

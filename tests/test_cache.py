@@ -1,9 +1,11 @@
-"""Stage one's caching job: stores match direct teacher runs, resume, refusal, workers."""
+"""Stage one's caching job: stores match direct teacher runs, resume, refusal, workers, one
+pass over a dataset for all teachers, encoded results, the decode pool."""
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -17,13 +19,15 @@ import pytest
 from conftest import DATA
 
 from pipeline.cache import cache_teachers, format_run_summary, store_name
+from pipeline.cache_tasks import TeacherSpec, dask_results, local_results, start_client
 from pipeline.crops import crop_person, read_image
 from pipeline.datasets import load_dataset
+from pipeline.devices import worker_slot
 from pipeline.errors import UniError
 from pipeline.geometry import compose, crop_to_heatmap
 from pipeline.heatmaps import decode_heatmaps
 from pipeline.teachers import Teacher
-from stores.heatmap_store import open_store
+from stores.heatmap_store import CODEC, THRESHOLD, open_store
 from stores.writer import StoreWriter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -241,46 +245,171 @@ def test_cli_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "none.onnx" in r.stderr
 
 
-def test_prefetch_gives_the_same_batches(heatmap_teacher):
-    """The accelerator path (decode + crop on a thread) yields what the sequential one does."""
-    from pipeline.cache import _batches, _local_results
+def _tasks(times: int, batch: int, teachers: int = 1):
+    """(dataset, tasks) of the real COCO sample repeated `times` times, nothing done."""
+    from pipeline.cache import dataset_items, plan_tasks
 
     ds = load_dataset(f"coco:{DATA / 'coco/test_coco.json'}")
-    ids = [i.instance_id for i in ds.instances] * 3
-    batches = _batches(ds, ids, np.zeros(len(ids), bool), 5)
-    args = (str(heatmap_teacher), Teacher(heatmap_teacher).sha256, 1, True)
-    seq = list(_local_results(batches, args, prefetch=False))
-    pre = list(_local_results(batches, args, prefetch=True))
-    assert len(seq) == len(pre) == len(batches)
+    ids = np.asarray([i.instance_id for i in ds.instances] * times)
+    return ds, plan_tasks(dataset_items(ds, ids), [np.zeros(len(ids), bool)] * teachers, batch)
+
+
+def _spec(path: Path, device: str = "cpu") -> TeacherSpec:
+    return TeacherSpec(str(path), Teacher(path).sha256, 1, True, device, THRESHOLD, CODEC)
+
+
+def test_pool_gives_the_same_results(heatmap_teacher, simcc_teacher):
+    """The GPU path (decode + crop in a thread pool, batches ahead) yields what the inline one
+    does, forced here on the CPU; every row once, in the tasks' order."""
+    _, tasks = _tasks(3, 5, teachers=2)
+    specs = [_spec(heatmap_teacher), _spec(simcc_teacher)]
+    seq = list(local_results(specs, tasks, pool=False))
+    pre = list(local_results(specs, tasks, pool=True))
+    assert len(seq) == len(pre) == len(tasks) == 8
     for a, b in zip(seq, pre, strict=True):
-        for x, y in zip(a[:3], b[:3], strict=True):
-            np.testing.assert_array_equal(x, y)
+        for x, y in zip(a.parts, b.parts, strict=True):
+            np.testing.assert_array_equal(x.rows, y.rows)
+            assert x.encoded.chunks == y.encoded.chunks
+            np.testing.assert_array_equal(x.encoded.scales, y.encoded.scales)
+            np.testing.assert_array_equal(x.affines, y.affines)
+    rows = np.concatenate([r.parts[0].rows for r in pre])
+    np.testing.assert_array_equal(np.sort(rows), np.arange(36))
+
+
+def test_plan_cuts_do_not_depend_on_what_is_done():
+    """Each teacher gets the cut minus its done rows; cuts wholly done by all are dropped."""
+    from pipeline.cache import plan_tasks
+
+    items = [(r, 100 + r, f"img{r // 3}", (0.0, 0.0, 1.0, 1.0)) for r in range(10)]
+    a = np.zeros(10, bool)
+    b = np.zeros(10, bool)
+    b[:4] = True  # b finished the first cut (rows 0-3)
+    a[4:8] = True  # a the second
+    tasks = plan_tasks(items, [a, b], 4)
+    assert [[it[0] for it in t.items] for t in tasks] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert [w.tolist() for w in tasks[0].wants] == [[True] * 4, [False] * 4]
+    assert [w.tolist() for w in tasks[1].wants] == [[False] * 4, [True] * 4]
+    # Rows done by both leave the cut; the cut stays where it was.
+    a[9] = b[9] = True
+    assert [[it[0] for it in t.items] for t in plan_tasks(items, [a, b], 4)][2] == [8]
 
 
 def test_killed_dask_worker_loses_nothing(heatmap_teacher):
     """A worker process SIGKILLed mid-run: dask reruns its tasks, every row comes back once."""
-    from pipeline.cache import _batches, _dask_results, _local_results, _start_client
-
-    ds = load_dataset(f"coco:{DATA / 'coco/test_coco.json'}")
-    ids = [i.instance_id for i in ds.instances] * 20  # 240 rows
-    batches = _batches(ds, ids, np.zeros(len(ids), bool), 4)
-    t = Teacher(heatmap_teacher)
-    args = (str(heatmap_teacher), t.sha256, 1, True)
-    want = {tuple(r[0]): r[1] for r in _local_results(batches[:3], args)}
-    client = _start_client(2, None)
+    _, tasks = _tasks(20, 4)  # 240 rows
+    specs = [_spec(heatmap_teacher)]
+    want = {tuple(r.parts[0].rows): r.parts[0].encoded.chunks
+            for r in local_results(specs, tasks[:3])}
+    client = start_client(2)
     try:
+        # Local workers are named 0, 1: the slots their GPUs are picked by (round-robin).
+        names = client.run(lambda dask_worker: dask_worker.name).values()
+        assert sorted(worker_slot(n, "", None) for n in names) == [0, 1]
         victim = next(iter(client.run(os.getpid).values()))
         rows, got = [], {}
-        for i, (r, hm, _, _) in enumerate(_dask_results(client, batches, args, in_flight=4)):
-            rows.extend(r.tolist())
-            got[tuple(r)] = hm
+        for i, r in enumerate(dask_results(client, specs, tasks, lambda: 4)):
+            rows.extend(r.parts[0].rows.tolist())
+            got[tuple(r.parts[0].rows)] = r.parts[0].encoded.chunks
             if i == 5:
                 os.kill(victim, signal.SIGKILL)
-        assert sorted(rows) == list(range(len(ids)))
+        assert sorted(rows) == list(range(240))
         assert victim not in client.run(os.getpid).values()  # it really died
-        for key, hm in want.items():
-            np.testing.assert_array_equal(got[key], hm)
+        for key, chunks in want.items():
+            assert got[key] == chunks
     finally:
         cluster = client.cluster
         client.close()
         cluster.close()
+
+
+def test_worker_ships_encoded_rows(heatmap_teacher):
+    """A task's result holds the store's chunk bytes, not float32 maps: a small pickle."""
+    _, tasks = _tasks(3, 12)
+    (result,) = list(local_results([_spec(heatmap_teacher)], tasks[:1]))
+    n = len(result.parts[0].rows)
+    float32 = n * 17 * 16 * 12 * 4
+    assert n == 12 and len(pickle.dumps(result)) < float32 / 4
+
+
+# --------------------------------------------------------------------------- one pass, many
+
+
+@pytest.fixture(scope="module")
+def three_teachers(heatmap_teacher, simcc_teacher, tmp_path_factory):
+    """(spec, [hm, simcc, wide], {name: store contents when cached alone}): wide has its own
+    input size (64 wide, 96 high) and crop padding (1.4)."""
+    from conftest import make_heatmap_teacher
+
+    from pipeline.teachers import TeacherInfo, describe_model
+
+    tmp = tmp_path_factory.mktemp("three")
+    wide = describe_model(make_heatmap_teacher(tmp / "wide.onnx", input_wh=(64, 96), seed=1),
+                          TeacherInfo(name="wide", skeleton="coco17", head="heatmap",
+                                      input_wh=(64, 96), activation="sigmoid", padding=1.4))
+    spec = _coco(tmp, times=2)
+    teachers = [heatmap_teacher, simcc_teacher, wide]
+    alone = {}
+    for t in teachers:
+        (s,) = cache_teachers([spec], [t], tmp / f"alone_{t.stem}", workers=1, batch_size=5,
+                              progress=False)
+        alone[s.path.name] = _contents(s.path)
+    return spec, teachers, alone
+
+
+def test_one_pass_decodes_each_image_once_for_all_teachers(three_teachers, tmp_path,
+                                                           monkeypatch):
+    import pipeline.cache_tasks as ct
+
+    spec, teachers, alone = three_teachers
+    reads = []
+    real = ct.read_image
+    monkeypatch.setattr(ct, "read_image", lambda p: reads.append(p) or real(p))
+    (one,) = cache_teachers([spec], teachers[:1], tmp_path / "one", workers=1, batch_size=5,
+                            progress=False)
+    n_one = len(reads)
+    summaries = cache_teachers([spec], teachers, tmp_path / "all", workers=1, batch_size=5,
+                               progress=False)
+    assert len(reads) - n_one == n_one  # three teachers, the images decoded as for one
+    assert sorted(s.path.name for s in summaries) == sorted(alone)
+    for s in summaries:
+        assert s.computed == 24 and s.shared_by == 3
+        text = format_run_summary(s)
+        assert "ran on CPUExecutionProvider by" in text and "shared by 3 stores" in text
+        assert open_store(s.path).attrs["providers"] == '["CPUExecutionProvider"]'
+        for a, b in zip(alone[s.path.name], _contents(s.path), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_killed_between_stores_then_a_teacher_added(three_teachers, tmp_path):
+    """Killed after the third store write (two teachers: their done sets now differ), resumed
+    with a third teacher: every store equals its teacher's run alone."""
+    spec, teachers, alone = three_teachers
+    out = tmp_path / "out"
+    base = [sys.executable, "-m", "cli", "cache-teachers", "--data", spec, "--out", str(out),
+            "--workers", "1", "--batch-size", "5", "--device", "cpu"]
+    two = base + ["--teacher", str(teachers[0]), "--teacher", str(teachers[2])]
+    env = {**os.environ, "UNI_FAULT": "cache-batch:3"}
+    killed = subprocess.run(two, cwd=REPO, env=env, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    done = {p.name: int(open_store(p).done.sum()) for p in out.glob("*.h5")}
+    assert sorted(done.values()) == [5, 10], done  # cut 1 in both, cut 2 in the first only
+    three = two + ["--teacher", str(teachers[1])]
+    r = subprocess.run(three, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("computed") == 3 and "24 computed" in r.stdout
+    for name, want in alone.items():
+        for a, b in zip(want, _contents(out / name), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_device_cuda_where_cuda_cannot_run_is_one_line(heatmap_teacher, tmp_path):
+    from pipeline.devices import cuda_problem
+
+    if cuda_problem() is None:
+        pytest.skip("CUDA runs here")
+    r = subprocess.run([sys.executable, "-m", "cli", "cache-teachers", "--data", _coco(tmp_path),
+                        "--teacher", str(heatmap_teacher), "--out", str(tmp_path / "out"),
+                        "--device", "cuda"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "--device cuda: CUDA cannot run here" in r.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything is written

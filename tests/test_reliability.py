@@ -7,6 +7,7 @@ in a subprocess, so the kill is real and lands at the same place every time.
 
 from __future__ import annotations
 
+import csv
 import errno
 import hashlib
 import json
@@ -33,7 +34,9 @@ from test_store import _corrupt_chunk
 from cli import uni
 from pipeline.cache import cache_teachers
 from pipeline.datasets import load_dataset
+from stores import create as store_create
 from stores import heatmap_store as hs
+from stores import lock as store_lock
 from stores import writer as sw
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,6 +57,11 @@ def _one_line_error(result, *fragments: str) -> str:
     for f in fragments:
         assert f in lines[0], (f, lines[0])
     return lines[0]
+
+
+def _names(out: Path) -> list[str]:
+    """The files in `out`, less the verification records checks leave (stores/verify.py)."""
+    return sorted(p.name for p in out.iterdir() if not p.name.endswith(".verified"))
 
 
 def _sha(path: Path) -> str:
@@ -129,7 +137,8 @@ def _assert_same_store(path: Path, ref: Path) -> None:
 # --------------------------------------------------------------------------- kill -9
 
 
-MOMENTS = {"early": "cache-start", "writing": "cache-batch:2", "finalising": "store-finalize"}
+MOMENTS = {"early": "cache-start", "writing": "cache-batch:2", "mid-batch": "store-chunk:3",
+           "finalising": "store-finalize"}
 
 
 @pytest.mark.parametrize("moment", MOMENTS)
@@ -146,13 +155,13 @@ def test_cache_killed_then_restarted_equals_uninterrupted(moment, stage_one, tmp
     n_done = int(at_kill.done.sum())
     assert not at_kill.complete
     assert {"early": n_done == 0, "writing": 0 < n_done <= 2 * BATCH,
-            "finalising": n_done == n_ref}[moment], n_done
+            "mid-batch": 0 < n_done <= 2 * BATCH, "finalising": n_done == n_ref}[moment], n_done
 
     again = _run(cmd)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stderr.count("taking over the lock") == 1
     assert f"{n_ref - n_done} computed" in again.stdout
-    assert not lock.exists() and sorted(p.name for p in out.iterdir()) == [ref.name]
+    assert not lock.exists() and _names(out) == [ref.name]
     _assert_same_store(store, ref)
 
 
@@ -167,7 +176,7 @@ def test_cache_overwrite_killed_keeps_old_store_then_finishes(stage_one, tmp_pat
     again = _run(cmd)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stderr.count("taking over the lock") == 1
-    assert sorted(p.name for p in out.iterdir()) == [ref.name]
+    assert _names(out) == [ref.name]
     _assert_same_store(store, ref)
 
 
@@ -193,7 +202,7 @@ def test_cache_stops_before_the_disk_is_full_and_resumes(stage_one, tmp_path, mo
     r = hs.open_store(store)
     assert 0 < r.done.sum() <= 2 * BATCH and not r.complete and r.verify() == []
     r.close()
-    assert sorted(p.name for p in out.iterdir()) == [ref.name]  # no lock, no temp file
+    assert _names(out) == [ref.name]  # no lock, no temp file
     again = CliRunner().invoke(uni, args)
     assert again.exit_code == 0, again.output
     _assert_same_store(store, ref)
@@ -205,21 +214,81 @@ def _file_size_limit(limit: int):
     return preexec
 
 
-def test_cache_write_failure_is_one_line_and_old_store_survives(stage_one, tmp_path):
-    """A write HDF5 itself fails (here: a file size limit, like a disk filled by someone else)
-    while --overwrite rebuilds a store: one line, exit 2, no crash; the old store is whole."""
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_cache_out_of_room_keeps_finished_rows_and_resumes(overwrite, stage_one, tmp_path):
+    """The file system refuses room mid-run (here: a file size limit, as a disk filled by
+    someone else or a quota): one line, exit 2, no crash; the rows written so far stay (in the
+    store, or in the rebuild beside an --overwrite's old store, which stays whole), and the next
+    run computes only the rest and ends equal to an uninterrupted run."""
     spec, teacher, ref, no_flip = stage_one
     out, store, before = _old_store(tmp_path, ref.name, no_flip)
-    limit = (ref.stat().st_size + 30_000) // 2  # room to create the store, not to fill it
-    cmd = _cache_cmd(spec, teacher, out, "--overwrite")
+    if not overwrite:
+        store.unlink()
+    r = hs.open_store(ref)
+    empty = tmp_path / "empty.h5"
+    sw.create_store(empty, r.meta, r.instance_ids)
+    # Room for the empty store, a batch's reservation and about half of the rows' data.
+    limit = (empty.stat().st_size + sw.RESERVE_SLACK + 16_000
+             + (ref.stat().st_size - empty.stat().st_size) // 2)
+    cmd = _cache_cmd(spec, teacher, out, *(["--overwrite"] if overwrite else []))
+    work = out / (f"{ref.name}.tmp" if overwrite else ref.name)
     failed = _run(cmd, preexec_fn=_file_size_limit(limit))
-    _one_line_error(failed, f"{ref.name}.tmp: write failed (File too large)")
-    assert (out / f"{ref.name}.tmp").is_file()  # it failed half-way through the rebuild
-    assert _sha(store) == before and hs.open_store(store).verify() == []
+    _one_line_error(failed, f"{work.name}: no room for the next batch (File too large)",
+                    "intact")
+    at_failure = hs.open_store(work)
+    n_done, n_ref = int(at_failure.done.sum()), int(r.done.sum())
+    assert 0 < n_done < n_ref and at_failure.verify() == []
+    at_failure.close()  # HDF5 locks the file against the next run's writer
+    assert not list(out.glob("*.lock"))
+    if overwrite:
+        assert _sha(store) == before and hs.open_store(store).verify() == []
+    again = _run(cmd)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"{n_ref - n_done} computed" in again.stdout
+    _assert_same_store(store, ref)
+
+
+_BREAK_HDF5 = """
+import os, sys
+from stores import guard, writer as sw
+state = {{"chunks": 0}}
+reserve = guard.WriteGuard.reserve
+
+def _reserve(self, n):  # remember the writer's guard
+    state["guard"] = self
+    return reserve(self, n)
+
+def fault(point):  # HDF5's descriptor turns read-only after batch {at}'s first chunk
+    state["chunks"] += point == "store-chunk"
+    if point == "store-chunk" and state["chunks"] == {at}:
+        g = state["guard"]
+        os.dup2(os.open(g.path, os.O_RDONLY), g.f.id.get_vfd_handle())
+
+guard.WriteGuard.reserve, sw.fault = _reserve, fault
+from cli import uni
+uni(sys.argv[1:], prog_name="uni")
+"""
+
+
+def test_cache_hdf5_write_failing_mid_batch_keeps_finished_rows(stage_one, tmp_path):
+    """A write HDF5 itself fails mid-batch (an I/O error: EBADF here) is one line, exit 2; the
+    store opens as of the last whole batch (nothing of the failed one reaches it), and the next
+    run computes only the rest and ends equal to an uninterrupted run."""
+    spec, teacher, ref, _ = stage_one
+    out = tmp_path / "out"
+    cmd = _cache_cmd(spec, teacher, out)
+    code = _BREAK_HDF5.format(at=3)
+    failed = _run([sys.executable, "-c", code, *cmd[3:]])
+    _one_line_error(failed, f"{ref.name}: write failed (Bad file descriptor)")
+    at_failure = hs.open_store(out / ref.name)
+    n_done, n_ref = int(at_failure.done.sum()), int(hs.open_store(ref).done.sum())
+    assert 0 < n_done <= 2 * BATCH and at_failure.verify() == []
+    at_failure.close()
     assert not list(out.glob("*.lock"))
     again = _run(cmd)
     assert again.returncode == 0, again.stderr[-2000:]
-    _assert_same_store(store, ref)
+    assert f"{n_ref - n_done} computed" in again.stdout
+    _assert_same_store(out / ref.name, ref)
 
 
 # --------------------------------------------------------------------------- read-only
@@ -247,8 +316,9 @@ def _read_only(monkeypatch, directory: Path) -> None:
     fake_h5py.__dict__.update(h5py.__dict__, File=file)
     fake_os = types.ModuleType("os")
     fake_os.__dict__.update(os.__dict__, open=os_open)
-    for module in (hs, sw):
+    for module in (hs, store_create):
         monkeypatch.setattr(module, "h5py", fake_h5py)
+    for module in (hs, store_create, store_lock):
         monkeypatch.setattr(module, "os", fake_os)
 
 
@@ -298,10 +368,101 @@ def stage_two(synth_dir, tmp_path_factory):
     return spec, ds, tmp / "stores"
 
 
-def _train_args(spec: str, stores: Path, out: Path, config: Path | None = None) -> list[str]:
+def _train_args(spec: str, stores: Path, out: Path, config: Path | None = None,
+                epochs: int = 1) -> list[str]:
     args = ["train-student", "--data", spec, "--stores", str(stores), "--out", str(out),
-            "--input-size", "64x48", "--epochs", "1", "--batch-size", "4", "--workers", "0"]
+            "--input-size", "64x48", "--epochs", str(epochs), "--batch-size", "4", "--workers",
+            "0"]
     return args + (["--config", str(config)] if config else [])
+
+
+def _toml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# 3 epochs of 3 steps (9 of the 10 people train, 1 validates), a metrics row at every step.
+EXACT = "val-fraction = 0.1\nlog-every = 1\n"
+
+
+@pytest.fixture(scope="module")
+def straight_run(stage_two, tmp_path_factory) -> Path:
+    """An uninterrupted 3-epoch run that never checkpoints mid-epoch."""
+    spec, _, stores = stage_two
+    tmp = tmp_path_factory.mktemp("straight")
+    cfg = _toml(tmp / "c.toml", EXACT + "save-every-s = 0\n")
+    res = CliRunner().invoke(uni, _train_args(spec, stores, tmp / "run", cfg, epochs=3))
+    assert res.exit_code == 0, res.output
+    return tmp / "run"
+
+
+def _metrics(run: Path) -> list[dict]:
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in rows]
+
+
+def _assert_same_run(run: Path, ref: Path) -> None:
+    """Bit for bit the same end: weights, optimiser, grad scaler, position, RNG states,
+    best.pt, and metrics.csv (but the samples/s, which measure the clock)."""
+    for name in ("last.pt", "best.pt"):
+        a, b = (torch.load(r / name, weights_only=True) for r in (run, ref))
+        for key in ("epoch", "step", "step_in_epoch", "best", "val_loss", "sums", "seen",
+                    "skipped", "scaler"):
+            assert a[key] == b[key], (name, key, a[key], b[key])
+        for k, v in b["model"].items():
+            assert torch.equal(a["model"][k], v), (name, k)
+        for i, state in b["optimizer"]["state"].items():
+            for k, v in state.items():
+                assert torch.equal(a["optimizer"]["state"][i][k], v), (name, i, k)
+        assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+        assert a["rng"]["numpy"] == b["rng"]["numpy"] and a["rng"]["python"] == b["rng"]["python"]
+    assert _metrics(run) == _metrics(ref)
+
+
+def test_train_killed_mid_epoch_resumes_to_the_same_bits(stage_two, straight_run, tmp_path):
+    """Checkpoints by time (here: after every step) land mid-epoch; killed in the middle of the
+    second epoch, one step past its last checkpoint, --resume ends bit for bit where a run that
+    never stopped (and never saved mid-epoch) ends, metrics.csv included."""
+    spec, _, stores = stage_two
+    run = tmp_path / "run"
+    cfg = _toml(tmp_path / "c.toml", EXACT + "save-every-s = 1e-9\n")
+    killed = _run([sys.executable, "-m", "cli", *_train_args(spec, stores, run, cfg, epochs=3)],
+                  "train-step:5")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    at_kill = torch.load(run / "last.pt", weights_only=True)
+    assert (at_kill["epoch"], at_kill["step"], at_kill["step_in_epoch"]) == (1, 4, 1)
+    assert at_kill["seen"] == 4 and at_kill["sums"]["total"] > 0  # the epoch's running sums
+    assert max(int(r["step"]) for r in _metrics(run)) == 5  # step 5 logged, then lost
+    done = CliRunner().invoke(uni, ["train-student", "--out", str(run), "--resume"])
+    assert done.exit_code == 0, done.output
+    _assert_same_run(run, straight_run)
+
+
+def test_train_resume_before_any_checkpoint_starts_the_run(stage_two, straight_run, tmp_path):
+    """Killed before its first checkpoint, --resume starts the run from its config.toml
+    (saying so in one line) and ends as the uninterrupted run; a run dir with nothing in it
+    starts with --data, and without it is one line."""
+    spec, _, stores = stage_two
+    run = tmp_path / "run"
+    cfg = _toml(tmp_path / "c.toml", EXACT)  # the default: a checkpoint every 600 s
+    killed = _run([sys.executable, "-m", "cli", *_train_args(spec, stores, run, cfg, epochs=3)],
+                  "train-step:2")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (run / "last.pt").exists() and (run / "config.toml").is_file()
+    done = CliRunner().invoke(uni, ["train-student", "--out", str(run), "--resume"])
+    assert done.exit_code == 0, done.output
+    said = [ln for ln in done.stderr.splitlines() if "no checkpoint yet" in ln]
+    assert said == [f"uni: {run}: no checkpoint yet; starting the run as its config.toml says"]
+    _assert_same_run(run, straight_run)
+
+    fresh = tmp_path / "fresh"
+    res = CliRunner().invoke(uni, _train_args(spec, stores, fresh, cfg) + ["--resume"])
+    assert res.exit_code == 0, res.output
+    assert f"uni: {fresh}: no checkpoint yet; starting the run\n" in res.stderr
+    assert torch.load(fresh / "last.pt", weights_only=True)["step"] == 3
+    _one_line_error(CliRunner().invoke(uni, ["train-student", "--out", str(tmp_path / "none"),
+                                             "--resume"]),
+                    "none: nothing to resume (no last.pt or config.toml) and no --data")
 
 
 def test_train_refuses_a_damaged_store_or_skips_what_it_is_told(stage_two, tmp_path):
@@ -327,6 +488,34 @@ def test_train_refuses_a_damaged_store_or_skips_what_it_is_told(stage_two, tmp_p
                             "damaged") == 1 and f"instance {iid}" in res.stderr
     ckpt = torch.load(tmp_path / "skip/last.pt", weights_only=False)
     assert ckpt["epoch"] == 1 and ckpt["step"] == 3  # ⌈9 / 4⌉
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_train_chunk_damaged_after_its_check_is_one_line_or_skipped(stage_two, tmp_path,
+                                                                   workers):
+    """A store checked clean, then damaged without its size or mtime changing (bit rot): the
+    next start trusts its record, so the damage is met while training — one line, even when a
+    DataLoader worker meets it, or with --skip-corrupt the sample skipped and counted."""
+    spec, _, stores = stage_two
+    rotten = tmp_path / "stores"
+    shutil.copytree(stores, rotten)
+    store, row = rotten / "t__coco.h5", 5
+    assert hs.open_store(store).check().rows_read == 10  # a copy: read whole, then recorded
+    assert hs.open_store(store).check().rows_read == 0  # the record vouches for every row
+    st = store.stat()
+    _corrupt_chunk(store, row)
+    os.utime(store, ns=(st.st_atime_ns, st.st_mtime_ns))
+    iid = int(hs.open_store(store).instance_ids[row])
+    cfg = _toml(tmp_path / "c.toml", "val-fraction = 0.0\n")
+    args = _train_args(spec, rotten, tmp_path / "refused", cfg) + ["--workers", workers]
+    _one_line_error(CliRunner().invoke(uni, args), str(store), f"instance {iid} (row {row})",
+                    "checksum", "found while training; --skip-corrupt trains without it")
+    args = _train_args(spec, rotten, tmp_path / "skip", cfg) + ["--workers", workers]
+    res = CliRunner().invoke(uni, args + ["--skip-corrupt"])
+    assert res.exit_code == 0, res.output
+    assert f"uni: skipped 1 unreadable samples; first: {store}: heatmaps of instance {iid}" in (
+        res.stderr)
+    assert torch.load(tmp_path / "skip/last.pt", weights_only=True)["step"] == 3
 
 
 def test_train_killed_while_writing_a_checkpoint_keeps_the_previous(stage_two, tmp_path):
@@ -444,7 +633,7 @@ def test_missing_image_skipped_and_listed_or_fatal_with_strict(heatmap_teacher, 
                     "--strict")
     store = next(out.glob("*.h5"))  # resumable, nothing half-written in it
     assert not hs.open_store(store).complete and hs.open_store(store).verify() == []
-    assert sorted(p.name for p in out.iterdir()) == [store.name]
+    assert _names(out) == [store.name]
     res = CliRunner().invoke(uni, base)
     assert res.exit_code == 0, res.output
     assert f"{len(users)} skipped" in res.stdout and str(gone) in res.stdout

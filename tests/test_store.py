@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -89,6 +91,77 @@ def test_quantize_zero_and_negative_channels():
     assert scales[0, 3] == 0 and scales[0, 4] == 0 and not q[0, 3:5].any()
 
 
+# --------------------------------------------------------------------------- encoded rows
+
+
+@pytest.mark.parametrize("codec", ["zstd-1", "blosc-lz4-bitshuffle", "gzip-4"])
+def test_encode_rows_bytes_are_what_hdf5_itself_stores(tmp_path, codec):
+    """encode_rows' chunks equal the bytes a plain h5py write of the same uint8 map puts on disk
+    (codec + fletcher32), for every row of a batch, and its scales are quantize's."""
+    maps = _maps(5, seed=3)
+    enc = hs.encode_rows(maps, hs.THRESHOLD, codec)
+    q, scales = hs.quantize(maps)
+    np.testing.assert_array_equal(enc.scales, scales)
+    assert enc.shape == (K, H, W) and enc.codec == codec and not enc.filter_masks.any()
+    with h5py.File(tmp_path / "plain.h5", "w") as f:
+        ds = f.create_dataset("h", (5, K, H, W), np.uint8, chunks=(1, K, H, W),
+                              fletcher32=True, **dict(hs.CODECS[codec]()))
+        ds[:] = q
+        for i in range(5):
+            mask, chunk = ds.id.read_direct_chunk((i, 0, 0, 0))
+            assert mask == 0 and bytes(chunk) == enc.chunks[i]
+    again = hs.encode_rows(maps[2:4], hs.THRESHOLD, codec)  # the cached twin, other rows
+    assert again.chunks == enc.chunks[2:4]
+    assert len(pickle.dumps(enc)) < sum(map(len, enc.chunks)) + 5 * K * 4 + 1000
+
+
+def test_encode_rows_refuses_maps_that_are_not_finite():
+    maps = _maps(3)
+    maps[1, 2, 3, 4] = np.nan
+    with pytest.raises(UniError, match="batch row 1 not finite"):
+        hs.encode_rows(maps)
+
+
+def test_write_encoded_store_equals_the_float_path_and_fletcher_still_checks(tmp_path):
+    """A store written from ready chunks reads back, with plain h5py + hdf5plugin, exactly as
+    one written from float32 maps; a flipped byte in a chunk still fails its checksum."""
+    ids, maps, aff = np.arange(9) + 50, _maps(9, seed=4), _affines(9)
+    sw.write_store(tmp_path / "float.h5", _meta(), ids, maps, aff)
+    path = tmp_path / "enc.h5"
+    sw.create_store(path, _meta(), ids)
+    with sw.StoreWriter(path) as w:
+        for rows in (np.array([4, 0, 2]), np.arange(5, 9), np.array([1, 3])):  # any order
+            enc = pickle.loads(pickle.dumps(hs.encode_rows(maps[rows])))  # as a worker ships it
+            w.write_encoded(rows, enc, aff[rows])
+        w.finalize()
+    with h5py.File(tmp_path / "float.h5") as a, h5py.File(path) as b:
+        for name in ("heatmaps", "scales", "affines", "instance_ids", "done"):
+            np.testing.assert_array_equal(a[name][:], b[name][:])
+        for row in range(9):
+            assert (a["heatmaps"].id.read_direct_chunk((row, 0, 0, 0))
+                    == b["heatmaps"].id.read_direct_chunk((row, 0, 0, 0)))
+    r = hs.open_store(path)
+    assert r.complete and r.verify() == []
+    r.close()  # else this process's HDF5 keeps serving the chunk from its cache
+    _corrupt_chunk(path, 6)
+    problems = hs.open_store(path).verify()
+    assert [p.split(":")[0] for p in problems] == [f"instance {ids[6]} (row 6)"]
+
+
+def test_write_encoded_refuses_rows_encoded_for_another_store(tmp_path):
+    path = tmp_path / "s.h5"
+    sw.create_store(path, _meta(), np.arange(4))
+    with sw.StoreWriter(path) as w:
+        for enc, match in ((hs.encode_rows(_maps(2), codec="lz4"), "codec 'lz4'"),
+                           (hs.encode_rows(_maps(2), threshold=0.1), "threshold 0.1"),
+                           (hs.encode_rows(_maps(2)[:, :, :8]), "shape")):
+            with pytest.raises(UniError, match=match):
+                w.write_encoded(np.arange(2), enc, _affines(2))
+        with pytest.raises(UniError, match="out of range"):
+            w.write_encoded(np.array([3, 4]), hs.encode_rows(_maps(2)), _affines(2))
+    assert not hs.open_store(path).done.any()
+
+
 # --------------------------------------------------------------------------- layout
 
 
@@ -164,6 +237,21 @@ def test_partial_store_rows_and_finalize(tmp_path):
     with pytest.raises(UniError, match="instance 4 .*not in the store"):
         r.read(3)
     assert hs.check_compatible(path, _meta()) == "complete"
+
+
+def test_rewriting_done_rows_replaces_them(tmp_path):
+    """A row written again (done already) holds the new data; it is unmarked and flushed first,
+    so a kill in between never pairs its old metadata with reused chunk space."""
+    path = tmp_path / "w.h5"
+    sw.create_store(path, _meta(), np.arange(6))
+    with sw.StoreWriter(path) as w:
+        w.write(np.arange(4), _maps(4, seed=1), _affines(4))
+        w.write(np.array([3, 2, 5]), _maps(3, seed=2), _affines(3) + 7)
+    r = hs.open_store(path)
+    assert np.flatnonzero(r.done).tolist() == [0, 1, 2, 3, 5] and r.verify() == []
+    want = hs.dequantize(*hs.quantize(_maps(3, seed=2)))
+    np.testing.assert_array_equal(r.read(3)[0], want[0])
+    np.testing.assert_array_equal(r.read(2)[1], _affines(3)[1] + 7)
 
 
 # --------------------------------------------------------------------------- readers in workers
@@ -350,11 +438,11 @@ def test_kill_minus_nine_mid_write_leaves_consistent_store(tmp_path):
     time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    mended = sw.repair_store(path)  # a chunk the kill tore: all 4000 rows share one, all reset
+    mended = sw.repair_store(path)  # a chunk the kill tore: its rows are reset
     r = hs.open_store(path)
     done = np.flatnonzero(r.done)
     assert not r.complete
-    assert (mended == 0 and 240 <= len(done) < 4000) or (mended == 4000 and len(done) == 0)
+    assert mended in (0, sw.META_CHUNK) and 240 - mended <= len(done) < 4000
     for row in done:
         heat, a = r.read(row)
         assert abs(heat[:, 0, 0].max() - (2 + row / 1000)) < 0.02
@@ -377,25 +465,26 @@ def _tear(path: Path, name: str, chunk: int = 0) -> None:
         fh.write(b"\x5a" * 16)  # not 0xff: Fletcher-32 (mod 65535) cannot see 0x0000 → 0xffff
 
 
-@pytest.mark.parametrize("name", ["scales", "done", "affines"])
+@pytest.mark.parametrize("name", ["scales", "done", "affines", "row_crc"])
 def test_chunk_torn_by_a_kill_is_mended_on_resume(tmp_path, name, caplog):
-    """A torn scales / affines / done chunk makes the partial store unreadable with a hint;
-    the next writer resets that chunk's rows (computed again) and the store ends clean."""
+    """A torn scales / affines / done / row_crc chunk makes the partial store unreadable with a
+    hint; the next writer resets that chunk's rows (computed again) and the store ends clean."""
     path = tmp_path / "m.h5"
-    n, maps = 5000, _maps(1)  # rows 0–4095 share chunk 0 of the small datasets
+    c = sw.META_CHUNK  # rows 0 … c - 1 share chunk 0 of the small datasets
+    n, maps = c + 904, _maps(1)
     sw.create_store(path, _meta(), np.arange(n))
-    rows = np.array([1, 2, 4095, 4096, 4999])
+    rows = np.array([1, 2, c - 1, c, n - 1])
     with sw.StoreWriter(path) as w:
         w.write(rows, np.repeat(maps, 5, 0), _affines(5))
     _tear(path, name)
     with pytest.raises(UniError, match="running it again repairs the store"):
         hs.open_store(path)._open()
     with caplog.at_level(logging.WARNING):
-        assert sw.repair_store(path) == 4096
-    assert "4096 rows torn" in caplog.text
+        assert sw.repair_store(path) == c
+    assert f"{c} rows torn" in caplog.text
     r = hs.open_store(path)
-    assert np.flatnonzero(r.done).tolist() == [4096, 4999]  # chunk 1 kept its rows
-    np.testing.assert_array_equal(r.read(4096)[1], _affines(5)[3])
+    assert np.flatnonzero(r.done).tolist() == [c, n - 1]  # chunk 1 kept its rows
+    np.testing.assert_array_equal(r.read(c)[1], _affines(5)[3])
     r.close()
     with sw.StoreWriter(path) as w:
         todo = np.flatnonzero(~r.done)
@@ -404,6 +493,223 @@ def test_chunk_torn_by_a_kill_is_mended_on_resume(tmp_path, name, caplog):
     r = hs.open_store(path)
     assert r.complete and r.verify() == []
     assert sw.repair_store(path) == 0  # a complete store is left alone
+
+
+def test_hdf5_write_failing_mid_batch_keeps_finished_rows(tmp_path, monkeypatch):
+    """An HDF5 write that fails mid-batch (its file descriptor turned read-only after the third
+    batch's first chunk: EBADF on the second, as an I/O error) is one StoreWriteFailed; the
+    handle is cut off the file, the store opens as of the last batch, and a resume ends equal
+    to a store written without failure."""
+    ids, maps, aff = np.arange(24) + 7, _maps(24, seed=5), _affines(24)
+    sw.write_store(tmp_path / "clean.h5", _meta(), ids, maps, aff)
+    path = tmp_path / "f.h5"
+    sw.create_store(path, _meta(), ids)
+    w, batches = sw.StoreWriter(path), []
+
+    def break_in_batch_3(point: str) -> None:  # called after each batch's first chunk
+        batches.extend([point] if point == "store-chunk" else [])
+        if len(batches) == 3 and point == "store-chunk":
+            ro = os.open(path, os.O_RDONLY)
+            os.dup2(ro, w._f.id.get_vfd_handle())
+            os.close(ro)
+
+    monkeypatch.setattr(sw, "fault", break_in_batch_3)
+    with pytest.raises(sw.StoreWriteFailed, match="f.h5: write failed"):
+        for start in range(0, 24, 8):
+            w.write(np.arange(start, start + 8), maps[start:start + 8], aff[start:start + 8])
+    assert len(batches) == 3
+    with pytest.raises(UniError, match="an earlier write failed"):
+        w.write(np.arange(16, 24), maps[16:], aff[16:])
+    w.close()  # onto /dev/null: quiet, and nothing reaches the store
+    monkeypatch.undo()
+    assert not Path(str(path) + ".lock").exists()
+    r = hs.open_store(path)
+    assert np.flatnonzero(r.done).tolist() == list(range(16)) and r.verify() == []
+    r.close()
+    with sw.StoreWriter(path) as w:
+        assert w.rows_reset == 0
+        w.write(np.arange(16, 24), maps[16:], aff[16:])
+        w.finalize()
+    with h5py.File(tmp_path / "clean.h5") as a, h5py.File(path) as b:
+        for name in ("scales", "affines", "done", "row_crc"):
+            np.testing.assert_array_equal(a[name][:], b[name][:])
+        for row in range(24):
+            assert (a["heatmaps"].id.read_direct_chunk((row, 0, 0, 0))
+                    == b["heatmaps"].id.read_direct_chunk((row, 0, 0, 0)))
+
+
+def test_no_room_for_a_batch_stops_before_writing_it(tmp_path, monkeypatch):
+    """When the file system refuses the reservation (rule 1 of stores/writer.py) nothing of the
+    batch is written: a one-line UniError, the store closes cleanly and resumes."""
+    ids, maps, aff = np.arange(16), _maps(16, seed=6), _affines(16)
+    path = tmp_path / "r.h5"
+    sw.create_store(path, _meta(), ids)
+    real, full = os.posix_fallocate, []
+
+    def quota(fd, offset, length):
+        if full:
+            raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+        return real(fd, offset, length)
+
+    monkeypatch.setattr(os, "posix_fallocate", quota)
+    with sw.StoreWriter(path) as w:
+        w.write(np.arange(8), maps[:8], aff[:8])
+        full.append(True)
+        with pytest.raises(UniError, match="no room for the next batch .*quota.*intact"):
+            w.write(np.arange(8, 16), maps[8:], aff[8:])
+        assert w._guard.overruns == 0
+    monkeypatch.undo()
+    r = hs.open_store(path)
+    assert np.flatnonzero(r.done).tolist() == list(range(8)) and r.verify() == []
+    r.close()
+    with sw.StoreWriter(path) as w:
+        w.write(np.arange(8, 16), maps[8:], aff[8:])
+        w.finalize()
+    assert hs.open_store(path).verify() == []
+
+
+# --------------------------------------------------------------------------- row metadata
+
+
+def _chunk_word(path: Path, name: str, byte: int) -> int:
+    """File offset of byte `byte` of chunk 0 of dataset `name`."""
+    with h5py.File(path) as f:
+        return f[name].id.get_chunk_info(0).byte_offset + byte
+
+
+def _poke(path: Path, offset: int, data: bytes) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(data)
+
+
+def test_row_crc_sees_what_fletcher32_cannot(tmp_path):
+    """A 16-bit word of row metadata going 0x0000 → 0xffff passes fletcher32 (plain h5py reads
+    it) but fails the row's row_crc: reads refuse the row, every check names it, and a writer
+    resuming the store computes it again."""
+    ids, maps = np.arange(8) + 10, _maps(8, seed=7)
+    maps[2, 3] = 0.0  # scale 0.0: four zero bytes in row 2's scales
+    path = tmp_path / "s.h5"
+    sw.create_store(path, _meta(), ids)
+    with sw.StoreWriter(path) as w:
+        w.write(np.arange(5), maps[:5], _affines(5))
+    _poke(path, _chunk_word(path, "scales", (2 * K + 3) * 4), b"\xff\xff")  # scale ≈ 1e-40
+    with h5py.File(path) as f:
+        assert 0 < f["scales"][2, 3] < 1e-30  # fletcher32 passed it
+    _poke(path, _chunk_word(path, "done", 6), b"\xff\xff")  # rows 6 and 7 (not done)
+    with h5py.File(path) as f:
+        np.testing.assert_array_equal(f["done"][:], [1, 1, 1, 1, 1, 0, 255, 255])
+    r = hs.open_store(path)
+    with pytest.raises(UniError, match=f"instance {ids[2]} \\(row 2\\) fails its row_crc"):
+        r.read(2)
+    r.read(1)
+    for trust in (True, False):
+        found = r.check(trust=trust)
+        assert sorted(found.damaged) == [2, 6, 7], found.problems
+        assert "row_crc" in found.damaged[2] and "done is 255" in found.damaged[7]
+    r.close()
+    with sw.StoreWriter(path) as w:
+        assert w.rows_reset == 3
+    assert np.flatnonzero(hs.open_store(path).done).tolist() == [0, 1, 3, 4]
+
+
+def _as_version_1(path: Path) -> None:
+    """Make a store what uni wrote before format 2: no row_crc, format_version 1."""
+    with h5py.File(path, "r+") as f:
+        del f["row_crc"]
+        f.attrs["format_version"] = 1
+
+
+def test_format_1_store_is_read_and_a_resume_upgrades_it(tmp_path):
+    ids, maps, aff = np.arange(8) + 3, _maps(8, seed=8), _affines(8)
+    sw.write_store(tmp_path / "clean.h5", _meta(), ids, maps, aff)
+    old = tmp_path / "old.h5"
+    sw.write_store(old, _meta(), ids, maps, aff)
+    _as_version_1(old)
+    before = old.read_bytes()
+    r = hs.open_store(old)  # complete: read as it is, never written again
+    assert r.version == 1 and r.verify() == [] and r.check().problems == []
+    np.testing.assert_array_equal(r.read(5)[1], aff[5])
+    assert sw.repair_store(old) == 0 and old.read_bytes() == before
+    part = tmp_path / "part.h5"
+    sw.create_store(part, _meta(), ids)
+    with sw.StoreWriter(part) as w:
+        w.write(np.arange(5), maps[:5], aff[:5])
+    _as_version_1(part)
+    assert hs.check_compatible(part, _meta()) == "partial"
+    with sw.StoreWriter(part) as w:  # the resume adds row_crc for the rows it finds
+        w.write(np.arange(5, 8), maps[5:], aff[5:])
+        w.finalize()
+    r = hs.open_store(part)
+    assert r.version == 2 and r.verify() == []
+    with h5py.File(tmp_path / "clean.h5") as a, h5py.File(part) as b:
+        assert b.attrs["format_version"] == 2
+        for name in ("scales", "affines", "done", "row_crc", "heatmaps"):
+            np.testing.assert_array_equal(a[name][:], b[name][:])
+
+
+def test_store_of_a_newer_format_is_refused_in_one_line(store):
+    path = store[0]
+    with h5py.File(path, "r+") as f:
+        f.attrs["format_version"] = hs.FORMAT_VERSION + 1
+    with pytest.raises(UniError, match=f"format_version {hs.FORMAT_VERSION + 1}, written by a "
+                                       "newer uni") as e:
+        hs.open_store(path)
+    assert "\n" not in str(e.value)
+    with pytest.raises(UniError, match="newer uni"):
+        sw.StoreWriter(path)
+    assert not Path(str(path) + ".lock").exists()
+
+
+# --------------------------------------------------------------------------- verified once
+
+
+def test_a_clean_check_is_recorded_and_trusted_until_the_file_changes(tmp_path):
+    path = tmp_path / "v.h5"
+    ids, maps, aff = np.arange(10) + 1, _maps(10, seed=9), _affines(10)
+    sw.create_store(path, _meta(), ids)
+    with sw.StoreWriter(path) as w:
+        w.write(np.arange(6), maps[:6], aff[:6])
+    record = Path(str(path) + ".verified")
+    r = hs.open_store(path)
+    first = r.check()
+    assert first.problems == [] and first.rows_read == 6 and record.is_file()
+    assert r.check().rows_read == 0  # trusted: nothing read again
+    assert r.check(trust=False).rows_read == 6  # inspect-store --verify reads everything
+    r.close()
+    # A resume by the store's writer: only its new rows are read next time.
+    with sw.StoreWriter(path) as w:
+        w.write(np.arange(6, 10), maps[6:], aff[6:])
+        w.finalize()
+    r = hs.open_store(path)
+    assert r.check().rows_read == 4 and r.check().rows_read == 0
+    r.close()
+    # Any other change (here a chunk damaged in place): everything is read again.
+    _corrupt_chunk(path, 3)
+    r = hs.open_store(path)
+    found = r.check()
+    assert found.rows_read == 10 and list(found.damaged) == [3]
+    assert r.check().rows_read == 1  # the damaged row is never vouched for
+    r.close()
+
+
+def test_no_record_beside_a_writer_and_none_from_a_killed_one(tmp_path):
+    path = tmp_path / "v.h5"
+    ids, maps, aff = np.arange(4), _maps(4), _affines(4)
+    sw.write_store(path, _meta(), ids, maps, aff)
+    record = Path(str(path) + ".verified")
+    lock = Path(str(path) + ".lock")
+    lock.write_text(f"{os.getpid()} {socket.gethostname()}\n")  # a live writer holds it
+    assert hs.open_store(path).check().rows_read == 4 and not record.exists()
+    lock.unlink()
+    r = hs.open_store(path)
+    r.check()
+    assert json.loads(record.read_text())["identity"] is not None
+    r.close()
+    w = sw.StoreWriter(path)  # opening clears the identity: killed now, the record vouches
+    assert json.loads(record.read_text())["identity"] is None  # for nothing
+    w.close()
+    assert hs.open_store(path).check().rows_read == 0  # closed cleanly: carried over
 
 
 # --------------------------------------------------------------------------- CLI

@@ -76,8 +76,13 @@ def test_a_checkpoint_round_trip_restores_model_optimiser_position_and_rng(tmp_p
     opt.step()
     random.seed(1)
     np.random.seed(2)
-    pos = Position(epoch=1, step=7, step_in_epoch=3, best=0.5)
-    save_checkpoint(tmp_path / "last.pt", model, opt, pos, {"model": "tiny"}, ["t"], 0.25)
+    pos = Position(epoch=1, step=7, step_in_epoch=3, best=0.5, sums={"total": 1.5, "gt": 0.5},
+                   seen=24, skipped=["a.jpg: not a readable image (coco instance 3)"])
+    scaler = torch.amp.GradScaler("cpu", init_scale=512.0, growth_interval=3)
+    scaler.scale(torch.ones(1))
+    scaler.update(256.0)  # as after a step that overflowed
+    save_checkpoint(tmp_path / "last.pt", model, opt, pos, {"model": "tiny"}, ["t"], 0.25,
+                    scaler)
     ahead = (random.random(), np.random.rand(3), torch.rand(3))
 
     random.seed(9)
@@ -86,7 +91,9 @@ def test_a_checkpoint_round_trip_restores_model_optimiser_position_and_rng(tmp_p
     ckpt = load_checkpoint(tmp_path / "last.pt")
     model2 = build_model("tiny")
     opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-3)
-    assert restore(ckpt, model2, opt2) == pos
+    scaler2 = torch.amp.GradScaler("cpu")
+    assert restore(ckpt, model2, opt2, scaler2) == pos
+    assert scaler2.state_dict() == scaler.state_dict() and scaler2.get_scale() == 256.0
     assert (random.random(), *np.random.rand(3), *torch.rand(3).tolist()) == (
         ahead[0], *ahead[1], *ahead[2].tolist())
     for k, v in model.state_dict().items():

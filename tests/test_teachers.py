@@ -1,5 +1,5 @@
-"""Teacher runtime: metadata round trip and checks, provider choice, heatmap / SimCC outputs,
-flip test."""
+"""Teacher runtime: metadata round trip and checks, provider and device choice (GPU round-robin,
+the refusal of cuda where it cannot run), heatmap / SimCC outputs, flip test."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from conftest import make_heatmap_teacher, make_simcc_teacher
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline import devices
 from pipeline.crops import normalize
 from pipeline.errors import UniError
 from pipeline.skeletons import SKELETONS
@@ -89,16 +90,81 @@ def test_simcc_bins_must_match_input(tmp_path):
 
 
 def test_creating_a_teacher_is_quiet(heatmap_teacher, capfd):
-    from pipeline.teachers import pick_providers
-
-    pick_providers.cache_clear()
-    providers = pick_providers()
+    devices.cuda_problem.cache_clear()
+    providers = devices.pick_providers()
     t = Teacher(heatmap_teacher)
     t.predict(np.zeros((1, 64, 48, 3), np.uint8))
     out, err = capfd.readouterr()
     assert out == "" and err == ""
     assert providers[-1] == "CPUExecutionProvider"
     assert t.session.get_providers()[0] == providers[0]
+    assert t.provider.startswith(providers[0])  # "CUDAExecutionProvider:0" on a GPU
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def test_parse_device():
+    assert [devices.parse_device(d) for d in ("auto", " CPU", "cuda", "cuda:3")] == [
+        "auto", "cpu", "cuda", "cuda:3"]
+    for bad in ("gpu", "cuda:", "cuda:x", "cuda:1:2", ""):
+        with pytest.raises(UniError, match="expected one of auto, cpu, cuda, cuda:N") as e:
+            devices.parse_device(bad)
+        assert "\n" not in str(e.value)
+
+
+def _machine(monkeypatch, gpus: int) -> None:
+    """Make pipeline.devices see `gpus` working GPUs (0: CUDA cannot run)."""
+    monkeypatch.setattr(devices, "cuda_problem", lambda: None if gpus else "no NVIDIA driver")
+    monkeypatch.setattr(devices, "cuda_device_count", lambda: gpus)
+
+
+def test_device_resolution_and_round_robin(monkeypatch):
+    _machine(monkeypatch, 0)
+    assert devices.resolve_device("auto", 3) == devices.resolve_device("cpu") == "cpu"
+    for d in ("cuda", "cuda:0"):
+        with pytest.raises(UniError, match=f"--device {d}: CUDA cannot run here "
+                                           r"\(no NVIDIA driver\)"):
+            devices.resolve_device(d)
+    _machine(monkeypatch, 2)
+    # Workers 0..3 (LocalCluster names) over 2 GPUs: round-robin through device_id.
+    slots = [devices.worker_slot(n, f"tcp://h:{n}", None) for n in range(4)]
+    assert [devices.resolve_device("cuda", s) for s in slots] == [
+        "cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert [devices.resolve_device("auto", s) for s in slots][:2] == ["cuda:0", "cuda:1"]
+    assert devices.resolve_device("cuda:1", 0) == "cuda:1"
+    assert devices.resolve_device("cpu") == "cpu"
+    with pytest.raises(UniError, match="cuda:2: this process sees 2 GPU"):
+        devices.resolve_device("cuda:2")
+    assert devices.session_providers("cuda:1") == [
+        ("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert devices.session_providers("cpu") == ["CPUExecutionProvider"]
+    # `dask worker` processes are named by address: their rank on their host.
+    workers = {"tcp://a:9": {"host": "a"}, "tcp://a:7": {"host": "a"},
+               "tcp://b:8": {"host": "b"}, "tcp://a:8": {"host": "a"}}
+    assert [devices.worker_slot(a, a, workers) for a in sorted(workers)] == [0, 1, 2, 0]
+    assert devices.worker_slot("7", "tcp://a:9", workers) == 7  # a numeric --name
+
+
+def test_teacher_refuses_cuda_where_it_cannot_run(heatmap_teacher, tiny_student_run, tmp_path):
+    t = Teacher(heatmap_teacher, device="cpu")
+    assert t.provider == "CPUExecutionProvider"
+    if devices.cuda_problem() is None:
+        pytest.skip("CUDA runs here")
+    with pytest.raises(UniError, match="--device cuda: CUDA cannot run here"):
+        Teacher(heatmap_teacher, device="cuda")
+    image = sorted((REPO / "samples/coco/images").iterdir())[0]
+    uni = [sys.executable, "-m", "cli"]
+    for cmd, words in (
+            (["predict", str(heatmap_teacher), str(image), "--out", str(tmp_path / "p")],
+             "CUDA cannot run here"),
+            (["predict", str(tiny_student_run), str(image), "--out", str(tmp_path / "p")],
+             "torch sees no usable GPU"),
+            (["evaluate", str(heatmap_teacher), "--data",
+              f"coco:{REPO / 'samples/coco/test_coco.json'}"], "CUDA cannot run here")):
+        r = subprocess.run(uni + cmd + ["--device", "cuda:0"], cwd=REPO, capture_output=True,
+                           text=True)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and words in r.stderr, r.stderr
 
 
 def test_heatmap_teacher_matches_onnxruntime(heatmap_teacher, coco_crops):

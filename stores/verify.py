@@ -1,0 +1,226 @@
+"""Checking a store (StoreReader.check), and recording that a check found it clean, so the next
+start reads only what is new.
+
+The record is ``<store>.verified``, JSON written atomically beside the store: the file's identity
+(size, mtime_ns, inode, device) and the rows found clean (a packed mask of done rows). A trusting
+check reads no recorded row again while the identity is unchanged, and every row once it has
+changed — except through the store's own writer, which carries the record across its writes:
+opening the store it clears the recorded identity (a kill then leaves a record that vouches for
+nothing), and closing it cleanly it records the new identity with the rows it rewrote or reset
+taken out (`WriterRecord`). So a resumed store is read only for its new rows, and any other
+change to the file (a copy, a bit flipped by hand, another program) means a full read.
+
+Every check, trusting or not, checks every done row's metadata (done value, row_crc, finite
+scales and affines) — a vectorised pass — and HDF5 still checks each chunk's fletcher32 whenever
+training reads it. A check writes the record only when no writer holds the store's lock and
+the file did not change while it read; a read-only folder just means the next start reads again.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+from collections.abc import Container, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.errors import UniError
+from pipeline.files import atomic_write
+from stores.encode import row_crcs
+from stores.lock import held_by_live_writer
+
+RECORD_VERSION = 1
+
+
+@dataclass
+class StoreCheck:
+    """What a check of a store found (StoreReader.check)."""
+
+    problems: list[str]  # every problem, one line each
+    damaged: dict[int, str]  # {row: problem} for the rows marked done among them
+    rows_read: int = 0  # chunks read by this check (the rest were vouched for by the record)
+
+
+def record_path(path: Path) -> Path:
+    return Path(str(path) + ".verified")
+
+
+def _identity(path: Path) -> list[int]:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]
+
+
+def _allocated(reader) -> np.ndarray:
+    """(N,) bool: rows whose heatmap chunk exists in the file."""
+    out = np.zeros(len(reader), bool)
+
+    def seen(info) -> None:
+        out[info.chunk_offset[0]] = True
+
+    reader._hm.id.chunk_iter(seen)
+    return out
+
+
+def _pack(mask: np.ndarray) -> str:
+    return base64.b64encode(np.packbits(mask).tobytes()).decode()
+
+
+def _unpack(text: str, n: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(base64.b64decode(text), np.uint8), count=n).astype(bool)
+
+
+def load_record(path: Path) -> dict | None:
+    """The store's verification record, or None (absent, unreadable or of another version)."""
+    try:
+        rec = json.loads(record_path(path).read_text())
+        return rec if rec.get("record_version") == RECORD_VERSION else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _write_record(path: Path, rec: dict) -> None:
+    """Atomically, through a temp file of this process's own (two checkers may race)."""
+    target = record_path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        atomic_write(target, lambda t: t.write_text(json.dumps(rec) + "\n"), tmp=tmp)
+    except (OSError, UniError):  # cannot write: then no stale one may stay either
+        try:
+            record_path(path).unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _new_record(path: Path, identity: list[int] | None, clean: np.ndarray, version: int,
+                allocated: np.ndarray | None = None) -> dict:
+    rec = {"record_version": RECORD_VERSION, "store": path.name, "rows": len(clean),
+           "format_version": version, "identity": identity, "verified": _pack(clean)}
+    if allocated is not None:  # spares the next check HDF5's chunk index walk
+        rec["allocated"] = _pack(allocated)
+    return rec
+
+
+class WriterRecord:
+    """The verification record as the store's writer carries it across its writes."""
+
+    def __init__(self, path: Path):
+        """Before the writer opens the file: keep the record's rows if it still matches the
+        file, and clear its identity on disk until `close`."""
+        self.path = path
+        rec = load_record(path)
+        self.rec = rec if rec is not None and rec.get("identity") == _identity(path) else None
+        if rec is not None:
+            rec["identity"] = None
+            _write_record(path, rec)
+
+    def close(self, touched: np.ndarray, version: int) -> None:
+        """After the writer closed the file cleanly: the record again, for the file as it is
+        now, less the rows the writer wrote or reset (`touched` (N,) bool)."""
+        rec = self.rec
+        if rec is None or rec.get("rows") != len(touched):
+            return
+        clean = _unpack(rec["verified"], len(touched)) & ~touched
+        _write_record(self.path, _new_record(self.path, _identity(self.path), clean, version))
+
+
+def _covered(reader, rec: dict | None, identity: list[int]) -> np.ndarray:
+    """(N,) bool: the done rows this record still vouches for."""
+    n = len(reader)
+    if rec is None or rec.get("rows") != n or rec.get("identity") != identity:
+        return np.zeros(n, bool)
+    try:
+        return _unpack(rec["verified"], n) & reader.done
+    except (KeyError, ValueError, TypeError):
+        return np.zeros(n, bool)
+
+
+def missing_instances(instance_ids: Iterable[int], row_of: dict[int, int], done: np.ndarray,
+                      skipped: Container[int]) -> list[int]:
+    """Those of `instance_ids` neither done (a row whose done is 1) nor skipped, in order:
+    what a complete store may not lack."""
+    return [i for i in map(int, instance_ids)
+            if i not in skipped and (i not in row_of or not done[row_of[i]])]
+
+
+def meta_problems(reader) -> dict[int, str]:
+    """{row: problem} from the row metadata alone, for the rows marked done: done value,
+    row_crc (format 2), scales finite and ≥ 0, affine finite. Vectorised; every check runs it."""
+    done, out = reader.done, {}
+    s, a = reader._scales, reader._affines
+    bad_s = done & ~(np.isfinite(s) & (s >= 0)).all(axis=1)
+    bad_a = done & ~np.isfinite(a).all(axis=(1, 2))
+    bad_crc = np.zeros(len(done), bool)
+    if reader._crc is not None:
+        rows = np.flatnonzero(done)
+        want = row_crcs(s[rows], a[rows], reader.instance_ids[rows], reader.done_raw[rows])
+        bad_crc[rows[want != reader._crc[rows]]] = True
+    for mask, text in ((bad_a, "affine not finite"), (bad_s, "scales not finite and ≥ 0"),
+                       (bad_crc, "row metadata (scales, affine, done) fails its row_crc")):
+        out.update((int(r), text) for r in np.flatnonzero(mask))
+    for r in np.flatnonzero(reader.done_raw > 1):
+        out[int(r)] = f"done is {reader.done_raw[r]}, not 0 or 1 (damaged row metadata)"
+    return out
+
+
+def _scan_row(reader, row: int, allocated: bool) -> str | None:
+    """What reading one row's chunk finds wrong, or None."""
+    if not allocated:
+        return "marked done but has no data" if reader.done[row] else None
+    try:
+        out = reader._read_chunk(row)
+    except OSError:
+        return "heatmap chunk fails its checksum"
+    if not reader.done[row]:
+        return None
+    s = reader._scales[row]
+    peak = out[0].reshape(reader.meta.heatmap_shape[0], -1).max(-1)
+    wrong = np.flatnonzero((s > 0) != (peak == 255))
+    if len(wrong):
+        return (f"keypoint {wrong[0]} peak {peak[wrong[0]]} does not match its scale "
+                f"{s[wrong[0]]}")
+    return None
+
+
+def check_store(reader, progress: bool = False, trust: bool = True) -> StoreCheck:
+    """StoreReader.check: see the module docstring."""
+    reader._open()
+    path = reader.path
+    before = _identity(path)
+    rec = load_record(path) if trust else None
+    covered = _covered(reader, rec, before)
+    try:  # the file is as recorded: so is its chunk index
+        allocated = _unpack(rec["allocated"], len(reader)) if covered.any() else None
+    except (KeyError, ValueError, TypeError):
+        allocated = None
+    allocated = _allocated(reader) if allocated is None else allocated
+    found = meta_problems(reader)
+    to_read = np.flatnonzero((allocated | reader.done) & ~covered)
+    for row in tqdm(to_read, desc=f"verify {path.name}", unit="inst", disable=not progress,
+                    file=sys.stderr, delay=1.0):  # quiet when quick
+        problem = _scan_row(reader, int(row), bool(allocated[row]))
+        if problem:
+            found.setdefault(int(row), problem)  # a metadata problem is the cause of the rest
+    out = StoreCheck([], {}, len(to_read))
+    for row in sorted(found):
+        out.problems.append(f"instance {int(reader.instance_ids[row])} (row {row}): "
+                            f"{found[row]}")
+        if reader.done[row]:
+            out.damaged[row] = out.problems[-1]
+    if reader.complete:
+        missing = missing_instances(reader.instance_ids, reader.row_of, reader.done,
+                                    reader.skipped)
+        if missing:
+            out.problems.append(f"marked complete but {len(missing)} instances neither done "
+                                f"nor skipped (first: instance {missing[0]})")
+    if len(to_read) or rec is None or rec.get("identity") != before:
+        clean = reader.done.copy()
+        clean[list(found)] = False
+        # Never beside a writer at work, nor for a file that changed while it was read.
+        if not held_by_live_writer(path) and _identity(path) == before:
+            _write_record(path, _new_record(path, before, clean, reader.version, allocated))
+    return out

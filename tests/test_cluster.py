@@ -1,0 +1,111 @@
+"""Stage one on a real dask cluster: `dask scheduler` and two `dask worker` processes started
+from the command line on localhost (the engine a user starts, not a LocalCluster), one worker
+SIGKILLed mid-run; the store equals an in-process run's, bytes and metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import DATA
+
+from pipeline.cache import cache_teachers
+from stores.heatmap_store import open_store
+
+REPO = Path(__file__).resolve().parents[1]
+DASK = Path(sys.executable).parent / "dask"  # the venv's own `dask` command
+BATCH = 4
+TIMES = 20  # the 12 people of the COCO sample, 20 times: 240 rows, 60 tasks
+KILL_AT = 5  # the victim worker SIGKILLs itself when it starts its 5th task
+# Time attributes differ between any two runs; everything else must not.
+WHEN = {"created", "updated", "completed"}
+
+
+def _spec(tmp: Path) -> str:
+    data = json.loads((DATA / "coco/test_coco.json").read_text())
+    data["annotations"] = [dict(a, id=r * 1_000_000 + a["id"]) for r in range(TIMES)
+                           for a in data["annotations"]]
+    (tmp / "ann.json").write_text(json.dumps(data))
+    return f"coco:{tmp / 'ann.json'}:{DATA / 'coco/images'}"
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """(scheduler file, victim worker, other worker): a scheduler and two one-thread workers,
+    no nannies (a killed worker stays dead); the victim carries the UNI_FAULT kill hook.
+    Every process is killed in teardown, whatever happened."""
+    from distributed import Client
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env.pop("UNI_FAULT", None)
+    sched_file = tmp_path / "scheduler.json"
+    procs: list[subprocess.Popen] = []
+
+    def start(*args: str, **extra: str) -> subprocess.Popen:
+        log = open(tmp_path / f"dask{len(procs)}.log", "w")  # noqa: SIM115 (closed by the OS)
+        p = subprocess.Popen([str(DASK), *args], cwd=tmp_path, env={**env, **extra},
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        procs.append(p)
+        return p
+
+    worker = ["worker", "--scheduler-file", str(sched_file), "--nworkers", "1", "--nthreads",
+              "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1"]
+    try:
+        start("scheduler", "--scheduler-file", str(sched_file), "--host", "127.0.0.1",
+              "--port", "0", "--no-dashboard")
+        deadline = time.time() + 20
+        while not sched_file.is_file() and time.time() < deadline:
+            time.sleep(0.1)
+        assert sched_file.is_file(), (tmp_path / "dask0.log").read_text()
+        victim = start(*worker, UNI_FAULT=f"cache-task:{KILL_AT}")
+        other = start(*worker)
+        with Client(scheduler_file=str(sched_file), timeout="20s") as client:
+            client.wait_for_workers(2, timeout=30)
+        yield sched_file, victim, other
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def test_killed_worker_on_a_real_cluster_equals_a_local_run(cluster, heatmap_teacher, tmp_path):
+    sched_file, victim, other = cluster
+    spec = _spec(tmp_path)
+    (ref,) = cache_teachers([spec], [heatmap_teacher], tmp_path / "ref", workers=1,
+                            batch_size=BATCH, progress=False)
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "cli", "cache-teachers", "--data", spec,
+                        "--teacher", str(heatmap_teacher), "--out", str(out), "--batch-size",
+                        str(BATCH), "--scheduler-file", str(sched_file)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert victim.wait(timeout=10) == -signal.SIGKILL  # it died mid-run, at its 5th task
+    assert other.poll() is None
+    assert f"{12 * TIMES} computed" in r.stdout
+    assert f":{other.pid}" in r.stdout  # the summary names the workers that computed rows
+
+    a, b = open_store(out / ref.path.name), open_store(ref.path)
+    assert a.complete and b.complete and a.skipped == b.skipped == {}
+    np.testing.assert_array_equal(a.instance_ids, b.instance_ids)
+    np.testing.assert_array_equal(a.done, b.done)
+    for row in range(len(b)):
+        for x, y in zip(a.read_raw(row), b.read_raw(row), strict=True):  # uint8 maps, scales,
+            np.testing.assert_array_equal(x, y)  # affines
+    attrs = {k: v for k, v in a.attrs.items() if k not in WHEN}
+    assert attrs.keys() == {k for k in b.attrs if k not in WHEN}
+    for k, v in attrs.items():
+        assert np.array_equal(v, b.attrs[k]) if isinstance(v, np.ndarray) else v == b.attrs[k], k
+    assert a.verify() == []
+    with h5py.File(out / ref.path.name) as fa, h5py.File(ref.path) as fb:
+        ha, hb = fa["heatmaps"].id, fb["heatmaps"].id
+        for row in range(len(b)):  # the compressed chunks on disk, byte for byte
+            assert ha.read_direct_chunk((row, 0, 0, 0)) == hb.read_direct_chunk((row, 0, 0, 0))
