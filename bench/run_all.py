@@ -17,6 +17,7 @@ from pathlib import Path
 import common
 import memory
 import parity
+import scale
 import stage_one
 import stage_two
 import store
@@ -26,10 +27,11 @@ from pipeline.files import write_text
 # The store's design measurements, from earlier runs: appended as they are.
 DESIGN = Path(__file__).with_name("store_design.md")
 GROUPS = {"stage_one": stage_one, "store": store, "stage_two": stage_two, "memory": memory,
-          "parity": parity}
+          "parity": parity, "scale": scale}
 SMALL = {"instances": 1000, "batch_size": 32, "codecs": list(store.CODECS), "steps": 30,
          "workers": 1, "student": "tiny", "sizes": [1000, 20000], "train_steps": 20,
-         "epochs": 4, "seeds": 2, "big_teacher": "base"}
+         "epochs": 4, "seeds": 2, "big_teacher": "base",
+         "scale_sizes": [10000, 150000], "at": 30.0, "ingest": 6400, "verify_rows": 20000}
 BIG = {**SMALL, "instances": 5000, "steps": 100, "workers": 4, "epochs": 10, "seeds": 3}
 
 

@@ -109,17 +109,30 @@ def _env(cache: Path | None) -> dict:
     return {**os.environ, "UNI_CACHE_DIR": str(cache) if cache else "off"}
 
 
+# Runs the CLI and prints its peak RSS (VmHWM) last on stderr. VmHWM starts afresh at exec,
+# unlike wait4's ru_maxrss, which keeps the RSS of the forked parent (the bench process itself).
+_PEAK = """
+import atexit, sys
+def peak():
+    kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    print(f"VmHWM {kb}", file=sys.stderr)
+atexit.register(peak)
+from cli import uni
+uni(prog_name="uni")
+"""
+
+
 def inspect_data(spec: str, cache: Path | None) -> tuple[float, float]:
     """(peak RSS MB, seconds) of `uni inspect-data SPEC --json` in a fresh process."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([*uni_cmd(), "inspect-data", spec, "--json"], env=_env(cache),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run([sys.executable, "-c", _PEAK, "inspect-data", spec, "--json"],
+                          env=_env(cache), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
     seconds = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
-        raise RuntimeError(f"inspect-data failed: {proc.stderr.read().decode()[-2000:]}")
-    return usage.ru_maxrss / 1024, seconds  # ru_maxrss is in KiB on Linux
+        raise RuntimeError(f"inspect-data failed: {proc.stderr[-2000:]}")
+    kb = int(proc.stderr.strip().splitlines()[-1].split()[1])
+    return kb / 1024, seconds
 
 
 def train_student(spec: str, val_spec: str, run: Path, at: float, workers: int,
