@@ -2,7 +2,7 @@
 instead of reading the cached stores — the baseline that caching replaces.
 
 `OnlineTeacher` stands in for a StoreReader in a student.data.TeacherSource (train() and
-PoseSamples only use ``row_of``, ``done``, ``damaged()``, ``close()`` and
+PoseSamples only use ``row_of``, ``done``, ``check()``, ``close()`` and
 ``read(row) → (maps, affine image → teacher grid)``), so the maps are warped, flipped and
 masked by exactly the code that warps cached targets; the only
 difference is that they are fresh float32 teacher outputs rather than quantised stored ones.
@@ -23,6 +23,7 @@ from pipeline.crops import crop_person, read_image
 from pipeline.datasets import Dataset
 from pipeline.geometry import compose, crop_to_heatmap
 from pipeline.teachers import Teacher, read_info
+from stores.verify import StoreCheck
 from student.data import TeacherSource
 
 _LAST_IMAGE: dict[str, np.ndarray] = {}  # per process: both teachers crop the same image
@@ -56,8 +57,8 @@ class OnlineTeacher:
             self._pid = os.getpid()
         return self._teacher
 
-    def damaged(self, progress: bool = False) -> dict[int, str]:
-        return {}  # nothing stored, nothing to verify
+    def check(self, progress: bool = False, trust: bool = True) -> StoreCheck:
+        return StoreCheck(problems=[], damaged={})  # nothing stored, nothing to verify
 
     def close(self) -> None:
         pass

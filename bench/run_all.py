@@ -31,7 +31,8 @@ GROUPS = {"stage_one": stage_one, "store": store, "stage_two": stage_two, "memor
 SMALL = {"instances": 1000, "batch_size": 32, "codecs": list(store.CODECS), "steps": 30,
          "workers": 1, "student": "tiny", "sizes": [1000, 20000], "train_steps": 20,
          "epochs": 4, "seeds": 2, "big_teacher": "base",
-         "scale_sizes": [10000, 150000], "at": 30.0, "ingest": 6400, "verify_rows": 20000}
+         "quick": False, "scale_sizes": [10000, 150000], "at": 60.0, "ingest": 6400,
+         "verify_rows": 20000}
 BIG = {**SMALL, "instances": 5000, "steps": 100, "workers": 4, "epochs": 10, "seeds": 3}
 
 

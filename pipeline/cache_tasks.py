@@ -16,6 +16,7 @@ BENCHMARKS.md §1).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -275,6 +276,21 @@ def local_results(specs: list[TeacherSpec], tasks: list[Task], pool: bool | None
 # --------------------------------------------------------------------------- on dask
 
 
+def _result(client, fut) -> TaskResult:
+    """A finished task's result; a lost scheduler or a task that kept killing its workers is
+    one UniError line (the rows written so far stay in the stores: a rerun resumes)."""
+    from distributed.scheduler import KilledWorker
+
+    try:
+        return fut.result()
+    except UniError:
+        raise
+    except (OSError, TimeoutError, asyncio.CancelledError, KilledWorker) as e:
+        where = getattr(client.scheduler, "address", "the scheduler")
+        raise UniError(f"dask cluster at {where}: lost mid-run ({type(e).__name__}); the rows "
+                       "written so far are kept, run again to resume") from None
+
+
 def dask_results(client, specs: list[TeacherSpec], tasks: list[Task],
                  in_flight: Callable[[], int]) -> Iterator[TaskResult]:
     """Results as they complete, never more than in_flight() tasks submitted at once
@@ -292,7 +308,7 @@ def dask_results(client, specs: list[TeacherSpec], tasks: list[Task],
         if ac.count() >= limit:
             break
     for fut in ac:
-        result = fut.result()
+        result = _result(client, fut)
         fut.release()
         if time.monotonic() - asked > 5:
             limit, asked = in_flight(), time.monotonic()
@@ -311,6 +327,9 @@ def start_client(workers: int, scheduler: str | None = None,
     from distributed import Client, LocalCluster
 
     if scheduler or scheduler_file:
+        # A lost scheduler is reported as one line (_result); the client's own reconnect
+        # attempts would otherwise print tracebacks first.
+        logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
         flag = f"--scheduler {scheduler}" if scheduler else f"--scheduler-file {scheduler_file}"
         if scheduler_file and not Path(scheduler_file).is_file():
             raise UniError(f"{flag}: not found (start `dask scheduler --scheduler-file` first)")

@@ -29,9 +29,9 @@ KILL_AT = 5  # the victim worker SIGKILLs itself when it starts its 5th task
 WHEN = {"created", "updated", "completed"}
 
 
-def _spec(tmp: Path) -> str:
+def _spec(tmp: Path, times: int = TIMES) -> str:
     data = json.loads((DATA / "coco/test_coco.json").read_text())
-    data["annotations"] = [dict(a, id=r * 1_000_000 + a["id"]) for r in range(TIMES)
+    data["annotations"] = [dict(a, id=r * 1_000_000 + a["id"]) for r in range(times)
                            for a in data["annotations"]]
     (tmp / "ann.json").write_text(json.dumps(data))
     return f"coco:{tmp / 'ann.json'}:{DATA / 'coco/images'}"
@@ -39,9 +39,9 @@ def _spec(tmp: Path) -> str:
 
 @pytest.fixture
 def cluster(tmp_path):
-    """(scheduler file, victim worker, other worker): a scheduler and two one-thread workers,
-    no nannies (a killed worker stays dead); the victim carries the UNI_FAULT kill hook.
-    Every process is killed in teardown, whatever happened."""
+    """(scheduler file, victim worker, other worker, scheduler): a scheduler and two one-thread
+    workers, no nannies (a killed worker stays dead); the victim carries the UNI_FAULT kill
+    hook. Every process is killed in teardown, whatever happened."""
     from distributed import Client
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -59,7 +59,7 @@ def cluster(tmp_path):
     worker = ["worker", "--scheduler-file", str(sched_file), "--nworkers", "1", "--nthreads",
               "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1"]
     try:
-        start("scheduler", "--scheduler-file", str(sched_file), "--host", "127.0.0.1",
+        scheduler = start("scheduler", "--scheduler-file", str(sched_file), "--host", "127.0.0.1",
               "--port", "0", "--no-dashboard")
         deadline = time.time() + 20
         while not sched_file.is_file() and time.time() < deadline:
@@ -69,7 +69,7 @@ def cluster(tmp_path):
         other = start(*worker)
         with Client(scheduler_file=str(sched_file), timeout="20s") as client:
             client.wait_for_workers(2, timeout=30)
-        yield sched_file, victim, other
+        yield sched_file, victim, other, scheduler
     finally:
         for p in procs:
             if p.poll() is None:
@@ -78,7 +78,7 @@ def cluster(tmp_path):
 
 
 def test_killed_worker_on_a_real_cluster_equals_a_local_run(cluster, heatmap_teacher, tmp_path):
-    sched_file, victim, other = cluster
+    sched_file, victim, other, _ = cluster
     spec = _spec(tmp_path)
     (ref,) = cache_teachers([spec], [heatmap_teacher], tmp_path / "ref", workers=1,
                             batch_size=BATCH, progress=False)
@@ -109,3 +109,61 @@ def test_killed_worker_on_a_real_cluster_equals_a_local_run(cluster, heatmap_tea
         ha, hb = fa["heatmaps"].id, fb["heatmaps"].id
         for row in range(len(b)):  # the compressed chunks on disk, byte for byte
             assert ha.read_direct_chunk((row, 0, 0, 0)) == hb.read_direct_chunk((row, 0, 0, 0))
+
+
+def test_killed_scheduler_stops_the_run_and_a_new_cluster_finishes_it(cluster, heatmap_teacher,
+                                                                      tmp_path):
+    """SIGKILL of the scheduler mid-run: cache-teachers stops with one line (not a hang), the
+    store keeps its finished rows, and a run on a fresh scheduler completes it equal to a
+    local run."""
+    sched_file, _, _, scheduler = cluster
+    spec = _spec(tmp_path, times=100)  # 1,200 rows: long enough to be killed mid-run
+    (ref,) = cache_teachers([spec], [heatmap_teacher], tmp_path / "ref", workers=1,
+                            batch_size=BATCH, progress=False)
+    out = tmp_path / "out"
+    store = out / ref.path.name
+    cmd = [sys.executable, "-m", "cli", "cache-teachers", "--data", spec, "--teacher",
+           str(heatmap_teacher), "--out", str(out), "--batch-size", str(BATCH)]
+    run = subprocess.Popen([*cmd, "--scheduler-file", str(sched_file)], cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (store.is_file() and store.stat().st_size > 200_000) and time.time() < deadline:
+        time.sleep(0.05)  # rows are being written
+    assert run.poll() is None, run.communicate()[1][-2000:]
+    os.killpg(scheduler.pid, signal.SIGKILL)
+    _, err = run.communicate(timeout=90)
+    assert run.returncode == 2, err[-3000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("uni: "), err
+    assert not open_store(store).complete
+
+    # A fresh scheduler and worker: the same command completes the store.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env.pop("UNI_FAULT", None)
+    new_file = tmp_path / "scheduler2.json"
+    procs = [subprocess.Popen([str(DASK), "scheduler", "--scheduler-file", str(new_file),
+                               "--host", "127.0.0.1", "--port", "0", "--no-dashboard"],
+                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)]
+    try:
+        deadline = time.time() + 20
+        while not new_file.is_file() and time.time() < deadline:
+            time.sleep(0.1)
+        procs.append(subprocess.Popen(
+            [str(DASK), "worker", "--scheduler-file", str(new_file), "--nworkers", "1",
+             "--nthreads", "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1"],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True))
+        r = subprocess.run([*cmd, "--scheduler-file", str(new_file)], cwd=REPO,
+                           capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, r.stderr[-3000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    a, b = open_store(store), open_store(ref.path)
+    assert a.complete and a.verify() == []
+    np.testing.assert_array_equal(a.done, b.done)
+    for row in range(len(b)):
+        for x, y in zip(a.read_raw(row), b.read_raw(row), strict=True):
+            np.testing.assert_array_equal(x, y)
