@@ -279,13 +279,15 @@ def local_results(specs: list[TeacherSpec], tasks: list[Task], pool: bool | None
 def _result(client, fut) -> TaskResult:
     """A finished task's result; a lost scheduler or a task that kept killing its workers is
     one UniError line (the rows written so far stay in the stores: a rerun resumes)."""
+    from distributed.client import FutureCancelledError
     from distributed.scheduler import KilledWorker
 
     try:
         return fut.result()
     except UniError:
         raise
-    except (OSError, TimeoutError, asyncio.CancelledError, KilledWorker) as e:
+    except (OSError, TimeoutError, asyncio.CancelledError, FutureCancelledError,
+            KilledWorker) as e:
         where = getattr(client.scheduler, "address", "the scheduler")
         raise UniError(f"dask cluster at {where}: lost mid-run ({type(e).__name__}); the rows "
                        "written so far are kept, run again to resume") from None
