@@ -9,8 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import click
-
-from pipeline.errors import UniError
+from uniskel.pipeline.errors import UniError
 
 
 class _Group(click.Group):
@@ -77,9 +76,9 @@ def describe_teacher(model: Path, skeleton: str, head: str, name: str | None, me
                      outputs: tuple[str, ...], keypoint_channels: int, activation: str | None,
                      padding: float, out: Path | None) -> None:
     """Stamp how to run MODEL (a pose ONNX model) into its metadata, making it a teacher."""
-    from pipeline.crops import DEFAULT_MEAN, DEFAULT_STD
-    from pipeline.geometry import parse_input_size
-    from pipeline.teachers import TeacherInfo, describe_model, model_input_wh, read_info
+    from uniskel.pipeline.crops import DEFAULT_MEAN, DEFAULT_STD
+    from uniskel.pipeline.geometry import parse_input_size
+    from uniskel.pipeline.teachers import TeacherInfo, describe_model, model_input_wh, read_info
 
     if input_size:
         try:
@@ -129,8 +128,8 @@ def cache_teachers(data: tuple[str, ...], teachers: tuple[Path, ...], out: Path,
                    device: str, threads: int | None, batch_size: int, threshold: float | None,
                    flip_test: bool, overwrite: bool, strict: bool) -> None:
     """Stage one: run every teacher once over every person crop into compressed stores."""
-    from pipeline.cache import cache_teachers as run
-    from pipeline.cache import format_run_summary
+    from uniskel.pipeline.cache import cache_teachers as run
+    from uniskel.pipeline.cache import format_run_summary
 
     for flag, value in (("--workers", workers), ("--threads", threads)):
         if value is not None and value < 1:
@@ -153,7 +152,7 @@ def cache_teachers(data: tuple[str, ...], teachers: tuple[Path, ...], out: Path,
 @click.option("--overwrite", is_flag=True, help="Replace existing coco/, mpii/, halpe/ in OUT.")
 def synth(out: Path, persons: int, seed: int, overwrite: bool) -> None:
     """Write synthetic COCO / MPII / Halpe datasets of stick people (real file formats)."""
-    from pipeline.synth import generate
+    from uniskel.pipeline.synth import generate
 
     for key, path in generate(out, persons, seed, overwrite).items():
         fmt = key.split("/")[0]
@@ -171,7 +170,7 @@ def synth(out: Path, persons: int, seed: int, overwrite: bool) -> None:
 def inspect_data(spec: str, as_json: bool, draw: int, out: Path | None,
                  head_boxes: Path | None) -> None:
     """Count images, instances and labeled unified keypoints of SPEC (FORMAT:ANN[:IMAGES])."""
-    from pipeline.datasets import load_dataset, summarize
+    from uniskel.pipeline.datasets import load_dataset, summarize
 
     if draw and out is None:
         raise UniError("--draw needs --out DIR")
@@ -186,7 +185,7 @@ def inspect_data(spec: str, as_json: bool, draw: int, out: Path | None,
         for name, count in summary["keypoints"].items():
             click.echo(f"{name:<16}{count:>8}")
     if draw:
-        from pipeline.draw import draw_dataset
+        from uniskel.pipeline.draw import draw_dataset
 
         for path in draw_dataset(ds, draw, out):
             click.echo(f"wrote {path}", err=as_json)
@@ -228,8 +227,8 @@ def inspect_data(spec: str, as_json: bool, draw: int, out: Path | None,
                    "(default: refuse such a store).")
 def train_student(config_file: Path | None, input_size: str | None, **options) -> None:
     """Stage two: train a student on GT and cached teacher targets (torchrun-able)."""
-    from student.config import input_wh, read_config_file
-    from student.train import train
+    from uniskel.student.config import input_wh, read_config_file
+    from uniskel.student.train import train
 
     cfg = read_config_file(config_file) if config_file else {}
     if input_size:
@@ -256,8 +255,8 @@ def train_student(config_file: Path | None, input_size: str | None, **options) -
               help="Folder for the --draw PNGs.")
 def inspect_store(store: Path, as_json: bool, verify: bool, draw: int, out: Path | None) -> None:
     """Show a soft-label STORE's provenance and size; optionally verify or draw it."""
-    from stores.heatmap_store import open_store
-    from stores.inspect import draw_store, format_store_summary
+    from uniskel.stores.heatmap_store import open_store
+    from uniskel.stores.inspect import draw_store, format_store_summary
 
     if draw and out is None:
         raise UniError("--draw needs --out DIR")
@@ -302,7 +301,7 @@ def evaluate_cmd(model: Path | None, data: tuple[str, ...], predictions: Path | 
                  save_predictions: Path | None, head_boxes: Path | None, flip_test: bool,
                  batch_size: int, device: str, as_json: bool) -> None:
     """Score MODEL (run dir, .pt or described .onnx) on GT boxes: COCO/Halpe AP, MPII PCKh."""
-    from student.evaluate import evaluate, format_results
+    from uniskel.student.evaluate import evaluate, format_results
 
     if save_predictions and predictions:
         raise UniError("--save-predictions needs a MODEL, not --predictions")
@@ -325,7 +324,7 @@ def evaluate_cmd(model: Path | None, data: tuple[str, ...], predictions: Path | 
 def report_cmd(runs: tuple[Path, ...], data: tuple[str, ...], out: Path | None,
                names: str | None, head_boxes: Path | None, flip_test: bool) -> None:
     """The cross-dataset table: every RUN (model) on every dataset, plus the paper's Average."""
-    from student.report import report
+    from uniskel.student.report import report
 
     table, written = report(list(runs), list(data), out, names.split(",") if names else None,
                             head_boxes, flip_test)
@@ -343,7 +342,7 @@ def report_cmd(runs: tuple[Path, ...], data: tuple[str, ...], out: Path | None,
               help="Keep only this skeleton's channels (e.g. coco17 for a COCO-only teacher).")
 def export_cmd(run: Path, out: Path, name: str | None, skeleton: str) -> None:
     """Export a student to ONNX (dynamic batch), checked against PyTorch, teacher-described."""
-    from student.export import export_onnx
+    from uniskel.student.export import export_onnx
 
     path, diff = export_onnx(run, out, name, skeleton)
     click.echo(f"{path}: onnxruntime vs torch max |diff| {diff:.2e}")
@@ -368,7 +367,7 @@ def predict_cmd(model: Path, images: tuple[Path, ...], out: Path, boxes: Path | 
                 score_threshold: float, keypoint_threshold: float, flip_test: bool,
                 device: str) -> None:
     """Draw MODEL's 21 keypoints on IMAGEs → OUT/<image>.png and OUT/predictions.json."""
-    from student.predict import predict_images
+    from uniskel.student.predict import predict_images
 
     for path in predict_images(model, list(images), out, boxes, score_threshold,
                                keypoint_threshold, flip_test, device=device):
@@ -382,7 +381,7 @@ def predict_cmd(model: Path, images: tuple[Path, ...], out: Path, boxes: Path | 
 @click.option("--seed", default=0, show_default=True)
 def demo_cmd(out: Path, quick: bool, seed: int) -> None:
     """The whole method on synthetic data: teachers, caches, four students, the paper's table."""
-    from student.demo import run_demo
+    from uniskel.student.demo import run_demo
 
     run_demo(out, quick, seed)
 

@@ -96,7 +96,7 @@ def demo_dir(args: argparse.Namespace) -> Path:
         return REPO / "demo_out"
     out = args.work / "demo"
     if not _has_teachers(out):
-        from student.demo import run_demo
+        from uniskel.student.demo import run_demo
 
         say(f"no demo output given: running the quick demo in {out}")
         run_demo(out, quick=True)
@@ -117,7 +117,7 @@ def blazepose(work: Path) -> tuple[Path, list[str]] | None:
         return None
     dst = work / "blazepose-full.onnx"
     if not dst.is_file():
-        from pipeline.teachers import TeacherInfo, describe_model
+        from uniskel.pipeline.teachers import TeacherInfo, describe_model
 
         info = TeacherInfo(name="blazepose-full", skeleton="blazepose33", head="heatmap",
                            input_wh=(256, 256), mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0),

@@ -23,18 +23,17 @@ from pathlib import Path
 
 import common
 import psutil
-
-from pipeline.teachers import read_info
+from uniskel.pipeline.teachers import read_info
 
 _LOAD = """
 import sys
-from pipeline.datasets import load_dataset
+from uniskel.pipeline.datasets import load_dataset
 load_dataset(sys.argv[1])
 """
 
 _TRAIN = """
 import json, sys
-from student.train import train
+from uniskel.student.train import train
 train(json.loads(sys.argv[1]), progress=False)
 """
 

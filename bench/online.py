@@ -17,14 +17,13 @@ import os
 from pathlib import Path
 
 import numpy as np
-
-import student.train
-from pipeline.crops import crop_person, read_image
-from pipeline.datasets import Dataset
-from pipeline.geometry import compose, crop_to_heatmap
-from pipeline.teachers import Teacher, read_info
-from stores.verify import StoreCheck
-from student.data import TeacherSource
+import uniskel.student.train as student_train
+from uniskel.pipeline.crops import crop_person, read_image
+from uniskel.pipeline.datasets import Dataset
+from uniskel.pipeline.geometry import compose, crop_to_heatmap
+from uniskel.pipeline.teachers import Teacher, read_info
+from uniskel.stores.verify import StoreCheck
+from uniskel.student.data import TeacherSource
 
 _LAST_IMAGE: dict[str, np.ndarray] = {}  # per process: both teachers crop the same image
 
@@ -90,9 +89,9 @@ def online_match(teacher_paths: list[Path], flip: bool = True):
 def online_training(teacher_paths: list[Path], flip: bool = True):
     """Within this block, train() runs these teachers online instead of reading its stores
     (config 'stores' must be non-empty for train() to ask for teachers; its value is ignored)."""
-    saved = student.train.match_stores
-    student.train.match_stores = online_match(teacher_paths, flip)
+    saved = student_train.match_stores
+    student_train.match_stores = online_match(teacher_paths, flip)
     try:
         yield
     finally:
-        student.train.match_stores = saved
+        student_train.match_stores = saved

@@ -19,11 +19,10 @@ import time
 import common
 import numpy as np
 import online
-
-from pipeline.cache import cache_teachers
-from pipeline.teachers import read_info
-from student.evaluate import evaluate
-from student.train import train
+from uniskel.pipeline.cache import cache_teachers
+from uniskel.pipeline.teachers import read_info
+from uniskel.student.evaluate import evaluate
+from uniskel.student.train import train
 
 
 def _score(results: dict) -> list[float]:

@@ -30,8 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-
-from pipeline import dataset_cache
+from uniskel.pipeline import dataset_cache
 
 DEFAULT_WORK = Path(os.environ.get("TMPDIR", "/tmp")) / "uni-bench"
 
@@ -59,7 +58,7 @@ def pss(*_):
 register_module_forward_pre_hook(mark("first_batch"))
 register_optimizer_step_post_hook(mark("first_step"))
 register_optimizer_step_post_hook(pss)
-from cli import uni
+from uniskel.cli import uni
 uni(prog_name="uni")
 """
 
@@ -117,7 +116,7 @@ def peak():
     kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
     print(f"VmHWM {kb}", file=sys.stderr)
 atexit.register(peak)
-from cli import uni
+from uniskel.cli import uni
 uni(prog_name="uni")
 """
 

@@ -26,15 +26,14 @@ from pathlib import Path
 
 import common
 import numpy as np
-
-from pipeline.cache import cache_teachers, dataset_items, plan_tasks
-from pipeline.cache_tasks import TeacherSpec, local_results
-from pipeline.crops import crop_person, normalize, read_image
-from pipeline.datasets import load_dataset
-from pipeline.geometry import compose, crop_to_heatmap
-from pipeline.teachers import Teacher
-from stores import heatmap_store as hs
-from stores import writer as sw
+from uniskel.pipeline.cache import cache_teachers, dataset_items, plan_tasks
+from uniskel.pipeline.cache_tasks import TeacherSpec, local_results
+from uniskel.pipeline.crops import crop_person, normalize, read_image
+from uniskel.pipeline.datasets import load_dataset
+from uniskel.pipeline.geometry import compose, crop_to_heatmap
+from uniskel.pipeline.teachers import Teacher
+from uniskel.stores import heatmap_store as hs
+from uniskel.stores import writer as sw
 
 
 def _crops(teacher: Teacher, instances) -> np.ndarray:

@@ -25,15 +25,14 @@ import common
 import numpy as np
 import online
 import torch
-
-from pipeline.cache import cache_teachers
-from pipeline.datasets import load_dataset
-from pipeline.skeletons import NUM_UNIFIED
-from pipeline.teachers import read_info
-from student.data import Augment, PoseSamples, collate, match_stores
-from student.losses import total_loss
-from student.models import build_model
-from student.train import teacher_weights, train
+from uniskel.pipeline.cache import cache_teachers
+from uniskel.pipeline.datasets import load_dataset
+from uniskel.pipeline.skeletons import NUM_UNIFIED
+from uniskel.pipeline.teachers import read_info
+from uniskel.student.data import Augment, PoseSamples, collate, match_stores
+from uniskel.student.losses import total_loss
+from uniskel.student.models import build_model
+from uniskel.student.train import teacher_weights, train
 
 
 def step_times(run: Path, batch: int, skip: int = 3) -> np.ndarray:
@@ -95,8 +94,8 @@ def model_seconds(batch: dict, teachers: list[str], skeletons: dict, args, steps
 def big_teachers(demo_paths: list[Path], arch: str, work: Path) -> list[Path]:
     """The demo's two teachers' interfaces (name, skeleton, input) on an `arch` student network
     with random weights: for timing online KD with teachers far bigger than the student."""
-    from student.export import export_model
-    from student.models import build_model
+    from uniskel.student.export import export_model
+    from uniskel.student.models import build_model
 
     out = []
     for p in demo_paths:

@@ -22,14 +22,13 @@ import h5py
 import hdf5plugin
 import numpy as np
 import torch
-
-from pipeline.crops import crop_person, read_image
-from pipeline.datasets import load_dataset
-from pipeline.geometry import compose, crop_to_heatmap
-from pipeline.heatmaps import decode_heatmaps
-from pipeline.teachers import Teacher
-from stores import heatmap_store as hs
-from stores import writer as sw
+from uniskel.pipeline.crops import crop_person, read_image
+from uniskel.pipeline.datasets import load_dataset
+from uniskel.pipeline.geometry import compose, crop_to_heatmap
+from uniskel.pipeline.heatmaps import decode_heatmaps
+from uniskel.pipeline.teachers import Teacher
+from uniskel.stores import heatmap_store as hs
+from uniskel.stores import writer as sw
 
 BETA = 10.0  # the KD loss's sharpening (student.losses)
 CODECS = ("zstd-1", "zstd-3", "zstd-9", "lz4", "blosc-lz4", "blosc-zstd", "gzip-4")

@@ -24,9 +24,8 @@ import h5py
 import hdf5plugin
 import numpy as np
 from scipy.ndimage import gaussian_filter
-
-from stores import heatmap_store as hs
-from stores import writer as sw
+from uniskel.stores import heatmap_store as hs
+from uniskel.stores import writer as sw
 
 
 def _bump(xs: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:

@@ -24,11 +24,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.heatmaps import gaussian_heatmaps
-from stores.encode import encode_rows
-from stores.heatmap_store import StoreMeta, open_store
-from stores.writer import StoreWriter, create_store
+from uniskel.pipeline.heatmaps import gaussian_heatmaps
+from uniskel.stores.encode import encode_rows
+from uniskel.stores.heatmap_store import StoreMeta, open_store
+from uniskel.stores.writer import StoreWriter, create_store
 
 SHAPE = (17, 64, 48)  # (K, H, W)
 BATCH = 32

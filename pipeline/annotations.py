@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.errors import UniError
-from pipeline.files import json_int
-from pipeline.geometry import mpii_bbox
-from pipeline.json_stream import Streamed, read_json_stream
-from pipeline.skeletons import Skeleton
+from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.files import json_int
+from uniskel.pipeline.geometry import mpii_bbox
+from uniskel.pipeline.json_stream import Streamed, read_json_stream
+from uniskel.pipeline.skeletons import Skeleton
 
 _INT64 = (-(2**63), 2**63 - 1)
 _MISSING = object()  # an image record without 'file_name'

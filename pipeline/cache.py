@@ -27,8 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
-
-from pipeline.cache_tasks import (
+from uniskel.pipeline.cache_tasks import (
     Item,
     Task,
     TaskResult,
@@ -38,14 +37,14 @@ from pipeline.cache_tasks import (
     local_results,
     start_client,
 )
-from pipeline.datasets import Dataset, load_dataset
-from pipeline.devices import cuda_device_count, parse_device, resolve_device
-from pipeline.errors import UniError, io_reason
-from pipeline.faults import fault
-from pipeline.files import atomic_write
-from pipeline.teachers import Teacher
-from stores.heatmap_store import CODEC, THRESHOLD, StoreMeta, check_compatible, open_store
-from stores.writer import StoreWriteFailed, StoreWriter, create_store, repair_store
+from uniskel.pipeline.datasets import Dataset, load_dataset
+from uniskel.pipeline.devices import cuda_device_count, parse_device, resolve_device
+from uniskel.pipeline.errors import UniError, io_reason
+from uniskel.pipeline.faults import fault
+from uniskel.pipeline.files import atomic_write
+from uniskel.pipeline.teachers import Teacher
+from uniskel.stores.heatmap_store import CODEC, THRESHOLD, StoreMeta, check_compatible, open_store
+from uniskel.stores.writer import StoreWriteFailed, StoreWriter, create_store, repair_store
 
 DEFAULT_BATCH = 32
 IN_FLIGHT_PER_THREAD = 2

@@ -30,14 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.crops import crop_person, read_image
-from pipeline.devices import CPU, cuda_device_count, worker_slot
-from pipeline.errors import UniError
-from pipeline.faults import fault
-from pipeline.geometry import compose, crop_to_heatmap
-from pipeline.teachers import Teacher
-from stores.encode import EncodedRows, encode_rows
+from uniskel.pipeline.crops import crop_person, read_image
+from uniskel.pipeline.devices import CPU, cuda_device_count, worker_slot
+from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.faults import fault
+from uniskel.pipeline.geometry import compose, crop_to_heatmap
+from uniskel.pipeline.teachers import Teacher
+from uniskel.stores.encode import EncodedRows, encode_rows
 
 WORKER_WAIT_S = 120  # how long a cluster run waits for its first worker
 PREFETCH_BATCHES = 2  # batches decoded and cropped ahead of inference (the bounded queue)

@@ -21,9 +21,8 @@ from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.annotations import Columns
-from pipeline.files import atomic_write
+from uniskel.pipeline.annotations import Columns
+from uniskel.pipeline.files import atomic_write
 
 READER_VERSION = 1  # bump when pipeline/annotations.py gives different columns for a file
 MIN_INSTANCES = 20_000  # below this a parse costs well under a second

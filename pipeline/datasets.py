@@ -19,12 +19,11 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.annotations import coco_columns, mpii_columns
-from pipeline.dataset_cache import cache_key, load_columns, save_columns
-from pipeline.errors import UniError
-from pipeline.files import file_sha256, read_json
-from pipeline.skeletons import UNIFIED_NAMES, Skeleton, get_skeleton, native_to_unified
+from uniskel.pipeline.annotations import coco_columns, mpii_columns
+from uniskel.pipeline.dataset_cache import cache_key, load_columns, save_columns
+from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.files import file_sha256, read_json
+from uniskel.pipeline.skeletons import UNIFIED_NAMES, Skeleton, get_skeleton, native_to_unified
 
 FORMATS = {"coco": "coco17", "mpii": "mpii16", "halpe": "halpe26"}
 

@@ -27,9 +27,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 from tqdm import tqdm
-
-from pipeline.errors import UniError
-from pipeline.skeletons import SKELETONS, UNIFIED_NAMES, unified_to_native
+from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.skeletons import SKELETONS, UNIFIED_NAMES, unified_to_native
 
 DEFAULT_PERSONS = 600  # per dataset (COCO-style and MPII-style); Halpe val gets 15 % of it
 VAL_FRACTION = 0.15

@@ -17,14 +17,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.crops import DEFAULT_MEAN, DEFAULT_STD, normalize
-from pipeline.devices import CUDA, provider_used, resolve_device, session_providers
-from pipeline.errors import UniError
-from pipeline.files import atomic_write, file_sha256
-from pipeline.geometry import PADDING
-from pipeline.heatmaps import merge_flipped
-from pipeline.skeletons import SKELETONS, get_skeleton
+from uniskel.pipeline.crops import DEFAULT_MEAN, DEFAULT_STD, normalize
+from uniskel.pipeline.devices import CUDA, provider_used, resolve_device, session_providers
+from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.files import atomic_write, file_sha256
+from uniskel.pipeline.geometry import PADDING
+from uniskel.pipeline.heatmaps import merge_flipped
+from uniskel.pipeline.skeletons import SKELETONS, get_skeleton
 
 HEADS = ("heatmap", "simcc")
 ACTIVATIONS = ("none", "sigmoid", "softmax")

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
-from pipeline.errors import UniError, io_reason
-from pipeline.files import atomic_write
-from pipeline.skeletons import get_skeleton
-from stores.encode import CODEC, CODECS, THRESHOLD, heatmap_dataset_kwargs
-from stores.heatmap_store import FORMAT_VERSION, StoreMeta, meta_to_attrs
+from uniskel.pipeline.errors import UniError, io_reason
+from uniskel.pipeline.files import atomic_write
+from uniskel.pipeline.skeletons import get_skeleton
+from uniskel.stores.encode import CODEC, CODECS, THRESHOLD, heatmap_dataset_kwargs
+from uniskel.stores.heatmap_store import FORMAT_VERSION, StoreMeta, meta_to_attrs
 
 # Rows per chunk of the small per-instance datasets. Each batch rewrites the chunks its rows
 # fall in (with their checksums), so smaller is faster to write — 1024 measured ~1.4× the

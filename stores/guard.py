@@ -11,12 +11,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
+from uniskel.pipeline.errors import UniError, io_reason
+from uniskel.pipeline.faults import fault
+from uniskel.stores.create import write_failed
 
-from pipeline.errors import UniError, io_reason
-from pipeline.faults import fault
-from stores.create import write_failed
-
-log = logging.getLogger("stores.writer")  # its messages are the writer's
+log = logging.getLogger("uniskel.stores.writer")  # its messages are the writer's
 
 WRITE_ERRORS = (OSError, RuntimeError)  # what h5py raises for a failed write
 

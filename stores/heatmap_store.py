@@ -63,9 +63,8 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
-from pipeline.errors import UniError
-from stores.encode import (  # noqa: F401  (re-exported: the store's public names)
+from uniskel.pipeline.errors import UniError
+from uniskel.stores.encode import (  # noqa: F401  (re-exported: the store's public names)
     CODEC,
     CODECS,
     THRESHOLD,
@@ -75,7 +74,7 @@ from stores.encode import (  # noqa: F401  (re-exported: the store's public name
     quantize,
     row_crc,
 )
-from stores.verify import (  # noqa: F401  (StoreCheck, missing_instances: re-exported)
+from uniskel.stores.verify import (  # noqa: F401  (StoreCheck, missing_instances: re-exported)
     StoreCheck,
     check_store,
     missing_instances,

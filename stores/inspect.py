@@ -6,13 +6,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-from pipeline.crops import crop_person, read_image
-from pipeline.datasets import load_dataset
-from pipeline.draw import save_rgb
-from pipeline.errors import UniError
-from pipeline.geometry import crop_to_heatmap, invert, warp_heatmaps
-from stores.heatmap_store import StoreReader
+from uniskel.pipeline.crops import crop_person, read_image
+from uniskel.pipeline.datasets import load_dataset
+from uniskel.pipeline.draw import save_rgb
+from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.geometry import crop_to_heatmap, invert, warp_heatmaps
+from uniskel.stores.heatmap_store import StoreReader
 
 
 def format_store_summary(s: dict) -> str:

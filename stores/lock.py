@@ -9,7 +9,7 @@ import socket
 import time
 from pathlib import Path
 
-from pipeline.errors import UniError, io_reason
+from uniskel.pipeline.errors import UniError, io_reason
 
 log = logging.getLogger(__name__)
 

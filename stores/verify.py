@@ -28,11 +28,10 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
-
-from pipeline.errors import UniError
-from pipeline.files import atomic_write
-from stores.encode import row_crcs
-from stores.lock import held_by_live_writer
+from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.files import atomic_write
+from uniskel.stores.encode import row_crcs
+from uniskel.stores.lock import held_by_live_writer
 
 RECORD_VERSION = 1
 

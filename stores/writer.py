@@ -39,10 +39,9 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
-from pipeline.errors import UniError
-from pipeline.faults import fault
-from stores.create import (  # noqa: F401  (create_store, StoreWriteFailed: re-exported)
+from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.faults import fault
+from uniskel.stores.create import (  # noqa: F401  (create_store, StoreWriteFailed: re-exported)
     META_CHUNK,
     StoreWriteFailed,
     create_meta_dataset,
@@ -50,7 +49,7 @@ from stores.create import (  # noqa: F401  (create_store, StoreWriteFailed: re-e
     now,
     write_failed,
 )
-from stores.encode import (
+from uniskel.stores.encode import (
     CODEC,
     THRESHOLD,
     EncodedRows,
@@ -59,8 +58,8 @@ from stores.encode import (
     row_crcs,
     twin_filters,
 )
-from stores.guard import WRITE_ERRORS, WriteGuard
-from stores.heatmap_store import (
+from uniskel.stores.guard import WRITE_ERRORS, WriteGuard
+from uniskel.stores.heatmap_store import (
     FORMAT_VERSION,
     StoreMeta,
     check_file,
@@ -68,8 +67,8 @@ from stores.heatmap_store import (
     missing_instances,
     open_h5,
 )
-from stores.lock import release_lock, take_lock
-from stores.verify import WriterRecord
+from uniskel.stores.lock import release_lock, take_lock
+from uniskel.stores.verify import WriterRecord
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from pipeline.errors import UniError, io_reason
-from pipeline.faults import fault
-from pipeline.files import atomic_write
-from pipeline.skeletons import NUM_UNIFIED
-from student.models import build_model
+from uniskel.pipeline.errors import UniError, io_reason
+from uniskel.pipeline.faults import fault
+from uniskel.pipeline.files import atomic_write
+from uniskel.pipeline.skeletons import NUM_UNIFIED
+from uniskel.student.models import build_model
 
 CHECKPOINT_NAMES = ("best.pt", "last.pt")  # what a run directory offers, in order of preference
 

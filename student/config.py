@@ -24,12 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import tomli_w
-
-from pipeline.errors import UniError
-from pipeline.files import write_text
-from pipeline.geometry import parse_input_size
-from student.losses import KD_DECAYS, KD_LOSSES
-from student.models import MODELS
+from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.files import write_text
+from uniskel.pipeline.geometry import parse_input_size
+from uniskel.student.losses import KD_DECAYS, KD_LOSSES
+from uniskel.student.models import MODELS
 
 DEFAULTS: dict = {
     "data": [], "val_data": [], "stores": [], "out": "", "model": "tiny", "input_wh": [192, 256],

@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from pipeline.crops import crop_person, normalize, read_image
-from pipeline.datasets import Dataset, Instance
-from pipeline.errors import UniError
-from pipeline.geometry import (
+from uniskel.pipeline.crops import crop_person, normalize, read_image
+from uniskel.pipeline.datasets import Dataset, Instance
+from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.geometry import (
     PADDING,
     apply,
     compose,
@@ -36,9 +35,9 @@ from pipeline.geometry import (
     visible_mask,
     warp_heatmaps,
 )
-from pipeline.heatmaps import SIGMA, gaussian_heatmaps
-from pipeline.skeletons import NUM_UNIFIED, SKELETONS, UNIFIED, native_to_unified
-from stores.heatmap_store import StoreReader, missing_instances, open_store
+from uniskel.pipeline.heatmaps import SIGMA, gaussian_heatmaps
+from uniskel.pipeline.skeletons import NUM_UNIFIED, SKELETONS, UNIFIED, native_to_unified
+from uniskel.stores.heatmap_store import StoreReader, missing_instances, open_store
 
 _PEAK_EPS = 1e-6  # a cached map with a lower peak is empty: the teacher saw nothing there
 

@@ -20,20 +20,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.cache import cache_teachers, format_run_summary
-from pipeline.crops import crop_person, read_image
-from pipeline.datasets import load_dataset
-from pipeline.draw import draw_skeleton
-from pipeline.files import atomic_write, write_json, write_text
-from pipeline.geometry import apply
-from pipeline.synth import generate
-from student.checkpoint import load_checkpoint
-from student.evaluate import evaluate
-from student.export import export_onnx
-from student.predict import load_predictor, predict_boxes
-from student.report import markdown_table, report_rows, write_report
-from student.train import train
+from uniskel.pipeline.cache import cache_teachers, format_run_summary
+from uniskel.pipeline.crops import crop_person, read_image
+from uniskel.pipeline.datasets import load_dataset
+from uniskel.pipeline.draw import draw_skeleton
+from uniskel.pipeline.files import atomic_write, write_json, write_text
+from uniskel.pipeline.geometry import apply
+from uniskel.pipeline.synth import generate
+from uniskel.student.checkpoint import load_checkpoint
+from uniskel.student.evaluate import evaluate
+from uniskel.student.export import export_onnx
+from uniskel.student.predict import load_predictor, predict_boxes
+from uniskel.student.report import markdown_table, report_rows, write_report
+from uniskel.student.train import train
 
 
 @dataclass(frozen=True)

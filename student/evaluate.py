@@ -31,18 +31,17 @@ import math
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.datasets import Dataset, head_size, load_dataset
-from pipeline.errors import UniError
-from pipeline.files import json_int, read_json, write_json
-from pipeline.skeletons import (
+from uniskel.pipeline.datasets import Dataset, head_size, load_dataset
+from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.files import json_int, read_json, write_json
+from uniskel.pipeline.skeletons import (
     NUM_UNIFIED,
     SKELETONS,
     UNIFIED_NAMES,
     UNIFIED_SIGMAS,
     native_to_unified,
 )
-from student.predict import Predictor, instance_score, load_predictor, predict_boxes
+from uniskel.student.predict import Predictor, instance_score, load_predictor, predict_boxes
 
 OKS_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # COCOeval's iouThrs
 PCKH_THRESHOLD = 0.5

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from pipeline.crops import DEFAULT_MEAN, DEFAULT_STD
-from pipeline.errors import UniError
-from pipeline.geometry import PADDING
-from pipeline.skeletons import get_skeleton
-from pipeline.teachers import TeacherInfo, describe_model
-from student.checkpoint import load_student, run_name
+from uniskel.pipeline.crops import DEFAULT_MEAN, DEFAULT_STD
+from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.geometry import PADDING
+from uniskel.pipeline.skeletons import get_skeleton
+from uniskel.pipeline.teachers import TeacherInfo, describe_model
+from uniskel.student.checkpoint import load_student, run_name
 
 
 class _NativeChannels(torch.nn.Module):

@@ -12,9 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from pipeline.errors import UniError
-from pipeline.skeletons import NUM_UNIFIED
+from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.skeletons import NUM_UNIFIED
 
 # name → (stem width, widths of the stride 8 / 16 / 32 stages, blocks per stage, expansion,
 #         decoder width). Parameter counts are checked in tests/test_student_models.py.

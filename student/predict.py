@@ -25,17 +25,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
-
-from pipeline.crops import DEFAULT_MEAN, DEFAULT_STD, crop_person, normalize, read_image
-from pipeline.devices import parse_device
-from pipeline.draw import draw_box, draw_skeleton, save_rgb
-from pipeline.errors import UniError
-from pipeline.files import json_int, read_json, write_json
-from pipeline.geometry import PADDING, apply, compose, crop_to_heatmap, invert
-from pipeline.heatmaps import decode_heatmaps, merge_flipped
-from pipeline.skeletons import NUM_UNIFIED, UNIFIED, get_skeleton, native_to_unified
-from pipeline.teachers import Teacher
-from student.checkpoint import load_student, run_name
+from uniskel.pipeline.crops import DEFAULT_MEAN, DEFAULT_STD, crop_person, normalize, read_image
+from uniskel.pipeline.devices import parse_device
+from uniskel.pipeline.draw import draw_box, draw_skeleton, save_rgb
+from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.files import json_int, read_json, write_json
+from uniskel.pipeline.geometry import PADDING, apply, compose, crop_to_heatmap, invert
+from uniskel.pipeline.heatmaps import decode_heatmaps, merge_flipped
+from uniskel.pipeline.skeletons import NUM_UNIFIED, UNIFIED, get_skeleton, native_to_unified
+from uniskel.pipeline.teachers import Teacher
+from uniskel.student.checkpoint import load_student, run_name
 
 KEYPOINT_SCORE_THRESHOLD = 0.2  # MMPose's keypoint_score_thr for instance rescoring
 

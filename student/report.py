@@ -14,12 +14,16 @@ import io
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.datasets import parse_spec
-from pipeline.errors import UniError
-from pipeline.files import atomic_write, write_text
-from student.evaluate import as_predictions, evaluate_dataset, load_datasets, predict_datasets
-from student.predict import load_predictor
+from uniskel.pipeline.datasets import parse_spec
+from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.files import atomic_write, write_text
+from uniskel.student.evaluate import (
+    as_predictions,
+    evaluate_dataset,
+    load_datasets,
+    predict_datasets,
+)
+from uniskel.student.predict import load_predictor
 
 AVERAGE = "Average"
 AVERAGED_FORMATS = ("coco", "mpii")

@@ -33,21 +33,20 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
-
-from pipeline.datasets import load_dataset
-from pipeline.errors import UniError
-from pipeline.faults import fault
-from pipeline.skeletons import NUM_UNIFIED
-from student import ddp
-from student.checkpoint import (
+from uniskel.pipeline.datasets import load_dataset
+from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.faults import fault
+from uniskel.pipeline.skeletons import NUM_UNIFIED
+from uniskel.student import ddp
+from uniskel.student.checkpoint import (
     Position,
     load_checkpoint,
     restore,
     save_checkpoint,
     seed_rngs,
 )
-from student.config import read_run_config, resolve_config, teacher_weights, write_config
-from student.data import (
+from uniskel.student.config import read_run_config, resolve_config, teacher_weights, write_config
+from uniskel.student.data import (
     Augment,
     PoseSamples,
     check_stores,
@@ -56,9 +55,9 @@ from student.data import (
     match_stores,
     split_items,
 )
-from student.losses import heatmap_mse, total_loss
-from student.metrics import RunLog
-from student.models import build_model
+from uniskel.student.losses import heatmap_mse, total_loss
+from uniskel.student.metrics import RunLog
+from uniskel.student.models import build_model
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:

@@ -11,12 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.datasets import Dataset
-from pipeline.geometry import apply, bbox_to_center_size, compose, crop_affine, crop_to_heatmap
-from pipeline.skeletons import SKELETONS, unified_to_native
-from stores.heatmap_store import StoreMeta
-from stores.writer import write_store
+from uniskel.pipeline.datasets import Dataset
+from uniskel.pipeline.geometry import (
+    apply,
+    bbox_to_center_size,
+    compose,
+    crop_affine,
+    crop_to_heatmap,
+)
+from uniskel.pipeline.skeletons import SKELETONS, unified_to_native
+from uniskel.stores.heatmap_store import StoreMeta
+from uniskel.stores.writer import write_store
 
 SD = (0.12, 0.05)  # × box height
 ANGLE = np.deg2rad(30.0)

@@ -24,7 +24,7 @@ def synth_dir(tmp_path_factory) -> Path:
     Layout: coco/{train,val}.json, mpii/{train,val}.json, halpe/val.json, <fmt>/images/.
     Read-only for tests: copy before changing.
     """
-    from pipeline.synth import generate
+    from uniskel.pipeline.synth import generate
 
     out = tmp_path_factory.mktemp("synth")
     generate(out, persons=60, seed=0, progress=False)
@@ -90,7 +90,7 @@ def make_simcc_teacher(path: Path, k: int = 17, input_wh=(48, 64), split: float 
 @pytest.fixture(scope="session")
 def heatmap_teacher(tmp_path_factory) -> Path:
     """A described coco17 heatmap teacher (input and grid H×W 64×48 and 16×12, sigmoid)."""
-    from pipeline.teachers import TeacherInfo, describe_model
+    from uniskel.pipeline.teachers import TeacherInfo, describe_model
 
     path = make_heatmap_teacher(tmp_path_factory.mktemp("teachers") / "hm.onnx")
     info = TeacherInfo(name="hm", skeleton="coco17", head="heatmap", input_wh=(48, 64),
@@ -101,7 +101,7 @@ def heatmap_teacher(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def simcc_teacher(tmp_path_factory) -> Path:
     """A described mpii16 SimCC teacher (input H×W 64×48, split 2)."""
-    from pipeline.teachers import TeacherInfo, describe_model
+    from uniskel.pipeline.teachers import TeacherInfo, describe_model
 
     path = make_simcc_teacher(tmp_path_factory.mktemp("teachers") / "simcc.onnx", k=16)
     info = TeacherInfo(name="simcc", skeleton="mpii16", head="simcc", input_wh=(48, 64),
@@ -113,9 +113,8 @@ def simcc_teacher(tmp_path_factory) -> Path:
 def coco_crops():
     """(12, 64, 48, 3) uint8: every labelled person of the real COCO sample, cropped."""
     import numpy as np
-
-    from pipeline.crops import crop_person, read_image
-    from pipeline.datasets import load_dataset
+    from uniskel.pipeline.crops import crop_person, read_image
+    from uniskel.pipeline.datasets import load_dataset
 
     ds = load_dataset(COCO_SPEC)
     return np.stack([crop_person(read_image(i.image_path), i.bbox, (48, 64))[0]
@@ -129,8 +128,7 @@ def tiny_student_run(tmp_path_factory) -> Path:
     Its head weights are scaled up so heatmaps have distinct peaks (not near-flat noise).
     """
     import torch
-
-    from student.models import build_model
+    from uniskel.student.models import build_model
 
     torch.manual_seed(0)
     model = build_model("tiny")

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+NAMESPACE = "uniskel"  # the repository root, installed as one package (pyproject.toml)
 PACKAGES = ("pipeline", "stores", "student")
 PROJECT = PACKAGES + ("cli",)
 
@@ -70,13 +71,14 @@ def _imports(module: str, path: Path) -> list[tuple[int, str, bool]]:
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
+            names = [_in_repo(a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:  # relative: from . import x, from .x import y
                 parts = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(parts + ([base] if base else []))
-            # `from pipeline import crops` imports the module pipeline.crops.
+            # `from uniskel.pipeline import crops` imports the module pipeline.crops.
+            base = _in_repo(base)
             folder = REPO / base.replace(".", "/")
             names = [f"{base}.{a.name}" if (folder / f"{a.name}.py").is_file() else base
                      for a in node.names]
@@ -84,6 +86,11 @@ def _imports(module: str, path: Path) -> list[tuple[int, str, bool]]:
             continue
         found.update((node.lineno, name, id(node) in nested) for name in names)
     return sorted(found)
+
+
+def _in_repo(name: str) -> str:
+    """uniskel.pipeline.x → pipeline.x (the module's path in the repository)."""
+    return name.removeprefix(NAMESPACE + ".") if name.startswith(NAMESPACE + ".") else name
 
 
 def _where(path: Path, line: int) -> str:
@@ -98,6 +105,21 @@ def test_every_module_has_a_layer():
     unknown = [str(p.relative_to(REPO)) for m, p in _modules().items() if _layer(m) is None]
     assert not unknown, (f"{unknown}: not in the layer picture; add them to FOUNDATION in "
                          "tests/test_architecture.py and to README \"Architecture\"")
+
+
+def test_project_modules_are_imported_through_the_namespace():
+    """`import pipeline` works only from the repository root; installed, it is uniskel.pipeline
+    (and a bare `pipeline` may be another package's)."""
+    files = [p for d in PACKAGES + ("tests", "bench") for p in sorted((REPO / d).glob("*.py"))]
+    bad = []
+    for path in files + [REPO / "cli.py"]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
+                     else [])
+            bad += [f"{_where(path, node.lineno)}: imports {n}; write {NAMESPACE}.{n}"
+                    for n in names if n.split(".")[0] in PROJECT]
+    assert not bad, "\n".join(bad)
 
 
 def test_project_imports_at_the_top():

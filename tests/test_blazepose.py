@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from cli import uni
-from pipeline.datasets import load_dataset
-from pipeline.geometry import apply, invert
-from pipeline.heatmaps import decode_heatmaps
-from pipeline.skeletons import UNIFIED_NAMES, get_skeleton, native_to_unified
-from stores.heatmap_store import open_store
+from uniskel.cli import uni
+from uniskel.pipeline.datasets import load_dataset
+from uniskel.pipeline.geometry import apply, invert
+from uniskel.pipeline.heatmaps import decode_heatmaps
+from uniskel.pipeline.skeletons import UNIFIED_NAMES, get_skeleton, native_to_unified
+from uniskel.stores.heatmap_store import open_store
 
 MODEL = Path(__file__).resolve().parents[1] / "samples/models/blazepose_full_256.onnx"
 
@@ -44,8 +43,8 @@ def coco_spec(data_dir) -> str:
 
 
 def test_described_teacher_runs_one_crop_at_a_time(blazepose, coco_spec):
-    from pipeline.crops import crop_person, read_image
-    from pipeline.teachers import Teacher
+    from uniskel.pipeline.crops import crop_person, read_image
+    from uniskel.pipeline.teachers import Teacher
 
     t = Teacher(blazepose, providers=["CPUExecutionProvider"])
     assert t.fixed_batch == 1  # detected from the model's input, not declared
@@ -92,7 +91,7 @@ def test_store_keypoints_near_ground_truth(blazepose, coco_spec, tmp_path, flip_
 
 def test_evaluate_coco_ap(blazepose, coco_spec):
     """COCO AP on the sample, GT boxes: measured 40.3 without flip, 45.0 with (12 people)."""
-    from student.evaluate import evaluate, predict_datasets
+    from uniskel.student.evaluate import evaluate, predict_datasets
 
     r = evaluate([coco_spec], blazepose, flip_test=False, progress=False)[coco_spec]
     assert r["predicted"] == r["instances"] == 12

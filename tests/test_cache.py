@@ -17,18 +17,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import DATA
+from uniskel.pipeline.cache import cache_teachers, format_run_summary, store_name
+from uniskel.pipeline.cache_tasks import TeacherSpec, dask_results, local_results, start_client
+from uniskel.pipeline.crops import crop_person, read_image
+from uniskel.pipeline.datasets import load_dataset
+from uniskel.pipeline.devices import worker_slot
+from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.geometry import compose, crop_to_heatmap
+from uniskel.pipeline.heatmaps import decode_heatmaps
+from uniskel.pipeline.teachers import Teacher
+from uniskel.stores.heatmap_store import CODEC, THRESHOLD, open_store
+from uniskel.stores.writer import StoreWriter
 
-from pipeline.cache import cache_teachers, format_run_summary, store_name
-from pipeline.cache_tasks import TeacherSpec, dask_results, local_results, start_client
-from pipeline.crops import crop_person, read_image
-from pipeline.datasets import load_dataset
-from pipeline.devices import worker_slot
-from pipeline.errors import UniError
-from pipeline.geometry import compose, crop_to_heatmap
-from pipeline.heatmaps import decode_heatmaps
-from pipeline.teachers import Teacher
-from stores.heatmap_store import CODEC, THRESHOLD, open_store
-from stores.writer import StoreWriter
+UNI = [sys.executable, "-m", "uniskel.cli"]  # this venv's uni command
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = DATA / "coco/images"
@@ -239,7 +240,7 @@ def test_kill_and_resume_equals_uninterrupted(heatmap_teacher, tmp_path):
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "cli", "cache-teachers", "--data",
+    r = subprocess.run([*UNI, "cache-teachers", "--data",
                         _coco(tmp_path), "--teacher", str(tmp_path / "none.onnx"), "--out",
                         str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "none.onnx" in r.stderr
@@ -247,7 +248,7 @@ def test_cli_errors_are_one_line(tmp_path):
 
 def _tasks(times: int, batch: int, teachers: int = 1):
     """(dataset, tasks) of the real COCO sample repeated `times` times, nothing done."""
-    from pipeline.cache import dataset_items, plan_tasks
+    from uniskel.pipeline.cache import dataset_items, plan_tasks
 
     ds = load_dataset(f"coco:{DATA / 'coco/test_coco.json'}")
     ids = np.asarray([i.instance_id for i in ds.instances] * times)
@@ -278,7 +279,7 @@ def test_pool_gives_the_same_results(heatmap_teacher, simcc_teacher):
 
 def test_plan_cuts_do_not_depend_on_what_is_done():
     """Each teacher gets the cut minus its done rows; cuts wholly done by all are dropped."""
-    from pipeline.cache import plan_tasks
+    from uniskel.pipeline.cache import plan_tasks
 
     items = [(r, 100 + r, f"img{r // 3}", (0.0, 0.0, 1.0, 1.0)) for r in range(10)]
     a = np.zeros(10, bool)
@@ -339,8 +340,7 @@ def three_teachers(heatmap_teacher, simcc_teacher, tmp_path_factory):
     """(spec, [hm, simcc, wide], {name: store contents when cached alone}): wide has its own
     input size (64 wide, 96 high) and crop padding (1.4)."""
     from conftest import make_heatmap_teacher
-
-    from pipeline.teachers import TeacherInfo, describe_model
+    from uniskel.pipeline.teachers import TeacherInfo, describe_model
 
     tmp = tmp_path_factory.mktemp("three")
     wide = describe_model(make_heatmap_teacher(tmp / "wide.onnx", input_wh=(64, 96), seed=1),
@@ -358,7 +358,7 @@ def three_teachers(heatmap_teacher, simcc_teacher, tmp_path_factory):
 
 def test_one_pass_decodes_each_image_once_for_all_teachers(three_teachers, tmp_path,
                                                            monkeypatch):
-    import pipeline.cache_tasks as ct
+    import uniskel.pipeline.cache_tasks as ct
 
     spec, teachers, alone = three_teachers
     reads = []
@@ -385,7 +385,7 @@ def test_killed_between_stores_then_a_teacher_added(three_teachers, tmp_path):
     with a third teacher: every store equals its teacher's run alone."""
     spec, teachers, alone = three_teachers
     out = tmp_path / "out"
-    base = [sys.executable, "-m", "cli", "cache-teachers", "--data", spec, "--out", str(out),
+    base = [*UNI, "cache-teachers", "--data", spec, "--out", str(out),
             "--workers", "1", "--batch-size", "5", "--device", "cpu"]
     two = base + ["--teacher", str(teachers[0]), "--teacher", str(teachers[2])]
     env = {**os.environ, "UNI_FAULT": "cache-batch:3"}
@@ -403,11 +403,11 @@ def test_killed_between_stores_then_a_teacher_added(three_teachers, tmp_path):
 
 
 def test_device_cuda_where_cuda_cannot_run_is_one_line(heatmap_teacher, tmp_path):
-    from pipeline.devices import cuda_problem
+    from uniskel.pipeline.devices import cuda_problem
 
     if cuda_problem() is None:
         pytest.skip("CUDA runs here")
-    r = subprocess.run([sys.executable, "-m", "cli", "cache-teachers", "--data", _coco(tmp_path),
+    r = subprocess.run([*UNI, "cache-teachers", "--data", _coco(tmp_path),
                         "--teacher", str(heatmap_teacher), "--out", str(tmp_path / "out"),
                         "--device", "cuda"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr

@@ -16,9 +16,10 @@ import h5py
 import numpy as np
 import pytest
 from conftest import DATA
+from uniskel.pipeline.cache import cache_teachers
+from uniskel.stores.heatmap_store import open_store
 
-from pipeline.cache import cache_teachers
-from stores.heatmap_store import open_store
+UNI = [sys.executable, "-m", "uniskel.cli"]  # this venv's uni command
 
 REPO = Path(__file__).resolve().parents[1]
 DASK = Path(sys.executable).parent / "dask"  # the venv's own `dask` command
@@ -83,7 +84,7 @@ def test_killed_worker_on_a_real_cluster_equals_a_local_run(cluster, heatmap_tea
     (ref,) = cache_teachers([spec], [heatmap_teacher], tmp_path / "ref", workers=1,
                             batch_size=BATCH, progress=False)
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "cli", "cache-teachers", "--data", spec,
+    r = subprocess.run([*UNI, "cache-teachers", "--data", spec,
                         "--teacher", str(heatmap_teacher), "--out", str(out), "--batch-size",
                         str(BATCH), "--scheduler-file", str(sched_file)],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -122,7 +123,7 @@ def test_killed_scheduler_stops_the_run_and_a_new_cluster_finishes_it(cluster, h
                             batch_size=BATCH, progress=False)
     out = tmp_path / "out"
     store = out / ref.path.name
-    cmd = [sys.executable, "-m", "cli", "cache-teachers", "--data", spec, "--teacher",
+    cmd = [*UNI, "cache-teachers", "--data", spec, "--teacher",
            str(heatmap_teacher), "--out", str(out), "--batch-size", str(BATCH)]
     run = subprocess.Popen([*cmd, "--scheduler-file", str(sched_file)], cwd=REPO,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

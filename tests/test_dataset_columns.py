@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from pipeline import annotations, dataset_cache
-from pipeline import datasets as datasets_module
-from pipeline.datasets import Instance, load_dataset, summarize
-from pipeline.errors import UniError
-from pipeline.files import read_json
-from pipeline.json_stream import Streamed, read_json_stream
+from uniskel.pipeline import annotations, dataset_cache
+from uniskel.pipeline import datasets as datasets_module
+from uniskel.pipeline.datasets import Instance, load_dataset, summarize
+from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.files import read_json
+from uniskel.pipeline.json_stream import Streamed, read_json_stream
 
 json_any = st.recursive(
     st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
@@ -298,7 +297,7 @@ def test_cache_follows_the_file(tmp_path, monkeypatch, data_dir):
 
 
 def test_pose_samples_index_arrays(data_dir):
-    from student.data import PoseSamples, split_items
+    from uniskel.student.data import PoseSamples, split_items
 
     sets = [load_dataset(f"coco:{data_dir}/coco/test_coco.json"),
             load_dataset(f"mpii:{data_dir}/mpii/test_mpii.json")]

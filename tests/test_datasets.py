@@ -10,16 +10,15 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from pipeline.datasets import (
+from uniskel.pipeline.datasets import (
     head_size,
     load_dataset,
     load_mpii_head_boxes,
     parse_spec,
     summarize,
 )
-from pipeline.errors import UniError
-from pipeline.skeletons import UNIFIED_NAMES
+from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.skeletons import UNIFIED_NAMES
 
 U = {n: i for i, n in enumerate(UNIFIED_NAMES)}
 
@@ -163,8 +162,7 @@ def test_mpii_head_box_field_is_one_based(tmp_path, data_dir):
 
 def _cli(args: list[str]):
     from click.testing import CliRunner
-
-    from cli import uni
+    from uniskel.cli import uni
 
     return CliRunner().invoke(uni, args)
 

@@ -10,11 +10,10 @@ import math
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from cli import uni
-from pipeline.datasets import load_dataset
-from pipeline.skeletons import SKELETONS, UNIFIED_NAMES
-from student.evaluate import evaluate
+from uniskel.cli import uni
+from uniskel.pipeline.datasets import load_dataset
+from uniskel.pipeline.skeletons import SKELETONS, UNIFIED_NAMES
+from uniskel.student.evaluate import evaluate
 
 # docs/conventions.md "Metrics", written out here so the test does not lean on
 # pipeline.skeletons.
@@ -272,7 +271,7 @@ def test_model_xor_predictions(coco, tmp_path, tiny_student_run):
 def test_synthetic_sets_ground_truth_is_perfect(synth_dir, tmp_path):
     """The synthetic val sets (real formats) evaluate end to end: GT as predictions → 100."""
     specs = [f"{fmt}:{synth_dir}/{fmt}/val.json" for fmt in ("coco", "mpii", "halpe")]
-    from student.evaluate import load_datasets
+    from uniskel.student.evaluate import load_datasets
 
     records = []
     for ds in load_datasets(specs):

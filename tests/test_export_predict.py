@@ -10,12 +10,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 from torch import nn
-
-from cli import uni
-from pipeline.errors import UniError
-from pipeline.skeletons import NUM_UNIFIED, UNIFIED_NAMES
-from student.export import export_model
-from student.predict import OnnxPredictor, Predictor, StudentPredictor, predict_boxes
+from uniskel.cli import uni
+from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.skeletons import NUM_UNIFIED, UNIFIED_NAMES
+from uniskel.student.export import export_model
+from uniskel.student.predict import OnnxPredictor, Predictor, StudentPredictor, predict_boxes
 
 
 def _run(*args):
@@ -93,8 +92,8 @@ def test_heatmap_pixels_map_back_to_the_image(data_dir):
 
 
 def test_export_matches_torch_and_is_a_teacher(tmp_path, crops, tiny_student_run):
-    from pipeline.teachers import Teacher, read_info
-    from student.checkpoint import load_student
+    from uniskel.pipeline.teachers import Teacher, read_info
+    from uniskel.student.checkpoint import load_student
 
     model, cfg = load_student(tiny_student_run)
     r = _run("export", tiny_student_run, "--out", tmp_path / "s.onnx")
@@ -116,9 +115,9 @@ def test_export_matches_torch_and_is_a_teacher(tmp_path, crops, tiny_student_run
 
 
 def test_export_to_a_native_skeleton_keeps_its_channels(tmp_path, crops, tiny_student_run):
-    from pipeline.skeletons import SKELETONS
-    from pipeline.teachers import Teacher, read_info
-    from student.checkpoint import load_student
+    from uniskel.pipeline.skeletons import SKELETONS
+    from uniskel.pipeline.teachers import Teacher, read_info
+    from uniskel.student.checkpoint import load_student
 
     model, _ = load_student(tiny_student_run)
     r = _run("export", tiny_student_run, "--out", tmp_path / "m.onnx", "--skeleton", "mpii16")
@@ -135,7 +134,7 @@ def test_export_to_a_native_skeleton_keeps_its_channels(tmp_path, crops, tiny_st
 
 
 def test_export_refuses_a_mismatch(tmp_path, monkeypatch):
-    import student.export as ex
+    import uniskel.student.export as ex
 
     monkeypatch.setattr(ex, "TOLERANCE", -1.0)  # nothing can agree within a negative bound
     with pytest.raises(UniError, match="differ"):

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from pipeline.geometry import (
+from uniskel.pipeline.geometry import (
     PADDING,
     apply,
     bbox_to_center_size,

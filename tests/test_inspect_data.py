@@ -8,11 +8,10 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from cli import uni
-from pipeline.datasets import load_dataset, summarize
-from pipeline.draw import LEFT, LIMBS, MIDLINE, RIGHT, draw_box, draw_skeleton
-from pipeline.skeletons import SKELETONS, UNIFIED_NAMES, unified_to_native
+from uniskel.cli import uni
+from uniskel.pipeline.datasets import load_dataset, summarize
+from uniskel.pipeline.draw import LEFT, LIMBS, MIDLINE, RIGHT, draw_box, draw_skeleton
+from uniskel.pipeline.skeletons import SKELETONS, UNIFIED_NAMES, unified_to_native
 
 
 def _run(*args: str):

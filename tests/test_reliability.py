@@ -30,14 +30,15 @@ from analytic_teacher import write_analytic_store
 from click.testing import CliRunner
 from conftest import DATA
 from test_store import _corrupt_chunk
+from uniskel.cli import uni
+from uniskel.pipeline.cache import cache_teachers
+from uniskel.pipeline.datasets import load_dataset
+from uniskel.stores import create as store_create
+from uniskel.stores import heatmap_store as hs
+from uniskel.stores import lock as store_lock
+from uniskel.stores import writer as sw
 
-from cli import uni
-from pipeline.cache import cache_teachers
-from pipeline.datasets import load_dataset
-from stores import create as store_create
-from stores import heatmap_store as hs
-from stores import lock as store_lock
-from stores import writer as sw
+UNI = [sys.executable, "-m", "uniskel.cli"]  # this venv's uni command
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -109,7 +110,7 @@ def stage_one(heatmap_teacher, tmp_path_factory):
 
 
 def _cache_cmd(spec: str, teacher: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "cli", "cache-teachers", "--data", spec, "--teacher",
+    return [*UNI, "cache-teachers", "--data", spec, "--teacher",
             str(teacher), "--out", str(out), "--workers", "1", "--batch-size", str(BATCH),
             *extra]
 
@@ -250,7 +251,7 @@ def test_cache_out_of_room_keeps_finished_rows_and_resumes(overwrite, stage_one,
 
 _BREAK_HDF5 = """
 import os, sys
-from stores import guard, writer as sw
+from uniskel.stores import guard, writer as sw
 state = {{"chunks": 0}}
 reserve = guard.WriteGuard.reserve
 
@@ -265,7 +266,7 @@ def fault(point):  # HDF5's descriptor turns read-only after batch {at}'s first 
         os.dup2(os.open(g.path, os.O_RDONLY), g.f.id.get_vfd_handle())
 
 guard.WriteGuard.reserve, sw.fault = _reserve, fault
-from cli import uni
+from uniskel.cli import uni
 uni(sys.argv[1:], prog_name="uni")
 """
 
@@ -426,7 +427,7 @@ def test_train_killed_mid_epoch_resumes_to_the_same_bits(stage_two, straight_run
     spec, _, stores = stage_two
     run = tmp_path / "run"
     cfg = _toml(tmp_path / "c.toml", EXACT + "save-every-s = 1e-9\n")
-    killed = _run([sys.executable, "-m", "cli", *_train_args(spec, stores, run, cfg, epochs=3)],
+    killed = _run([*UNI, *_train_args(spec, stores, run, cfg, epochs=3)],
                   "train-step:5")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     at_kill = torch.load(run / "last.pt", weights_only=True)
@@ -445,7 +446,7 @@ def test_train_resume_before_any_checkpoint_starts_the_run(stage_two, straight_r
     spec, _, stores = stage_two
     run = tmp_path / "run"
     cfg = _toml(tmp_path / "c.toml", EXACT)  # the default: a checkpoint every 600 s
-    killed = _run([sys.executable, "-m", "cli", *_train_args(spec, stores, run, cfg, epochs=3)],
+    killed = _run([*UNI, *_train_args(spec, stores, run, cfg, epochs=3)],
                   "train-step:2")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (run / "last.pt").exists() and (run / "config.toml").is_file()
@@ -523,7 +524,7 @@ def test_train_killed_while_writing_a_checkpoint_keeps_the_previous(stage_two, t
     cfg = tmp_path / "c.toml"
     cfg.write_text("val-fraction = 0.0\nsave-every = 1\n")
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "cli", *_train_args(spec, stores, run, cfg)]
+    cmd = [*UNI, *_train_args(spec, stores, run, cfg)]
     killed = _run(cmd, "checkpoint:2")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert (run / "last.pt.tmp").is_file()  # the second checkpoint, never renamed

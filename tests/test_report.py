@@ -8,9 +8,8 @@ import json
 import cv2
 import pytest
 from click.testing import CliRunner
-
-from cli import uni
-from student.report import markdown_table, report_rows, write_report
+from uniskel.cli import uni
+from uniskel.student.report import markdown_table, report_rows, write_report
 
 COCO, MPII, HALPE = "coco:a/val.json", "mpii:b/val.json", "halpe:c/val.json"
 

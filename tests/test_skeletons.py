@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from pipeline.errors import UniError
-from pipeline.skeletons import (
+from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.skeletons import (
     NUM_UNIFIED,
     SKELETONS,
     UNIFIED_NAMES,

@@ -20,12 +20,11 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from cli import uni
-from pipeline.errors import UniError
-from pipeline.heatmaps import gaussian_heatmaps
-from stores import heatmap_store as hs
-from stores import writer as sw
+from uniskel.cli import uni
+from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.heatmaps import gaussian_heatmaps
+from uniskel.stores import heatmap_store as hs
+from uniskel.stores import writer as sw
 
 REPO = Path(__file__).resolve().parents[1]
 K, H, W = 17, 16, 12
@@ -415,7 +414,7 @@ def test_corrupt_chunk_named_by_verify_and_read(store):
 
 _WRITER = """
 import sys, numpy as np
-from stores import writer as sw
+from uniskel.stores import writer as sw
 path = sys.argv[1]
 with sw.StoreWriter(path) as w:
     for start in range(0, 4000, 8):
@@ -736,8 +735,7 @@ def test_inspect_store_cli(store):
 
 def test_inspect_store_draws_on_real_crops(tmp_path, data_dir):
     import cv2
-
-    from pipeline.datasets import load_dataset
+    from uniskel.pipeline.datasets import load_dataset
 
     spec = f"coco:{data_dir / 'coco/test_coco.json'}"
     ds = load_dataset(spec)

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
-from cli import uni
-from pipeline.errors import UniError
-from student.checkpoint import (
+from uniskel.cli import uni
+from uniskel.pipeline.errors import UniError
+from uniskel.student.checkpoint import (
     Position,
     load_checkpoint,
     load_student,
@@ -20,7 +19,7 @@ from student.checkpoint import (
     run_name,
     save_checkpoint,
 )
-from student.models import build_model
+from uniskel.student.models import build_model
 
 
 def _mark(path: str) -> None:

@@ -9,13 +9,18 @@ import torch
 from analytic_teacher import render, teacher_points, write_analytic_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from pipeline.datasets import load_dataset
-from pipeline.errors import UniError
-from pipeline.geometry import apply, bbox_to_center_size, compose, crop_affine, crop_to_heatmap
-from pipeline.heatmaps import decode_heatmaps
-from pipeline.skeletons import SKELETONS
-from student.data import Augment, PoseSamples, View, collate, match_stores
+from uniskel.pipeline.datasets import load_dataset
+from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.geometry import (
+    apply,
+    bbox_to_center_size,
+    compose,
+    crop_affine,
+    crop_to_heatmap,
+)
+from uniskel.pipeline.heatmaps import decode_heatmaps
+from uniskel.pipeline.skeletons import SKELETONS
+from uniskel.student.data import Augment, PoseSamples, View, collate, match_stores
 
 TEACHERS = {"coco_t": "coco17", "mpii_t": "mpii16"}
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from pipeline.errors import UniError
-from student.losses import heatmap_kl, heatmap_mse, kd_weight_at, total_loss
-from student.models import build_model, count_parameters
+from uniskel.pipeline.errors import UniError
+from uniskel.student.losses import heatmap_kl, heatmap_mse, kd_weight_at, total_loss
+from uniskel.student.models import build_model, count_parameters
 
 
 @pytest.mark.parametrize("name,lo,hi", [("tiny", 0.8e6, 1.3e6), ("small", 4e6, 6e6),

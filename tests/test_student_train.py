@@ -15,15 +15,14 @@ import pytest
 import torch
 from analytic_teacher import write_analytic_store
 from click.testing import CliRunner
-
-from cli import uni
-from pipeline.datasets import load_dataset
-from student.checkpoint import load_checkpoint, load_student
-from student.config import teacher_weights
-from student.data import PoseSamples, collate, match_stores
-from student.losses import total_loss
-from student.models import build_model
-from student.train import train
+from uniskel.cli import uni
+from uniskel.pipeline.datasets import load_dataset
+from uniskel.student.checkpoint import load_checkpoint, load_student
+from uniskel.student.config import teacher_weights
+from uniskel.student.data import PoseSamples, collate, match_stores
+from uniskel.student.losses import total_loss
+from uniskel.student.models import build_model
+from uniskel.student.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / ".venv" / "bin"
@@ -197,7 +196,8 @@ def test_corrupt_image_is_skipped_or_fatal_with_strict(synth_dir, tmp_path):
 
 def test_help_is_quick():
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", "import cli"], capture_output=True, cwd=REPO)
+    out = subprocess.run([sys.executable, "-c", "import uniskel.cli"], capture_output=True,
+                         cwd=REPO)
     assert out.returncode == 0
     assert time.perf_counter() - t0 < 5
 
@@ -217,7 +217,7 @@ def test_non_finite_weights_and_rates_are_refused_before_anything_runs(synth_dir
 
 def test_a_non_finite_loss_stops_the_run_naming_the_step(synth_dir, tmp_path, monkeypatch):
     """Stopped before the update, in one line; last.pt stays the last good step's."""
-    import student.train as st
+    import uniskel.student.train as st
 
     real, calls = st.total_loss, []
 

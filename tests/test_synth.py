@@ -10,11 +10,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from pipeline.datasets import load_dataset, summarize
-from pipeline.errors import UniError
-from pipeline.skeletons import SKELETONS, UNIFIED_NAMES
-from pipeline.synth import dot_colour, generate
+from uniskel.pipeline.datasets import load_dataset, summarize
+from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.skeletons import SKELETONS, UNIFIED_NAMES
+from uniskel.pipeline.synth import dot_colour, generate
 
 FILES = ["coco/train.json", "coco/val.json", "mpii/train.json", "mpii/val.json", "halpe/val.json"]
 
@@ -181,8 +180,7 @@ def test_visible_keypoints_sit_on_their_coloured_dots(synth_dir):
 
 def test_cli_synth(tmp_path):
     from click.testing import CliRunner
-
-    from cli import uni
+    from uniskel.cli import uni
 
     r = CliRunner().invoke(uni, ["synth", "--out", str(tmp_path), "--persons", "6",
                                  "--seed", "1"])

@@ -14,12 +14,13 @@ import pytest
 from conftest import make_heatmap_teacher, make_simcc_teacher
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from uniskel.pipeline import devices
+from uniskel.pipeline.crops import normalize
+from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.skeletons import SKELETONS
+from uniskel.pipeline.teachers import Teacher, TeacherInfo, describe_model, read_info, simcc_to_grid
 
-from pipeline import devices
-from pipeline.crops import normalize
-from pipeline.errors import UniError
-from pipeline.skeletons import SKELETONS
-from pipeline.teachers import Teacher, TeacherInfo, describe_model, read_info, simcc_to_grid
+UNI = [sys.executable, "-m", "uniskel.cli"]  # this venv's uni command
 
 CPU = ["CPUExecutionProvider"]
 REPO = Path(__file__).resolve().parents[1]
@@ -154,7 +155,7 @@ def test_teacher_refuses_cuda_where_it_cannot_run(heatmap_teacher, tiny_student_
     with pytest.raises(UniError, match="--device cuda: CUDA cannot run here"):
         Teacher(heatmap_teacher, device="cuda")
     image = sorted((REPO / "samples/coco/images").iterdir())[0]
-    uni = [sys.executable, "-m", "cli"]
+    uni = [*UNI]
     for cmd, words in (
             (["predict", str(heatmap_teacher), str(image), "--out", str(tmp_path / "p")],
              "CUDA cannot run here"),
@@ -278,7 +279,7 @@ def test_fixed_batch_model_runs_one_crop_at_a_time(tmp_path, heatmap_teacher, co
 
 def test_cli_describe_teacher(tmp_path):
     bare = make_simcc_teacher(tmp_path / "s.onnx", k=16)
-    uni = [sys.executable, "-m", "cli"]
+    uni = [*UNI]
     r = subprocess.run(uni + ["describe-teacher", str(bare), "--skeleton", "mpii16", "--head",
                               "simcc", "--name", "mpii-t", "--mean", "0,0,0", "--std",
                               "255,255,255", "--out", str(tmp_path / "d.onnx")],
@@ -294,7 +295,7 @@ def test_cli_describe_teacher(tmp_path):
 
 def test_cli_describe_teacher_input_size_is_h_by_w(tmp_path):
     bare = make_simcc_teacher(tmp_path / "s.onnx", k=16)  # input 64 high, 48 wide
-    uni = [sys.executable, "-m", "cli", "describe-teacher", str(bare), "--skeleton", "mpii16",
+    uni = [*UNI, "describe-teacher", str(bare), "--skeleton", "mpii16",
            "--head", "simcc", "--out", str(tmp_path / "d.onnx"), "--input-size"]
     r = subprocess.run(uni + ["64x48"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
