@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import click
+
 from uniskel.pipeline.errors import UniError
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import common
 import psutil
+
 from uniskel.pipeline.teachers import read_info
 
 _LOAD = """

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+
 import uniskel.student.train as student_train
 from uniskel.pipeline.crops import crop_person, read_image
 from uniskel.pipeline.datasets import Dataset

@@ -19,6 +19,7 @@ import time
 import common
 import numpy as np
 import online
+
 from uniskel.pipeline.cache import cache_teachers
 from uniskel.pipeline.teachers import read_info
 from uniskel.student.evaluate import evaluate

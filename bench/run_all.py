@@ -21,6 +21,7 @@ import scale
 import stage_one
 import stage_two
 import store
+
 from uniskel.pipeline.files import write_text
 
 # The store's design measurements, from earlier runs: appended as they are.

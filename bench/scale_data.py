@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+
 from uniskel.pipeline import dataset_cache
 
 DEFAULT_WORK = Path(os.environ.get("TMPDIR", "/tmp")) / "uni-bench"

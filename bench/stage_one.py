@@ -26,6 +26,7 @@ from pathlib import Path
 
 import common
 import numpy as np
+
 from uniskel.pipeline.cache import cache_teachers, dataset_items, plan_tasks
 from uniskel.pipeline.cache_tasks import TeacherSpec, local_results
 from uniskel.pipeline.crops import crop_person, normalize, read_image

@@ -25,6 +25,7 @@ import common
 import numpy as np
 import online
 import torch
+
 from uniskel.pipeline.cache import cache_teachers
 from uniskel.pipeline.datasets import load_dataset
 from uniskel.pipeline.skeletons import NUM_UNIFIED

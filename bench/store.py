@@ -22,6 +22,7 @@ import h5py
 import hdf5plugin
 import numpy as np
 import torch
+
 from uniskel.pipeline.crops import crop_person, read_image
 from uniskel.pipeline.datasets import load_dataset
 from uniskel.pipeline.geometry import compose, crop_to_heatmap

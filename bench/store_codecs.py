@@ -24,6 +24,7 @@ import h5py
 import hdf5plugin
 import numpy as np
 from scipy.ndimage import gaussian_filter
+
 from uniskel.stores import heatmap_store as hs
 from uniskel.stores import writer as sw
 

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from uniskel.pipeline.heatmaps import gaussian_heatmaps
 from uniskel.stores.encode import encode_rows
 from uniskel.stores.heatmap_store import StoreMeta, open_store

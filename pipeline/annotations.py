@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from uniskel.pipeline.errors import UniError
 from uniskel.pipeline.files import json_int
 from uniskel.pipeline.geometry import mpii_bbox

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
 from uniskel.pipeline.cache_tasks import (
     Item,
     Task,

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from uniskel.pipeline.crops import crop_person, read_image
 from uniskel.pipeline.devices import CPU, cuda_device_count, worker_slot
 from uniskel.pipeline.errors import UniError

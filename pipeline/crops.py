@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from uniskel.pipeline.errors import UniError
 from uniskel.pipeline.geometry import PADDING, bbox_to_center_size, crop_affine, warp_image
 

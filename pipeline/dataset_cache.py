@@ -21,6 +21,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
+
 from uniskel.pipeline.annotations import Columns
 from uniskel.pipeline.files import atomic_write
 

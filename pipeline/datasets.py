@@ -19,6 +19,7 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+
 from uniskel.pipeline.annotations import coco_columns, mpii_columns
 from uniskel.pipeline.dataset_cache import cache_key, load_columns, save_columns
 from uniskel.pipeline.errors import UniError

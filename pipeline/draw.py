@@ -10,6 +10,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from uniskel.pipeline.crops import read_image
 from uniskel.pipeline.datasets import Dataset
 from uniskel.pipeline.errors import UniError, io_reason

@@ -27,6 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from tqdm import tqdm
+
 from uniskel.pipeline.errors import UniError
 from uniskel.pipeline.skeletons import SKELETONS, UNIFIED_NAMES, unified_to_native
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
+
 from uniskel.pipeline.crops import DEFAULT_MEAN, DEFAULT_STD, normalize
 from uniskel.pipeline.devices import CUDA, provider_used, resolve_device, session_providers
 from uniskel.pipeline.errors import UniError

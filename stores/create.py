@@ -11,6 +11,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+
 from uniskel.pipeline.errors import UniError, io_reason
 from uniskel.pipeline.files import atomic_write
 from uniskel.pipeline.skeletons import get_skeleton

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import h5py
 import hdf5plugin
 import numpy as np
+
 from uniskel.pipeline.errors import UniError
 
 THRESHOLD = 4.0 / 255.0  # default × channel max under which values are zeroed

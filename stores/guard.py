@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
+
 from uniskel.pipeline.errors import UniError, io_reason
 from uniskel.pipeline.faults import fault
 from uniskel.stores.create import write_failed

@@ -63,6 +63,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+
 from uniskel.pipeline.errors import UniError
 from uniskel.stores.encode import (  # noqa: F401  (re-exported: the store's public names)
     CODEC,

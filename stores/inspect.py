@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from uniskel.pipeline.crops import crop_person, read_image
 from uniskel.pipeline.datasets import load_dataset
 from uniskel.pipeline.draw import save_rgb

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
 from uniskel.pipeline.errors import UniError
 from uniskel.pipeline.files import atomic_write
 from uniskel.stores.encode import row_crcs

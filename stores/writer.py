@@ -39,6 +39,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+
 from uniskel.pipeline.errors import UniError
 from uniskel.pipeline.faults import fault
 from uniskel.stores.create import (  # noqa: F401  (create_store, StoreWriteFailed: re-exported)

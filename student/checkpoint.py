@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from uniskel.pipeline.errors import UniError, io_reason
 from uniskel.pipeline.faults import fault
 from uniskel.pipeline.files import atomic_write

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import tomli_w
+
 from uniskel.pipeline.errors import UniError
 from uniskel.pipeline.files import write_text
 from uniskel.pipeline.geometry import parse_input_size

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from uniskel.pipeline.crops import crop_person, normalize, read_image
 from uniskel.pipeline.datasets import Dataset, Instance
 from uniskel.pipeline.errors import UniError

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
 from uniskel.pipeline.cache import cache_teachers, format_run_summary
 from uniskel.pipeline.crops import crop_person, read_image
 from uniskel.pipeline.datasets import load_dataset

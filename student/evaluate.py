@@ -31,6 +31,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+
 from uniskel.pipeline.datasets import Dataset, head_size, load_dataset
 from uniskel.pipeline.errors import UniError
 from uniskel.pipeline.files import json_int, read_json, write_json

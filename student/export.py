@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from uniskel.pipeline.crops import DEFAULT_MEAN, DEFAULT_STD
 from uniskel.pipeline.errors import UniError
 from uniskel.pipeline.geometry import PADDING

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from uniskel.pipeline.errors import UniError
 from uniskel.pipeline.skeletons import NUM_UNIFIED
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
+
 from uniskel.pipeline.crops import DEFAULT_MEAN, DEFAULT_STD, crop_person, normalize, read_image
 from uniskel.pipeline.devices import parse_device
 from uniskel.pipeline.draw import draw_box, draw_skeleton, save_rgb

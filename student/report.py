@@ -14,6 +14,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+
 from uniskel.pipeline.datasets import parse_spec
 from uniskel.pipeline.errors import UniError
 from uniskel.pipeline.files import atomic_write, write_text

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
+
 from uniskel.pipeline.datasets import load_dataset
 from uniskel.pipeline.errors import UniError
 from uniskel.pipeline.faults import fault

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from uniskel.pipeline.datasets import Dataset
 from uniskel.pipeline.geometry import (
     apply,

@@ -113,6 +113,7 @@ def simcc_teacher(tmp_path_factory) -> Path:
 def coco_crops():
     """(12, 64, 48, 3) uint8: every labelled person of the real COCO sample, cropped."""
     import numpy as np
+
     from uniskel.pipeline.crops import crop_person, read_image
     from uniskel.pipeline.datasets import load_dataset
 
@@ -128,6 +129,7 @@ def tiny_student_run(tmp_path_factory) -> Path:
     Its head weights are scaled up so heatmaps have distinct peaks (not near-flat noise).
     """
     import torch
+
     from uniskel.student.models import build_model
 
     torch.manual_seed(0)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
 from uniskel.cli import uni
 from uniskel.pipeline.datasets import load_dataset
 from uniskel.pipeline.geometry import apply, invert

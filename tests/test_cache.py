@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import DATA
+
 from uniskel.pipeline.cache import cache_teachers, format_run_summary, store_name
 from uniskel.pipeline.cache_tasks import TeacherSpec, dask_results, local_results, start_client
 from uniskel.pipeline.crops import crop_person, read_image
@@ -340,6 +341,7 @@ def three_teachers(heatmap_teacher, simcc_teacher, tmp_path_factory):
     """(spec, [hm, simcc, wide], {name: store contents when cached alone}): wide has its own
     input size (64 wide, 96 high) and crop padding (1.4)."""
     from conftest import make_heatmap_teacher
+
     from uniskel.pipeline.teachers import TeacherInfo, describe_model
 
     tmp = tmp_path_factory.mktemp("three")

@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import DATA
+
 from uniskel.pipeline.cache import cache_teachers
 from uniskel.stores.heatmap_store import open_store
 

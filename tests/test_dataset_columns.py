@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from uniskel.pipeline import annotations, dataset_cache
 from uniskel.pipeline import datasets as datasets_module
 from uniskel.pipeline.datasets import Instance, load_dataset, summarize

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from uniskel.pipeline.datasets import (
     head_size,
     load_dataset,
@@ -162,6 +163,7 @@ def test_mpii_head_box_field_is_one_based(tmp_path, data_dir):
 
 def _cli(args: list[str]):
     from click.testing import CliRunner
+
     from uniskel.cli import uni
 
     return CliRunner().invoke(uni, args)

@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
 from uniskel.cli import uni
 from uniskel.pipeline.datasets import load_dataset
 from uniskel.pipeline.skeletons import SKELETONS, UNIFIED_NAMES

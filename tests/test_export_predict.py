@@ -10,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from torch import nn
+
 from uniskel.cli import uni
 from uniskel.pipeline.errors import UniError
 from uniskel.pipeline.skeletons import NUM_UNIFIED, UNIFIED_NAMES

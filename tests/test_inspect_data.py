@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
 from uniskel.cli import uni
 from uniskel.pipeline.datasets import load_dataset, summarize
 from uniskel.pipeline.draw import LEFT, LIMBS, MIDLINE, RIGHT, draw_box, draw_skeleton

@@ -10,8 +10,6 @@ import sysconfig
 import venv
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -30,6 +30,7 @@ from analytic_teacher import write_analytic_store
 from click.testing import CliRunner
 from conftest import DATA
 from test_store import _corrupt_chunk
+
 from uniskel.cli import uni
 from uniskel.pipeline.cache import cache_teachers
 from uniskel.pipeline.datasets import load_dataset

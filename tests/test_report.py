@@ -8,6 +8,7 @@ import json
 import cv2
 import pytest
 from click.testing import CliRunner
+
 from uniskel.cli import uni
 from uniskel.student.report import markdown_table, report_rows, write_report
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from uniskel.pipeline.errors import UniError
 from uniskel.pipeline.skeletons import (
     NUM_UNIFIED,

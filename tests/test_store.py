@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from uniskel.cli import uni
 from uniskel.pipeline.errors import UniError
 from uniskel.pipeline.heatmaps import gaussian_heatmaps
@@ -735,6 +736,7 @@ def test_inspect_store_cli(store):
 
 def test_inspect_store_draws_on_real_crops(tmp_path, data_dir):
     import cv2
+
     from uniskel.pipeline.datasets import load_dataset
 
     spec = f"coco:{data_dir / 'coco/test_coco.json'}"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+
 from uniskel.cli import uni
 from uniskel.pipeline.errors import UniError
 from uniskel.student.checkpoint import (

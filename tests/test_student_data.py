@@ -9,6 +9,7 @@ import torch
 from analytic_teacher import render, teacher_points, write_analytic_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from uniskel.pipeline.datasets import load_dataset
 from uniskel.pipeline.errors import UniError
 from uniskel.pipeline.geometry import (

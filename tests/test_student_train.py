@@ -15,6 +15,7 @@ import pytest
 import torch
 from analytic_teacher import write_analytic_store
 from click.testing import CliRunner
+
 from uniskel.cli import uni
 from uniskel.pipeline.datasets import load_dataset
 from uniskel.student.checkpoint import load_checkpoint, load_student

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from uniskel.pipeline.datasets import load_dataset, summarize
 from uniskel.pipeline.errors import UniError
 from uniskel.pipeline.skeletons import SKELETONS, UNIFIED_NAMES
@@ -180,6 +181,7 @@ def test_visible_keypoints_sit_on_their_coloured_dots(synth_dir):
 
 def test_cli_synth(tmp_path):
     from click.testing import CliRunner
+
     from uniskel.cli import uni
 
     r = CliRunner().invoke(uni, ["synth", "--out", str(tmp_path), "--persons", "6",

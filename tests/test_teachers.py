@@ -14,6 +14,7 @@ import pytest
 from conftest import make_heatmap_teacher, make_simcc_teacher
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from uniskel.pipeline import devices
 from uniskel.pipeline.crops import normalize
 from uniskel.pipeline.errors import UniError
