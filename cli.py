@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.files import check_output_path
 
 
 class _Group(click.Group):
@@ -33,10 +34,74 @@ class _Group(click.Group):
             sys.exit(130)
 
 
-@click.group(cls=_Group)
+@click.group(cls=_Group, context_settings={"show_default": True})
 @click.version_option(package_name="uni")
-def uni() -> None:
+@click.option("--skeletons", "skeleton_files", multiple=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="A TOML file of skeletons, unified skeletons and dataset kinds to add "
+                   "(README \"Dataset kinds\"); repeat for more.")
+def uni(skeleton_files: tuple[Path, ...]) -> None:
     """Train one human-pose student from many datasets and many teachers."""
+    if skeleton_files:
+        from uniskel.pipeline.skeletons import load_skeleton_file
+
+        for path in skeleton_files:
+            load_skeleton_file(path)
+
+
+class OutPath(click.Path):
+    """A path the command writes (--out and the like): one line and exit 2 at once when it
+    cannot be made (under a file, in a read-only folder), before any work is done."""
+
+    def convert(self, value, param, ctx):
+        what = param.opts[0] if param and param.opts else "--out"
+        try:
+            path = super().convert(value, param, ctx)
+        except click.BadParameter as e:  # a file where a folder is wanted, or the reverse
+            raise UniError(f"{what}: {e.message}") from None
+        check_output_path(Path(path), what)
+        return path
+
+
+class TrainCommand(click.Command):
+    """train-student: its options default to None (a --config file, else student/config.py's
+    DEFAULTS fill them), so --help shows those defaults, read when it is asked for (importing
+    torch), and lists the keys only a --config file sets."""
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from uniskel.student.config import DEFAULTS
+
+        shown = {"input_size": "x".join(map(str, DEFAULTS["input_wh"][::-1]))}
+        if "val_data" in DEFAULTS and "val_fraction" in DEFAULTS:
+            shown["val_data"] = f"{100 * DEFAULTS['val_fraction']:g} % of --data held out"
+        blank = []  # (option, its own default): the config's default stands in for this help
+        for p in self.params:
+            value = shown.get(p.name, DEFAULTS.get(p.name))
+            if (isinstance(p, click.Option) and not p.multiple and not p.is_flag
+                    and isinstance(value, str | int | float) and not isinstance(value, bool)):
+                blank.append((p, p.default))
+                p.default = value
+            elif p.name in shown and not isinstance(p.show_default, str):
+                p.show_default = shown[p.name]
+        have = {p.name for p in self.params} | {"input_wh"}
+        self.epilog = ("Keys without an option, set in the --config TOML (- or _ alike), "
+                       "with their defaults: " + ", ".join(
+                           f"{k.replace('_', '-')} {_shown(v)}" for k, v in DEFAULTS.items()
+                           if k not in have) + ". student/config.py documents every key.")
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            for p, default in blank:
+                p.default = default
+
+
+def _shown(value) -> str:
+    """A config default as --help writes it."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | dict | tuple):
+        return ", ".join(map(str, value)) if value else "none"
+    return str(value)
 
 
 def _floats3(value: str | None, option: str) -> tuple[float, float, float] | None:
@@ -53,34 +118,42 @@ def _floats3(value: str | None, option: str) -> tuple[float, float, float] | Non
 
 @uni.command("describe-teacher")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--skeleton", required=True, help="Native keypoint order: coco17, mpii16, ...")
+@click.option("--skeleton", required=True,
+              help="Native keypoint order: a known skeleton (`uni skeletons`: coco17, mpii16, "
+                   "...; a file's with `uni --skeletons FILE`), embedded whole in the model.")
 @click.option("--head", required=True, type=click.Choice(["heatmap", "simcc"]))
-@click.option("--name", help="Teacher name (default: the file name without .onnx).")
-@click.option("--mean", help="Per-channel mean in 0–255 units, R,G,B (default ImageNet).")
-@click.option("--std", help="Per-channel std in 0–255 units, R,G,B (default ImageNet).")
+@click.option("--name", help="Teacher name.", show_default="MODEL's file name without .onnx")
+@click.option("--mean", help="Per-channel mean in 0–255 units, R,G,B.", show_default="ImageNet's")
+@click.option("--std", help="Per-channel std in 0–255 units, R,G,B.", show_default="ImageNet's")
 @click.option("--bgr", is_flag=True, help="The model expects BGR channel order.")
 @click.option("--input-size", help="Crop size HxW, as papers write it (256x192: 256 high); "
               "read from the model when its input is static.")
 @click.option("--simcc-split", type=float, default=2.0, show_default=True)
 @click.option("--output", "outputs", multiple=True,
               help="Output name(s): the heatmap output, or the SimCC x then y outputs.")
-@click.option("--keypoint-channels", type=int, default=0,
-              help="Leading output channels that are keypoints (default: the skeleton's count).")
+@click.option("--keypoint-channels", type=int, default=0, show_default="the skeleton's count",
+              help="Leading output channels that are keypoints.")
 @click.option("--activation", type=click.Choice(["none", "sigmoid", "softmax"]),
-              help="Raw output → probability (default: none for heatmap, softmax for SimCC).")
+              help="Raw output → probability.",
+              show_default="none for heatmap, softmax for SimCC")
 @click.option("--padding", type=float, default=1.25, show_default=True,
               help="Crop box = person box × padding.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write a described copy here instead of editing MODEL in place.")
+@click.option("--out", type=OutPath(dir_okay=False, path_type=Path),
+              help="Where to write the described copy.",
+              show_default="MODEL.described.onnx beside MODEL")
+@click.option("--in-place", is_flag=True, help="Rewrite MODEL itself instead of writing a copy.")
 def describe_teacher(model: Path, skeleton: str, head: str, name: str | None, mean: str | None,
                      std: str | None, bgr: bool, input_size: str | None, simcc_split: float,
                      outputs: tuple[str, ...], keypoint_channels: int, activation: str | None,
-                     padding: float, out: Path | None) -> None:
-    """Stamp how to run MODEL (a pose ONNX model) into its metadata, making it a teacher."""
+                     padding: float, out: Path | None, in_place: bool) -> None:
+    """Stamp how to run MODEL (a pose ONNX model) into the metadata of a copy of it (or of MODEL
+    itself with --in-place), making it a teacher."""
     from uniskel.pipeline.crops import DEFAULT_MEAN, DEFAULT_STD
     from uniskel.pipeline.geometry import parse_input_size
     from uniskel.pipeline.teachers import TeacherInfo, describe_model, model_input_wh, read_info
 
+    if in_place and out:
+        raise UniError("give --out or --in-place, not both")
     if input_size:
         try:
             wh = parse_input_size(input_size)
@@ -95,8 +168,11 @@ def describe_teacher(model: Path, skeleton: str, head: str, name: str | None, me
         mean=_floats3(mean, "--mean") or DEFAULT_MEAN, std=_floats3(std, "--std") or DEFAULT_STD,
         bgr=bgr, simcc_split=simcc_split, outputs=outputs, num_keypoints=keypoint_channels,
         activation=activation or ("softmax" if head == "simcc" else "none"), padding=padding)
-    dst = describe_model(model, info, out)
+    dst = describe_model(model, info, model if in_place else
+                         out or model.with_name(f"{model.stem}.described.onnx"))
     click.echo(f"{dst}: {json.dumps(asdict(read_info(dst)))}")
+    click.echo(f"uni: rewrote {model} in place" if dst == model else
+               f"uni: wrote {dst}, a described copy; {model} is unchanged", err=True)
 
 
 @uni.command("cache-teachers")
@@ -105,21 +181,22 @@ def describe_teacher(model: Path, skeleton: str, head: str, name: str | None, me
 @click.option("--teacher", "teachers", multiple=True, required=True,
               type=click.Path(dir_okay=False, path_type=Path),
               help="A described ONNX teacher; repeat for more.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", required=True, type=OutPath(file_okay=False, path_type=Path),
               help="Store directory: one TEACHER__FORMAT-DATASETID.h5 per teacher × dataset.")
-@click.option("--workers", type=int, help="Local dask worker processes (default: one per "
-              "visible GPU, else one per 4 CPU cores, at least 1; 1 runs in this process).")
+@click.option("--workers", type=int, help="Local dask worker processes (1 runs in this "
+              "process).", show_default="one per visible GPU, else one per 4 CPU cores")
 @click.option("--scheduler", help="Use a running dask cluster instead (tcp://host:8786).")
 @click.option("--scheduler-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Or the file `dask scheduler --scheduler-file` wrote (shared filesystem).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N: "
               "where teachers run; auto uses CUDA when it works, local workers take the "
               "GPUs round-robin; cuda where CUDA cannot run is an error.")
-@click.option("--threads", type=int, help="onnxruntime threads per worker (default: the cores "
-              "shared among the local workers; 1 per task with --scheduler).")
+@click.option("--threads", type=int, help="onnxruntime threads per worker.",
+              show_default="the cores shared among the local workers; 1 with --scheduler")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Crops per task.")
 @click.option("--threshold", type=float, help="Zero stored values under this fraction of their "
-              "map's peak (default 4/255: smaller stores, error ≤ 1.6 % of the peak).")
+              "map's peak (higher: smaller stores).",
+              show_default="4/255, an error ≤ 1.6 % of the peak")
 @click.option("--flip-test/--no-flip-test", default=True, show_default=True,
               help="Average each crop's maps with its mirror's (off: half the compute).")
 @click.option("--overwrite", is_flag=True, help="Rebuild stores, also incompatible ones.")
@@ -145,7 +222,7 @@ def cache_teachers(data: tuple[str, ...], teachers: tuple[Path, ...], out: Path,
 
 
 @uni.command("synth")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", required=True, type=OutPath(file_okay=False, path_type=Path),
               help="Folder to write coco/, mpii/ and halpe/ into.")
 @click.option("--persons", type=int, default=600, show_default=True,
               help="People per dataset (COCO-style and MPII-style; Halpe val gets 15 %).")
@@ -164,24 +241,28 @@ def synth(out: Path, persons: int, seed: int, overwrite: bool) -> None:
 @click.argument("spec")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--draw", type=int, default=0, help="Draw boxes and skeletons on N images.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", type=OutPath(file_okay=False, path_type=Path),
               help="Folder for the --draw PNGs.")
 @click.option("--head-boxes", type=click.Path(dir_okay=False, path_type=Path),
               help="MPII head boxes (mpii_gt_val.mat).")
 def inspect_data(spec: str, as_json: bool, draw: int, out: Path | None,
                  head_boxes: Path | None) -> None:
     """Count images, instances and labeled unified keypoints of SPEC (FORMAT:ANN[:IMAGES])."""
-    from uniskel.pipeline.datasets import load_dataset, summarize
+    from uniskel.pipeline.datasets import load_dataset, missing_images, summarize
 
     if draw and out is None:
         raise UniError("--draw needs --out DIR")
     ds = load_dataset(spec, head_boxes)
     summary = summarize(ds)
+    gone, used = missing_images(ds)
+    summary["missing_images"] = len(gone)  # of the images with people
     if as_json:
         click.echo(json.dumps(summary))
     else:
         click.echo(f"dataset    {ds.spec}  (sha256 {ds.dataset_id[:12]})")
         click.echo(f"images     {summary['images']}\ninstances  {summary['instances']}")
+        where = f" (not found under {ds.spec.image_root}; first: {gone[0]})" if gone else ""
+        click.echo(f"missing    {len(gone)} of {used} images with people{where}")
         click.echo(f"{'keypoint':<16}{'labeled':>8}")
         for name, count in summary["keypoints"].items():
             click.echo(f"{name:<16}{count:>8}")
@@ -192,40 +273,50 @@ def inspect_data(spec: str, as_json: bool, draw: int, out: Path | None,
             click.echo(f"wrote {path}", err=as_json)
 
 
-@uni.command("train-student")
+@uni.command("skeletons")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def skeletons_cmd(as_json: bool) -> None:
+    """List the known skeletons (keypoints, mapping to unified names) and dataset kinds."""
+    from uniskel.pipeline.skeletons import summary, summary_lines
+
+    click.echo(json.dumps(summary()) if as_json else "\n".join(summary_lines()))
+
+
+@uni.command("train-student", cls=TrainCommand)
 @click.option("--data", "data", multiple=True, help="FORMAT:ANN[:IMAGES] training data; repeat.")
 @click.option("--stores", "stores", multiple=True, type=click.Path(path_type=Path),
               help="Teacher stores (folders of *.h5 or files); none = ground truth only.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
+@click.option("--out", type=OutPath(file_okay=False, path_type=Path), help="Run directory.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="TOML file of these options (CLI options override it) and of weight-decay, "
-                   "warmup-steps, kd-beta, val-fraction, max-steps, save-every, save-every-s "
-                   "[600], log-every (README \"Stage two\").")
+              help="TOML file of these options (CLI options override it) and of the keys "
+                   "below.")
 @click.option("--model", type=click.Choice(["tiny", "small", "base"]),
-              help="Student size [tiny]: tiny ≈1M, small ≈5M, base ≈16M parameters.")
-@click.option("--input-size", help="Crop size HxW, as papers write it (256x192: 256 high) "
-              "[256x192].")
-@click.option("--epochs", type=int, help="[10]")
-@click.option("--batch-size", type=int, help="Per process [32].")
-@click.option("--lr", type=float, help="AdamW peak learning rate, cosine schedule [0.002].")
-@click.option("--workers", type=int, help="DataLoader worker processes [2].")
-@click.option("--gt-weight", type=float, help="Ground-truth loss weight [0.3].")
-@click.option("--kd-weight", "kd_weight", multiple=True,
-              help="TEACHER=W; default 0.25 COCO / 0.45 MPII teacher, else 0.7 shared equally.")
-@click.option("--kd-decay", "kd_decay", multiple=True,
-              help="TEACHER=none|linear; default linear for the MPII teacher, else none.")
+              help="Student size: tiny ≈1M, small ≈5M, base ≈16M parameters.")
+@click.option("--input-size", help="Crop size HxW, as papers write it (256x192: 256 high).")
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int, help="Per process.")
+@click.option("--lr", type=float, help="AdamW peak learning rate, cosine schedule.")
+@click.option("--workers", type=int, help="DataLoader worker processes.")
+@click.option("--gt-weight", type=float, help="Ground-truth loss weight.")
+@click.option("--kd-weight", "kd_weight", multiple=True, help="TEACHER=W; repeat.",
+              show_default="0.25 COCO / 0.45 MPII teacher, else 0.7 shared equally")
+@click.option("--kd-decay", "kd_decay", multiple=True, help="TEACHER=none|linear; repeat.",
+              show_default="linear for the MPII teacher, else none")
 @click.option("--kd-loss", type=click.Choice(["kl", "mse"]),
-              help="kl: spatial-softmax KL at temperature 1/β (β=10) [kl].")
-@click.option("--seed", type=int, help="[0]")
+              help="kl: spatial-softmax KL at temperature 1/kd-beta.")
+@click.option("--seed", type=int)
 @click.option("--val-data", "val_data", multiple=True,
-              help="Validation data (GT loss picks best.pt); default: 5 %% of --data held out.")
+              help="Validation data (GT loss picks best.pt).")
 @click.option("--resume", is_flag=True, default=None,
               help="Continue OUT/last.pt exactly, as configured; no checkpoint yet: start OUT.")
 @click.option("--amp", is_flag=True, default=None, help="bf16 autocast on CPU, fp16 on CUDA.")
 @click.option("--strict", is_flag=True, default=None, help="An unreadable image is fatal.")
 @click.option("--skip-corrupt", is_flag=True, default=None,
-              help="Train without the instances whose cached targets fail verification "
-                   "(default: refuse such a store).")
+              help="Train without the instances whose cached targets fail verification.",
+              show_default="refuse such a store")
+@click.option("--unified", help="The student's unified skeleton: unified21, unified27, one a "
+              "skeleton file defines, or union (unified21 + every keypoint of the --data "
+              "datasets).")
 def train_student(config_file: Path | None, input_size: str | None, **options) -> None:
     """Stage two: train a student on GT and cached teacher targets (torchrun-able)."""
     from uniskel.student.config import input_wh, read_config_file
@@ -240,6 +331,7 @@ def train_student(config_file: Path | None, input_size: str | None, **options) -
         cfg[key] = list(value) if isinstance(value, tuple) else value
     if "out" not in cfg:
         raise UniError("--out RUN_DIR is required")
+    check_output_path(Path(str(cfg["out"])), "out")  # also when it came from --config
     if not cfg.get("data") and not options.get("resume"):
         raise UniError("--data is required (FORMAT:ANNOTATIONS[:IMAGES]; repeat for more)")
     run = train(cfg)
@@ -252,12 +344,12 @@ def train_student(config_file: Path | None, input_size: str | None, **options) -
 @click.option("--verify", is_flag=True,
               help="Read every chunk (checksums) and check the done mask; exit 1 on problems.")
 @click.option("--draw", type=int, default=0, help="Overlay N instances' heatmaps on their crops.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", type=OutPath(file_okay=False, path_type=Path),
               help="Folder for the --draw PNGs.")
 def inspect_store(store: Path, as_json: bool, verify: bool, draw: int, out: Path | None) -> None:
     """Show a soft-label STORE's provenance and size; optionally verify or draw it."""
     from uniskel.stores.heatmap_store import open_store
-    from uniskel.stores.inspect import draw_store, format_store_summary
+    from uniskel.stores.inspect import draw_store, format_store_summary, summary_json
 
     if draw and out is None:
         raise UniError("--draw needs --out DIR")
@@ -267,7 +359,7 @@ def inspect_store(store: Path, as_json: bool, verify: bool, draw: int, out: Path
     if as_json:
         if verify:
             summary["problems"] = problems
-        click.echo(json.dumps(summary))
+        click.echo(json.dumps(summary_json(summary)))
     else:
         click.echo(format_store_summary(summary))
         if verify:
@@ -285,11 +377,17 @@ def inspect_store(store: Path, as_json: bool, verify: bool, draw: int, out: Path
 @uni.command("evaluate")
 @click.argument("model", required=False, type=click.Path(path_type=Path))
 @click.option("--data", "data", multiple=True, required=True,
-              help="FORMAT:ANNOTATIONS[:IMAGE_ROOT] to evaluate on; repeat for more.")
+              help="KIND:ANNOTATIONS[:IMAGE_ROOT] to evaluate on (`uni skeletons` lists the "
+                   "kinds); repeat for more.")
 @click.option("--predictions", type=click.Path(dir_okay=False, path_type=Path),
-              help="Score this predictions file instead of running a MODEL.")
-@click.option("--save-predictions", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write MODEL's predictions (JSON) here.")
+              help="Score this COCO keypoint results file instead of running a MODEL.")
+@click.option("--save-predictions", type=OutPath(dir_okay=False, path_type=Path),
+              help="Also write MODEL's predictions here (COCO keypoint results JSON).")
+@click.option("--boxes", type=click.Path(dir_okay=False, path_type=Path),
+              help="COCO detection results JSON: run on these person boxes (rescored, "
+                   "OKS-NMS 0.9) instead of the ground-truth ones; AP datasets only.")
+@click.option("--box-threshold", type=float, default=0.0, show_default=True,
+              help="With --boxes: drop boxes scoring lower (MMPose's det_bbox_thr).")
 @click.option("--head-boxes", type=click.Path(dir_okay=False, path_type=Path),
               help="MPII head boxes (mpii_gt_val.mat) for PCKh.")
 @click.option("--flip-test/--no-flip-test", default=True, show_default=True,
@@ -299,25 +397,28 @@ def inspect_store(store: Path, as_json: bool, verify: bool, draw: int, out: Path
               help="auto | cpu | cuda | cuda:N: where MODEL runs (cuda without one: an error).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def evaluate_cmd(model: Path | None, data: tuple[str, ...], predictions: Path | None,
-                 save_predictions: Path | None, head_boxes: Path | None, flip_test: bool,
-                 batch_size: int, device: str, as_json: bool) -> None:
-    """Score MODEL (run dir, .pt or described .onnx) on GT boxes: COCO/Halpe AP, MPII PCKh."""
+                 save_predictions: Path | None, boxes: Path | None, box_threshold: float,
+                 head_boxes: Path | None, flip_test: bool, batch_size: int, device: str,
+                 as_json: bool) -> None:
+    """Score MODEL (run dir, .pt or described .onnx) by each dataset's metric: AP, PCKh, PCK."""
     from uniskel.student.evaluate import evaluate, format_results
 
     if save_predictions and predictions:
         raise UniError("--save-predictions needs a MODEL, not --predictions")
     results = evaluate(list(data), model, predictions, flip_test, head_boxes,
-                       save_predictions, batch_size, progress=not as_json, device=device)
+                       save_predictions, batch_size, progress=not as_json, device=device,
+                       boxes=boxes, box_threshold=box_threshold)
     click.echo(json.dumps(results) if as_json else format_results(results))
 
 
 @uni.command("report")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--data", "data", multiple=True, required=True,
-              help="FORMAT:ANNOTATIONS[:IMAGE_ROOT]; one table column per dataset.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="KIND:ANNOTATIONS[:IMAGE_ROOT]; one table column per dataset.")
+@click.option("--out", type=OutPath(file_okay=False, path_type=Path),
               help="Write report.md, report.csv and report.png here.")
-@click.option("--names", help="Comma-separated row names, one per RUN (default: model names).")
+@click.option("--names", help="Comma-separated row names, one per RUN.",
+              show_default="the model names")
 @click.option("--head-boxes", type=click.Path(dir_okay=False, path_type=Path),
               help="MPII head boxes (mpii_gt_val.mat) for PCKh.")
 @click.option("--flip-test/--no-flip-test", default=True, show_default=True,
@@ -336,12 +437,12 @@ def report_cmd(runs: tuple[Path, ...], data: tuple[str, ...], out: Path | None,
 
 @uni.command("export")
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", required=True, type=OutPath(dir_okay=False, path_type=Path),
               help="The ONNX file to write (described: usable as a teacher).")
-@click.option("--name", help="Model name in its metadata (default: the run's name).")
-@click.option("--skeleton", default="unified21", show_default=True,
-              help="Keep only this skeleton's channels (e.g. coco17 for a COCO-only teacher).")
-def export_cmd(run: Path, out: Path, name: str | None, skeleton: str) -> None:
+@click.option("--name", help="Model name in its metadata.", show_default="the run's name")
+@click.option("--skeleton", help="Keep only this skeleton's channels (e.g. coco17 for a "
+              "COCO-only teacher).", show_default="all of the student's unified skeleton")
+def export_cmd(run: Path, out: Path, name: str | None, skeleton: str | None) -> None:
     """Export a student to ONNX (dynamic batch), checked against PyTorch, teacher-described."""
     from uniskel.student.export import export_onnx
 
@@ -352,10 +453,10 @@ def export_cmd(run: Path, out: Path, name: str | None, skeleton: str) -> None:
 @uni.command("predict")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=OutPath(file_okay=False, path_type=Path))
 @click.option("--boxes", type=click.Path(dir_okay=False, path_type=Path),
               help="COCO detection results JSON; images match image_id by the digits of their "
-                   "file name. Default: the whole image is one person box.")
+                   "file name.", show_default="the whole image is one person box")
 @click.option("--score-threshold", type=float, default=0.3, show_default=True,
               help="Drop boxes scoring lower.")
 @click.option("--keypoint-threshold", type=float, default=0.3, show_default=True,
@@ -377,7 +478,7 @@ def predict_cmd(model: Path, images: tuple[Path, ...], out: Path, boxes: Path | 
 
 @uni.command("demo")
 @click.option("--out", default="demo_out", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path))
+              type=OutPath(file_okay=False, path_type=Path))
 @click.option("--quick", is_flag=True, help="Tiny sizes (about 3 minutes): a smoke run.")
 @click.option("--seed", default=0, show_default=True)
 def demo_cmd(out: Path, quick: bool, seed: int) -> None:

@@ -7,7 +7,8 @@ PoseSamples only use ``row_of``, ``done``, ``check()``, ``close()`` and
 masked by exactly the code that warps cached targets; the only
 difference is that they are fresh float32 teacher outputs rather than quantised stored ones.
 `online_training()` makes student.train.train use such sources: it swaps the one function
-through which train() gets its teacher sources (match_stores) for the duration of the call.
+through which train() gets its teacher sources (student.run_data's match_stores) for the
+duration of the call.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-import uniskel.student.train as student_train
+import uniskel.student.run_data as student_train  # where train() calls match_stores
 from uniskel.pipeline.crops import crop_person, read_image
 from uniskel.pipeline.datasets import Dataset
 from uniskel.pipeline.geometry import compose, crop_to_heatmap
@@ -79,7 +80,7 @@ def online_match(teacher_paths: list[Path], flip: bool = True):
     def match(_store_paths, datasets, _other_datasets=()):
         skeletons = {info.name: info.skeleton for _, info in infos}
         sources = {(info.name, ds.dataset_id): TeacherSource(
-            info.name, info.skeleton, path, OnlineTeacher(path, ds, flip))
+            info.name, info.skeleton_def, path, OnlineTeacher(path, ds, flip))
             for path, info in infos for ds in datasets}
         return sorted(skeletons), skeletons, sources
 

@@ -1,4 +1,5 @@
-"""Annotation readers: COCO-style and MPII-style JSON → numpy columns, one record at a time.
+"""Annotation readers: COCO-style JSON → numpy columns, one record at a time (MPII's list:
+pipeline/mpii_reader.py, with the helpers here).
 
 The file is streamed (pipeline/json_stream.py): each record is checked and copied into typed
 columns as it is parsed, then dropped, so a dataset costs its arrays (~0.5 KB a COCO person) and
@@ -8,6 +9,11 @@ the file is JSON; the top-level fields; every image id (file order), every image
 annotation id (file order); then each annotation in id order — its keypoints, box, image id, that
 the image exists, its area. A bad record never stops the parse, so a file that is not JSON further
 on still says so.
+
+The COCO-style reader reads any skeleton by shape: a dataset kind (pipeline/skeletons.toml) names
+the annotation fields holding its K keypoints (COCO-WholeBody: "keypoints" + "foot_kpts"), and
+other counts a field may carry (Halpe: 136, of which the first 26). A person is kept when a
+keypoint has v > 0, whatever `num_keypoints` says (CrowdPose's counts only 12 of its 14).
 """
 
 from __future__ import annotations
@@ -21,9 +27,8 @@ import numpy as np
 
 from uniskel.pipeline.errors import UniError
 from uniskel.pipeline.files import json_int
-from uniskel.pipeline.geometry import mpii_bbox
 from uniskel.pipeline.json_stream import Streamed, read_json_stream
-from uniskel.pipeline.skeletons import Skeleton
+from uniskel.pipeline.skeletons import DatasetKind, Skeleton
 
 _INT64 = (-(2**63), 2**63 - 1)
 _MISSING = object()  # an image record without 'file_name'
@@ -189,15 +194,24 @@ class _CocoImages:
 
 
 class _CocoAnnotations:
-    """Sink of a COCO / Halpe 'annotations' list: kept persons into columns; crowd and
+    """Sink of a COCO-style 'annotations' list: kept persons into columns; crowd and
     unlabeled people skipped; the first problem in id order remembered (see module doc).
 
     Records are checked a block at a time with numpy (one array per field for the block); a
     block with anything unusual in it goes through `_one`, record by record, which finds the
     problem and words it."""
 
-    def __init__(self, src: str, skeleton: Skeleton, halpe: bool):
-        self.src, self.k, self.halpe = src, skeleton.num_keypoints, halpe
+    def __init__(self, src: str, skeleton: Skeleton, kind: DatasetKind):
+        self.src, self.k, self.skeleton = src, skeleton.num_keypoints, skeleton.name
+        self.fields = kind.fields  # ((field, keypoints), ...) summing to k
+        # Numbers a single field may hold: 3 K, or 3 × one of the kind's longer counts.
+        self.lengths = {3 * self.k, *(3 * n for n in kind.file_keypoints)}
+        # (validity flag, its field's slice of the K keypoints) of each "X_kpts" field
+        self.flags, start = [], 0
+        for name, n in self.fields:
+            if name.endswith("_kpts"):
+                self.flags.append((name[: -len("_kpts")] + "_valid", slice(start, start + n)))
+            start += n
         self.ids = _Ids("annotations", "annotation")
         self.pending: list[tuple[int, dict]] = []  # (id, record) not yet checked
         self.first: tuple[int, int, str] | None = None  # (id, rank in the checks, message)
@@ -235,17 +249,25 @@ class _CocoAnnotations:
     def _block(self, block: list[tuple[int, dict]]) -> bool:
         """Check and keep a whole block at once; False (nothing kept) if any record is unusual."""
         rows = []  # (id, keypoints, bbox, image id, has an area, area) of each person
+        names = [f for f, _ in self.fields]
+        need = {*names, "bbox", "image_id"}
         for ann_id, ann in block:
-            if ann.get("iscrowd", 0) or ann.get("num_keypoints", 1) == 0:
+            if ann.get("iscrowd", 0):
                 continue
-            if not {"keypoints", "bbox", "image_id"} <= ann.keys() or type(
+            if not need <= ann.keys() or type(
                     ann["image_id"]) is not int:  # noqa: E721 (bool is not an id)
                 return False
-            rows.append((ann_id, ann["keypoints"], ann["bbox"], ann["image_id"], "area" in ann,
-                         ann.get("area", 0.0)))
+            if len(names) == 1:
+                kps = ann[names[0]]
+            elif all(type(ann[f]) is list for f in names):  # noqa: E721
+                kps = [x for f in names for x in ann[f]]
+            else:
+                return False
+            rows.append((ann_id, kps, ann["bbox"], ann["image_id"], "area" in ann,
+                         ann.get("area", 0.0), [ann.get(flag, True) for flag, _ in self.flags]))
         if not rows:
             return True
-        ids, kps, boxes, images, has_area, areas = zip(*rows, strict=True)
+        ids, kps, boxes, images, has_area, areas, valid = zip(*rows, strict=True)
         n, k = len(ids), self.k
         try:
             kp = np.array(kps, np.float64)  # (n, L)
@@ -255,10 +277,11 @@ class _CocoAnnotations:
         except (TypeError, ValueError, OverflowError):
             return False
         if kp.ndim != 2 or box.shape != (n, 4) or area.shape != (n,) or not np.isfinite(
-                kp).all() or not (kp.shape[1] == 3 * k or self.halpe and kp.shape[1] > 3 * k
-                                  and kp.shape[1] % 3 == 0):
+                kp).all() or kp.shape[1] not in (self.lengths if len(names) == 1 else {3 * k}):
             return False
         kp = kp[:, : 3 * k].reshape(n, k, 3)
+        for j, (_, part) in enumerate(self.flags):
+            kp[[not v[j] for v in valid], part, 2] = 0.0  # e.g. foot_valid false: unlabelled
         keep = (kp[:, :, 2] > 0).any(axis=1)
         has = np.array(has_area) & keep
         if not (np.isfinite(box[keep]).all() and (box[keep][:, 2:] > 0).all()
@@ -268,18 +291,35 @@ class _CocoAnnotations:
         self._add(np.array(ids)[keep], image[keep], box[keep], kp[keep], area[keep])
         return True
 
+    def _keypoints(self, ann: dict, where: str) -> np.ndarray:
+        """(3 K,) the kind's fields, each checked against its count; flagged parts unlabelled."""
+        parts = []
+        for name, n in self.fields:
+            kp = _floats(_field(ann, name, where), None, f"{where} field {name!r}")
+            lengths = self.lengths if len(self.fields) == 1 else {3 * n}
+            if kp.size not in lengths:
+                expected = " or ".join(str(m) for m in sorted(lengths))
+                raise UniError(f"{where} field {name!r}: expected {expected} numbers "
+                               f"({n} keypoints × 3 of skeleton {self.skeleton}), got {kp.size}")
+            parts.append(kp[: 3 * n])
+        kp = np.concatenate(parts).reshape(self.k, 3)
+        for flag, part in self.flags:
+            if not ann.get(flag, True):
+                kp[part, 2] = 0.0
+        return kp.reshape(-1)
+
     def _one(self, ann_id: int, ann: dict) -> None:
         where = f"{self.src}: annotation id {ann_id}"
-        if ann.get("iscrowd", 0) or ann.get("num_keypoints", 1) == 0:
+        if ann.get("iscrowd", 0):
             return
-        k = self.k
         try:
-            kp = _floats(_field(ann, "keypoints", where), None, f"{where} field 'keypoints'")
-            # Halpe ships 136 whole-body keypoints whose first 26 are the body.
-            if kp.size % 3 or kp.size < 3 * k or (kp.size != 3 * k and not self.halpe):
-                raise UniError(f"{where} field 'keypoints': expected {3 * k} numbers, "
-                               f"got {kp.size}")
-            kp = kp[: 3 * k]
+            kp = self._keypoints(ann, where)
+        except UniError as e:
+            # num_keypoints 0 marks a person nobody labelled; their array is not read (COCO).
+            if ann.get("num_keypoints", 1) != 0:
+                self._problem(ann_id, 0, str(e))
+            return
+        try:
             if not (kp[2::3] > 0).any():
                 return
             bbox = _floats(_field(ann, "bbox", where), 4, f"{where} field 'bbox'")
@@ -297,16 +337,16 @@ class _CocoAnnotations:
         self._add([ann_id], [image_id], bbox, kp, [area])
 
 
-def coco_columns(path: Path, image_root: Path, skeleton: Skeleton, halpe: bool) -> Columns:
-    """COCO and Halpe: COCO-format JSON {images, annotations}."""
+def coco_columns(path: Path, image_root: Path, skeleton: Skeleton, kind: DatasetKind) -> Columns:
+    """Every COCO-style kind: JSON {images, annotations}, keypoints as the kind says."""
     src = str(path)
     data = read_json_stream(path, {"images": lambda: _CocoImages(src),
-                                   "annotations": lambda: _CocoAnnotations(src, skeleton, halpe)})
+                                   "annotations": lambda: _CocoAnnotations(src, skeleton, kind)})
     for key in ("images", "annotations"):
         if not isinstance(_field(data, key, src), list | Streamed):
             raise UniError(f"{src}: field {key!r} must be a list")
     image_ids, image_paths = _fed(data["images"], _CocoImages(src)).check(image_root)
-    anns = _fed(data["annotations"], _CocoAnnotations(src, skeleton, halpe))
+    anns = _fed(data["annotations"], _CocoAnnotations(src, skeleton, kind))
     del data
     anns.flush()
     anns.ids.check(src)
@@ -336,72 +376,3 @@ def coco_columns(path: Path, image_root: Path, skeleton: Skeleton, halpe: bool) 
         image_index if rows is None else image_index[rows], bboxes,
         take("keypoints", (skeleton.num_keypoints, 3)), np.full((len(kept), 4), np.nan),
         take("areas"))
-
-
-class _MpiiRecords:
-    """Sink of MMPose's MPII list: persons into columns; the first bad record remembered."""
-
-    def __init__(self, src: str, image_root: Path, head_from_file: bool):
-        self.src, self.resolve, self.head_from_file = src, _Paths(image_root), head_from_file
-        self.n, self.error = 0, None
-        self.images: dict[str, int] = {}  # name → image index
-        self.paths: list[str] = []
-        self.image_index = array("i")
-        self.bboxes, self.keypoints, self.heads = array("d"), array("d"), array("d")
-
-    def __call__(self, rec: object) -> None:
-        i, self.n = self.n, self.n + 1
-        if self.error is None:
-            try:
-                self._record(i, rec)
-            except UniError as e:
-                self.error = str(e)
-
-    def _record(self, i: int, rec: object) -> None:
-        """MPII coordinates are 1-based (MATLAB); instances are 0-based like everything else."""
-        where = f"{self.src}: record {i}"
-        name = _field(rec, "image", where)
-        image = self.images.get(name) if isinstance(name, str) else None
-        if image is None:  # each image's path is resolved (and checked) once
-            path = self.resolve(name, f"{where} field 'image'")
-            image = self.images[name] = len(self.paths)
-            self.paths.append(path)
-        center = _floats(_field(rec, "center", where), 2, f"{where} field 'center'") - 1.0
-        scale = _floats(_field(rec, "scale", where), 1, f"{where} field 'scale'")[0]
-        if scale <= 0:
-            raise UniError(f"{where} field 'scale': must be positive, got {scale}")
-        joints = _floats(_field(rec, "joints", where), 32, f"{where} field 'joints'")
-        vis = _floats(_field(rec, "joints_vis", where), 16, f"{where} field 'joints_vis'")
-        kp = np.zeros((16, 3))
-        kp[:, :2] = joints.reshape(16, 2) - 1.0
-        kp[:, 2] = np.where(vis > 0, 2.0, 0.0)
-        kp[kp[:, 2] == 0, :2] = 0.0
-        head = np.full(4, np.nan)
-        if not self.head_from_file and "head_box" in rec:
-            head = _floats(rec["head_box"], 4, f"{where} field 'head_box'") - 1.0
-        self.image_index.append(image)
-        self.bboxes.frombytes(mpii_bbox(center, scale).tobytes())
-        self.keypoints.frombytes(kp.tobytes())
-        self.heads.frombytes(head.tobytes())
-
-
-def mpii_columns(path: Path, image_root: Path, head_boxes: np.ndarray | None) -> Columns:
-    """MMPose's MPII JSON: a list of {image, center, scale, joints, joints_vis[, head_box]};
-    head_boxes (N, 4) 0-based, when given, replace the records' own."""
-    src = str(path)
-    data = read_json_stream(path, {None: lambda: _MpiiRecords(src, image_root,
-                                                              head_boxes is not None)})
-    if not isinstance(data, list | Streamed):
-        raise UniError(f"{src}: expected a list of MPII person records")
-    recs = _fed(data, _MpiiRecords(src, image_root, head_boxes is not None))
-    if head_boxes is not None and len(head_boxes) != recs.n:
-        raise UniError(f"{src}: {recs.n} persons but the head-box file has {len(head_boxes)}")
-    if recs.error is not None:
-        raise UniError(recs.error)
-    bboxes = _column(recs.bboxes, np.float64, (4,))
-    heads = (np.asarray(head_boxes, np.float64).reshape(-1, 4) if head_boxes is not None
-             else _column(recs.heads, np.float64, (4,)))
-    return Columns(np.arange(len(recs.paths), dtype=np.int64), np.array(recs.paths, dtype=str),
-                   np.arange(recs.n, dtype=np.int64), _column(recs.image_index, np.int32),
-                   bboxes, _column(recs.keypoints, np.float64, (16, 3)), heads,
-                   bboxes[:, 2] * bboxes[:, 3])

@@ -38,7 +38,7 @@ from uniskel.pipeline.cache_tasks import (
     local_results,
     start_client,
 )
-from uniskel.pipeline.datasets import Dataset, load_dataset
+from uniskel.pipeline.datasets import Dataset, load_dataset, missing_images
 from uniskel.pipeline.devices import cuda_device_count, parse_device, resolve_device
 from uniskel.pipeline.errors import UniError, io_reason
 from uniskel.pipeline.faults import fault
@@ -84,6 +84,7 @@ class _Job:
     path: Path  # where the store ends up
     work_path: Path  # where it is written (a temp file when overwriting)
     meta: StoreMeta
+    create: bool = False  # work_path is to be created (empty) before the pass
 
 
 # --------------------------------------------------------------------------- planning
@@ -137,14 +138,14 @@ def _repair_if_possible(path: Path) -> None:
 
 def _prepare(teacher: Teacher, dataset: Dataset, out_dir: Path, flip_test: bool,
              overwrite: bool, threshold: float) -> _Job | None:
-    """The job for one store, or None when it is already complete."""
+    """The job for one store, or None when it is already complete (nothing created yet)."""
     info = teacher.info
     k, (w, h) = info.num_keypoints, teacher.heatmap_wh
     meta = StoreMeta(
         teacher_name=info.name, teacher_sha256=teacher.sha256, teacher_metadata=asdict(info),
         skeleton=info.skeleton, dataset_id=dataset.dataset_id, dataset_spec=str(dataset.spec),
         input_wh=tuple(info.input_wh), padding=info.padding, flip_test=flip_test,
-        heatmap_shape=(k, h, w))
+        heatmap_shape=(k, h, w), skeleton_def=teacher.skeleton)
     path = out_dir / store_name(info.name, dataset)
     if overwrite:
         tmp = path.with_name(path.name + ".tmp")
@@ -153,22 +154,39 @@ def _prepare(teacher: Teacher, dataset: Dataset, out_dir: Path, flip_test: bool,
             state = check_compatible(tmp, meta, threshold)
         except UniError:
             state = "missing"
-        if state == "missing":
-            tmp.unlink(missing_ok=True)
-            create_store(tmp, meta, dataset.instance_ids,
-                         threshold=threshold)
-        return _Job(teacher, dataset, path, tmp, meta)
+        return _Job(teacher, dataset, path, tmp, meta, create=state == "missing")
     _repair_if_possible(path)
     try:
         state = check_compatible(path, meta, threshold)
     except UniError as e:
         raise UniError(f"{e} (use --overwrite to rebuild it)") from None
     if state == "complete":
-        return None
-    if state == "missing":
-        create_store(path, meta, dataset.instance_ids,
-                     threshold=threshold)
-    return _Job(teacher, dataset, path, path, meta)
+        reader = open_store(path)
+        skipped = reader.skipped
+        reader.close()
+        if not skipped:
+            return None
+        with StoreWriter(path) as w:  # finished with skipped rows by an older uni: retry them
+            w.reopen()
+    return _Job(teacher, dataset, path, path, meta, create=state == "missing")
+
+
+def _create(job: _Job, threshold: float) -> None:
+    if job.create:
+        job.work_path.unlink(missing_ok=True)  # a rebuild's leftover that was not resumable
+        create_store(job.work_path, job.meta, job.dataset.instance_ids, threshold=threshold)
+
+
+def check_images(dataset: Dataset) -> None:
+    """Stop (one line naming the image folder) when more than half of the images with people
+    are not files: a wrong IMAGE_ROOT, found by stat before any store is made or teacher run,
+    rather than every person skipped. Fewer missing images are skipped and retried later."""
+    gone, used = missing_images(dataset)
+    if 2 * len(gone) > used:
+        raise UniError(f"{dataset.spec.image_root}: {len(gone)} of {used} images of "
+                       f"{dataset.spec.annotations} are missing (more than half, found before "
+                       f"running any teacher; first: {gone[0]}): is the image folder right? "
+                       "(FORMAT:ANNOTATIONS:IMAGE_ROOT)")
 
 
 def _open_jobs(jobs: list[_Job], spec_for: Callable[[_Job, dict], TeacherSpec]
@@ -234,8 +252,8 @@ def _run_dataset(jobs: list[_Job], run: Runner, spec_for: Callable[[_Job, dict],
     seconds = time.perf_counter() - t0
     for job, s in zip(jobs, summaries, strict=True):
         s.seconds = seconds
-        if job.work_path != job.path:  # the rebuild is complete: it replaces the old store
-            atomic_write(job.path, lambda tmp: None, tmp=job.work_path)
+        if job.work_path != job.path:  # the rebuild replaces the old store (with skipped
+            atomic_write(job.path, lambda tmp: None, tmp=job.work_path)  # rows: resumable)
         _with_sizes(s)
     return summaries
 
@@ -288,10 +306,6 @@ def cache_teachers(data: list[str], teachers: list[Path], out_dir: Path,
     if len(set(names)) != len(names):
         raise UniError(f"teacher names must differ, got {', '.join(names)} (--name when "
                        "describing)")
-    try:  # only now: bad input leaves nothing behind
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UniError(f"--out {out_dir}: cannot create it ({io_reason(e)})") from None
     summaries, passes = [], []
     for ds in datasets:
         jobs = []
@@ -306,6 +320,14 @@ def cache_teachers(data: list[str], teachers: list[Path], out_dir: Path,
                 jobs.append(job)
         if jobs:
             passes.append(jobs)
+    for jobs in passes:  # every dataset's images before any store is made
+        check_images(jobs[0].dataset)
+    try:  # only now: bad input leaves nothing behind
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UniError(f"--out {out_dir}: cannot create it ({io_reason(e)})") from None
+    for job in (job for jobs in passes for job in jobs):
+        _create(job, threshold)
     if not passes:
         return summaries
     local = workers == 1 and not remote
@@ -352,7 +374,8 @@ def format_run_summary(s: StoreSummary, max_skipped: int = 20) -> str:
     if s.up_to_date:
         return (f"{head}, {len(s.skipped)} skipped, up to date, "
                 f"{s.bytes_on_disk / 1e6:.2f} MB on disk{ratio}")
-    lines = [f"{head}, {s.computed} computed, {len(s.skipped)} skipped, {s.seconds:.1f} s, "
+    retry = ", will be retried on the next run" if s.skipped else ""
+    lines = [f"{head}, {s.computed} computed, {len(s.skipped)} skipped{retry}, {s.seconds:.1f} s, "
              f"{s.crops_per_s:.1f} crops/s, {s.bytes_on_disk / 1e6:.2f} MB on disk{ratio}"]
     if s.workers:
         by: dict[str, list[str]] = {}

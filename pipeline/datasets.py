@@ -1,7 +1,9 @@
 """Datasets: data specs, and a loaded dataset as numpy columns of persons.
 
-A data spec names a dataset everywhere: ``FORMAT:ANNOTATIONS[:IMAGE_ROOT]`` with FORMAT in
-coco | mpii | halpe and IMAGE_ROOT defaulting to ``images/`` beside the annotation file.
+A data spec names a dataset everywhere: ``KIND:ANNOTATIONS[:IMAGE_ROOT]`` with KIND a dataset
+kind (pipeline/skeletons.toml: coco, mpii, halpe, aic, crowdpose, … or a user's) and IMAGE_ROOT
+defaulting to the kind's folder beside the annotation file (``images/``; PoseTrack18: the folder
+itself).
 An instance is addressed by (dataset id = sha256 of the annotation file, instance id).
 A loaded dataset holds arrays, not one Python object per person (pipeline/annotations.py reads
 the files): at COCO-train size (150k persons) that is ~75 MB instead of ~600 MB, and forked
@@ -11,8 +13,11 @@ touch. `Dataset.instances` still gives `Instance` objects, made on demand.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import operator
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -20,18 +25,26 @@ from pathlib import Path
 
 import numpy as np
 
-from uniskel.pipeline.annotations import coco_columns, mpii_columns
+from uniskel.pipeline.annotations import coco_columns
 from uniskel.pipeline.dataset_cache import cache_key, load_columns, save_columns
 from uniskel.pipeline.errors import UniError
 from uniskel.pipeline.files import file_sha256, read_json
-from uniskel.pipeline.skeletons import UNIFIED_NAMES, Skeleton, get_skeleton, native_to_unified
-
-FORMATS = {"coco": "coco17", "mpii": "mpii16", "halpe": "halpe26"}
+from uniskel.pipeline.mpii_reader import mpii_columns
+from uniskel.pipeline.skeletons import (
+    UNIFIED,
+    UNIFIED_NAMES,
+    DatasetKind,
+    Skeleton,
+    get_kind,
+    get_skeleton,
+    known_kinds,
+    native_to_unified,
+)
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    format: str
+    format: str  # the dataset kind's name
     annotations: Path
     image_root: Path
 
@@ -40,18 +53,19 @@ class DataSpec:
 
 
 def parse_spec(spec: str | DataSpec) -> DataSpec:
-    """'FORMAT:ANNOTATIONS[:IMAGE_ROOT]' → DataSpec (paths are not checked here)."""
+    """'KIND:ANNOTATIONS[:IMAGE_ROOT]' → DataSpec (paths are not checked here)."""
     if isinstance(spec, DataSpec):
         return spec
     parts = spec.split(":")
     if len(parts) not in (2, 3) or not all(parts):
-        raise UniError(f"data spec {spec!r}: expected FORMAT:ANNOTATIONS[:IMAGE_ROOT]")
+        raise UniError(f"data spec {spec!r}: expected KIND:ANNOTATIONS[:IMAGE_ROOT]")
     fmt = parts[0].lower()
-    if fmt not in FORMATS:
-        raise UniError(f"data spec {spec!r}: unknown format {parts[0]!r}; "
-                       f"use one of {', '.join(FORMATS)}")
+    kinds = known_kinds()
+    if fmt not in kinds:
+        raise UniError(f"data spec {spec!r}: unknown dataset kind {parts[0]!r}; "
+                       f"use one of {', '.join(kinds)}")
     ann = Path(parts[1])
-    root = Path(parts[2]) if len(parts) == 3 else ann.parent / "images"
+    root = Path(parts[2]) if len(parts) == 3 else ann.parent / kinds[fmt].image_root
     return DataSpec(fmt, ann, root)
 
 
@@ -125,6 +139,7 @@ class Dataset:
     `instances` / `by_id()` give `Instance` objects for the rest."""
 
     spec: DataSpec
+    kind: DatasetKind  # reader, metric; `skeleton` is its native skeleton
     skeleton: Skeleton
     dataset_id: str  # sha256 of the annotation file
     image_ids: np.ndarray  # (I,) int64
@@ -161,9 +176,10 @@ class Dataset:
         out.flags.writeable = False
         return out
 
-    def unified_rows(self, rows) -> np.ndarray:
-        """(…, 21, 3) unified keypoints of `rows` (an index, slice or index array)."""
-        return native_to_unified(self.keypoints[rows], self.skeleton)
+    def unified_rows(self, rows, unified: Skeleton = UNIFIED) -> np.ndarray:
+        """(…, U, 3) keypoints of `rows` (an index, slice or index array) in `unified`'s order
+        (unified21 by default); keypoints the dataset does not label have v = 0."""
+        return native_to_unified(self.keypoints[rows], self.skeleton, unified)
 
     @property
     def has_head_box(self) -> np.ndarray:
@@ -234,25 +250,31 @@ def load_mpii_head_boxes(mat_path: Path) -> np.ndarray:
 def load_dataset(spec: str | DataSpec, head_boxes: Path | None = None) -> Dataset:
     """Read a dataset named by a data spec; raises UniError naming the file and field at fault."""
     spec = parse_spec(spec)
-    skeleton = get_skeleton(FORMATS[spec.format])
+    if spec.image_root.exists() and not spec.image_root.is_dir():  # a missing one is counted
+        raise UniError(f"{spec.image_root}: the IMAGE_ROOT of {spec.annotations} is a file, "
+                       "not a folder")
+    kind = get_kind(spec.format)
+    skeleton = get_skeleton(kind.skeleton)
     cols = key = None
     if spec.annotations.is_file() and (not head_boxes or Path(head_boxes).is_file()):
-        key = cache_key(file_sha256(spec.annotations), spec.format, spec.image_root,
-                        file_sha256(head_boxes) if head_boxes else None)
+        # The kind's and skeleton's definitions are part of the key: a user may change them.
+        definition = json.dumps([kind.to_json(), skeleton.to_json()], sort_keys=True)
+        key = cache_key(file_sha256(spec.annotations),
+                        f"{kind.name}:{hashlib.sha256(definition.encode()).hexdigest()[:16]}",
+                        spec.image_root, file_sha256(head_boxes) if head_boxes else None)
         cols = load_columns(key)  # pipeline/dataset_cache.py: parsed once, read back after
     if cols is None:
-        if spec.format == "mpii":
+        if kind.reader == "mpii":
             hb = load_mpii_head_boxes(head_boxes) if head_boxes else None
             cols = mpii_columns(spec.annotations, spec.image_root, hb)
         else:
-            cols = coco_columns(spec.annotations, spec.image_root, skeleton,
-                                spec.format == "halpe")
+            cols = coco_columns(spec.annotations, spec.image_root, skeleton, kind)
         dataset_id = file_sha256(spec.annotations)
         if key is not None and key["dataset_id"] == dataset_id:  # unchanged while parsed
             save_columns(key, cols)
     else:
         dataset_id = key["dataset_id"]
-    return Dataset(spec, skeleton, dataset_id, **vars(cols))
+    return Dataset(spec, kind, skeleton, dataset_id, **vars(cols))
 
 
 def head_size(head_box: np.ndarray) -> float:
@@ -266,3 +288,9 @@ def summarize(dataset: Dataset) -> dict:
     counts = native_to_unified(labeled[None], dataset.skeleton)[0, :, 0]  # (21,)
     return {"images": int(dataset.num_images), "instances": len(dataset.instance_ids),
             "keypoints": {n: int(c) for n, c in zip(UNIFIED_NAMES, counts, strict=True)}}
+
+
+def missing_images(dataset: Dataset) -> tuple[list[str], int]:
+    """(paths of the images with people that are not files, how many images have people)."""
+    used = dataset.image_paths[np.unique(dataset.image_index)]  # (I',) str
+    return [str(p) for p in used if not os.path.isfile(p)], len(used)  # ~10 µs each here

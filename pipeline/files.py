@@ -79,6 +79,22 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def check_output_path(path: Path, what: str = "--out") -> None:
+    """UniError (one line) when `path` cannot be made: its nearest existing ancestor is a file,
+    or a folder this process may not write in. An existing path passes (its kind is the
+    caller's check): a read-only output folder may still hold up-to-date results."""
+    path = Path(path)
+    if path.exists():
+        return
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UniError(f"{what} {path}: cannot create it, {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UniError(f"{what} {path}: cannot create it, {parent} is not writable")
+
+
 def json_int(value: object, where: str, what: str = "an integer") -> int:
     """`value` if it is a JSON integer (true/false are not), else UniError naming `where`."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -1,126 +1,90 @@
-"""Every skeleton uni knows, and how each maps onto the 21-keypoint unified skeleton.
+"""Skeletons as data: native keypoint orders, their names in the unified vocabulary, OKS sigmas,
+flip pairs, the unified skeletons, and dataset kinds.
 
-This is the only place keypoint names, orders, flip pairs, OKS sigmas and dataset → unified
-mappings are written down in code (facts: docs/conventions.md "Unified skeleton",
-"Dataset mappings" and "Metrics").
+The definitions live in pipeline/skeletons.toml (built in) and in users' TOML files
+(`load_skeleton_file`, parsed and checked by pipeline/skeleton_defs.py); this module holds what
+is known and maps keypoints between skeletons by name (facts: docs/conventions.md "Unified
+skeleton", "Dataset mappings" and "Metrics").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from functools import lru_cache
+from importlib.resources import files
+from pathlib import Path
 
 import numpy as np
 
 from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.skeleton_defs import (
+    DEFAULT_UNIFIED,
+    DatasetKind,
+    Definitions,
+    Skeleton,
+    parse_definitions,
+    read_toml,
+)
 
-# (name, OKS sigma). Index = unified index.
-_UNIFIED = [
-    ("nose", 0.026), ("left_eye", 0.025), ("right_eye", 0.025), ("left_ear", 0.035),
-    ("right_ear", 0.035), ("left_shoulder", 0.079), ("right_shoulder", 0.079),
-    ("left_elbow", 0.072), ("right_elbow", 0.072), ("left_wrist", 0.062), ("right_wrist", 0.062),
-    ("left_hip", 0.107), ("right_hip", 0.107), ("left_knee", 0.087), ("right_knee", 0.087),
-    ("left_ankle", 0.089), ("right_ankle", 0.089),
-    # Not in COCO: .08, Halpe's head/neck/hip value, the same for thorax
-    # (docs/conventions.md "Metrics").
-    ("pelvis", 0.08), ("thorax", 0.08), ("upper_neck", 0.08), ("head_top", 0.08),
-]
-UNIFIED_NAMES: tuple[str, ...] = tuple(n for n, _ in _UNIFIED)
-UNIFIED_SIGMAS: np.ndarray = np.array([s for _, s in _UNIFIED], dtype=np.float64)  # (21,)
-NUM_UNIFIED = len(UNIFIED_NAMES)
+__all__ = ["DatasetKind", "Skeleton", "UNIFIED", "NUM_UNIFIED", "UNIFIED_NAMES", "UNIFIED_SIGMAS",
+           "SKELETONS", "get_skeleton", "known_skeletons", "get_kind", "known_kinds",
+           "known_unified", "unified_skeleton", "load_skeleton_file", "native_to_unified",
+           "unified_to_native"]
 
-_COCO17 = list(UNIFIED_NAMES[:17])
-
-# (native name, unified name or None)
-_MPII16 = [
-    ("r_ankle", "right_ankle"), ("r_knee", "right_knee"), ("r_hip", "right_hip"),
-    ("l_hip", "left_hip"), ("l_knee", "left_knee"), ("l_ankle", "left_ankle"),
-    ("pelvis", "pelvis"), ("thorax", "thorax"), ("upper_neck", "upper_neck"),
-    ("head_top", "head_top"), ("r_wrist", "right_wrist"), ("r_elbow", "right_elbow"),
-    ("r_shoulder", "right_shoulder"), ("l_shoulder", "left_shoulder"), ("l_elbow", "left_elbow"),
-    ("l_wrist", "left_wrist"),
-]
-_HALPE26 = [(n, n) for n in _COCO17] + [
-    ("head", "head_top"), ("neck", "upper_neck"), ("hip", "pelvis"),
-    ("left_big_toe", None), ("right_big_toe", None), ("left_small_toe", None),
-    ("right_small_toe", None), ("left_heel", None), ("right_heel", None),
-]
+# Live registries: user files add to them (existing code reads SKELETONS directly).
+SKELETONS: dict[str, Skeleton] = {}
+_UNIFIED_KNOWN: dict[str, Skeleton] = {}
+_KINDS: dict[str, DatasetKind] = {}
+_ORIGIN: dict[tuple[int, str], str] = {}  # (id of its registry, name) → the file defining it
 
 
-# BlazePose-33 (MediaPipe pose landmarks; docs/conventions.md "Dataset mappings"): the 17 COCO
-# points share the unified names, the rest have no unified counterpart.
-_BLAZEPOSE33 = [
-    "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye",
-    "right_eye_outer", "left_ear", "right_ear", "mouth_left", "mouth_right", "left_shoulder",
-    "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_pinky",
-    "right_pinky", "left_index", "right_index", "left_thumb", "right_thumb", "left_hip",
-    "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle", "left_heel",
-    "right_heel", "left_foot_index", "right_foot_index",
-]
-_SIDES = {"left": "right", "l": "r"}  # a name's "_"-separated word that marks its left side
+def _register(defs: Definitions, src: str) -> None:
+    """Add a file's definitions, all or none: a name already known must be defined the same."""
+    checks = [("unified", n, sk, _UNIFIED_KNOWN) for n, sk in defs.unified.items()]
+    checks += [(t, n, sk, SKELETONS) for t, d in (("unified", defs.unified),
+                                                  ("skeletons", defs.skeletons))
+               for n, sk in d.items()]
+    checks += [("kinds", n, kind, _KINDS) for n, kind in defs.kinds.items()]
+    for table, name, value, known in checks:
+        if name in known and known[name] != value:
+            raise UniError(f"{src}: {table}.{name}: redefines {name!r} from "
+                           f"{_ORIGIN[id(known), name]} differently; choose another name")
+    for _, name, value, known in checks:
+        if name not in known:
+            known[name] = value
+            _ORIGIN[id(known), name] = src
 
 
-def _flip_pairs(names: list[str]) -> tuple[tuple[int, int], ...]:
-    """(left, right) index pairs found from the names: a left/l word anywhere in the name
-    (left_eye, l_ankle, mouth_left) swapped for right/r gives its mirror keypoint."""
-    pairs = []
-    for i, n in enumerate(names):
-        words = n.split("_")
-        for j, word in enumerate(words):
-            if word not in _SIDES:
-                continue
-            mirror = "_".join(words[:j] + [_SIDES[word]] + words[j + 1:])
-            if mirror in names:
-                pairs.append((i, names.index(mirror)))
-                break
-    return tuple(pairs)
+_BUILTIN = files(__package__) / "skeletons.toml"
+_register(parse_definitions(read_toml(_BUILTIN, str(_BUILTIN)), str(_BUILTIN), {}),
+          "the built-in definitions")
+
+UNIFIED: Skeleton = _UNIFIED_KNOWN["unified21"]
+DEFAULT_UNIFIED.append(UNIFIED)
+UNIFIED_NAMES: tuple[str, ...] = UNIFIED.keypoints
+UNIFIED_SIGMAS: np.ndarray = np.array(UNIFIED.sigmas, dtype=np.float64)  # (21,)
+NUM_UNIFIED = UNIFIED.num_keypoints
 
 
-@dataclass(frozen=True)
-class Skeleton:
-    """A native keypoint order and its map to unified indices (None = no unified counterpart)."""
-
-    name: str
-    keypoints: tuple[str, ...]
-    to_unified: tuple[int | None, ...]
-    flip_pairs: tuple[tuple[int, int], ...]
-
-    @property
-    def num_keypoints(self) -> int:
-        return len(self.keypoints)
-
-    @property
-    def flip_index(self) -> np.ndarray:
-        """(K,) int: channel i of a flipped output holds keypoint flip_index[i]."""
-        idx = np.arange(self.num_keypoints)
-        for a, b in self.flip_pairs:
-            idx[a], idx[b] = b, a
-        return idx
-
-    @property
-    def unified_mask(self) -> np.ndarray:
-        """(21,) bool: unified keypoints this skeleton knows."""
-        mask = np.zeros(NUM_UNIFIED, dtype=bool)
-        mask[[u for u in self.to_unified if u is not None]] = True
-        return mask
+def load_skeleton_file(path: Path) -> None:
+    """Add a user's skeletons, unified skeletons and dataset kinds (TOML, the tables of
+    pipeline/skeletons.toml); UniError naming the file and the field, nothing added then."""
+    src = str(path)
+    defs = parse_definitions(read_toml(Path(path), src), src, SKELETONS)
+    _register(defs, src)
 
 
-def _make(name: str, table: list[tuple[str, str | None]]) -> Skeleton:
-    names = [n for n, _ in table]
-    to_u = tuple(None if u is None else UNIFIED_NAMES.index(u) for _, u in table)
-    return Skeleton(name, tuple(names), to_u, _flip_pairs(names))
+def known_skeletons() -> dict[str, Skeleton]:
+    return dict(SKELETONS)
 
 
-SKELETONS: dict[str, Skeleton] = {
-    s.name: s
-    for s in (
-        _make("unified21", [(n, n) for n in UNIFIED_NAMES]),
-        _make("coco17", [(n, n) for n in _COCO17]),
-        _make("mpii16", _MPII16),
-        _make("halpe26", _HALPE26),
-        _make("blazepose33", [(n, n if n in UNIFIED_NAMES else None) for n in _BLAZEPOSE33]),
-    )
-}
-UNIFIED = SKELETONS["unified21"]
+def known_unified() -> dict[str, Skeleton]:
+    """The named unified skeletons (unified21, unified27, users')."""
+    return dict(_UNIFIED_KNOWN)
+
+
+def known_kinds() -> dict[str, DatasetKind]:
+    return dict(_KINDS)
 
 
 def get_skeleton(name: str) -> Skeleton:
@@ -129,20 +93,108 @@ def get_skeleton(name: str) -> Skeleton:
     return SKELETONS[name]
 
 
-def native_to_unified(keypoints: np.ndarray, skeleton: Skeleton) -> np.ndarray:
-    """(..., K, C) native → (..., 21, C) unified; keypoints without a counterpart stay 0."""
-    out = np.zeros(keypoints.shape[:-2] + (NUM_UNIFIED, keypoints.shape[-1]), keypoints.dtype)
-    for src, dst in enumerate(skeleton.to_unified):
-        if dst is not None:
-            out[..., dst, :] = keypoints[..., src, :]
+def get_kind(name: str) -> DatasetKind:
+    if name not in _KINDS:
+        raise UniError(f"unknown dataset kind {name!r}; known: {', '.join(_KINDS)}")
+    return _KINDS[name]
+
+
+# Sigma of a union keypoint that no skeleton gives one: .08, the value the unified skeleton
+# already uses for points COCO does not define (docs/conventions.md "Metrics").
+_DEFAULT_SIGMA = 0.08
+
+
+def unified_skeleton(choice: str, skeletons: Sequence[Skeleton] = ()) -> Skeleton:
+    """The run's unified skeleton: a named one ("unified21", the default; "unified27"; users'),
+    or "union": unified21 followed by every canonical name of `skeletons` it lacks, in
+    first-seen order, each with the sigma of the first skeleton defining one."""
+    if choice in _UNIFIED_KNOWN:
+        return _UNIFIED_KNOWN[choice]
+    if choice != "union":
+        raise UniError(f"unknown unified skeleton {choice!r}; known: "
+                       f"{', '.join([*_UNIFIED_KNOWN, 'union'])}")
+    names, sigmas = list(UNIFIED.keypoints), list(UNIFIED.sigmas)
+    for sk in skeletons:
+        for c in sk.canonical:
+            if c is not None and c not in names:
+                names.append(c)
+                sigmas.append(next((s.sigmas[s.canonical.index(c)] for s in skeletons
+                                    if s.sigmas is not None and c in s.canonical),
+                                   _DEFAULT_SIGMA))
+    union = Skeleton.build(f"union{len(names)}", names, None, sigmas, "union")
+    for named in _UNIFIED_KNOWN.values():  # the union of coco17 and halpe26 is unified27
+        if named.keypoints == union.keypoints and named.sigmas == union.sigmas:
+            return named
+    return union
+
+
+@lru_cache(maxsize=512)
+def _pairs(native: Skeleton, unified: Skeleton) -> tuple[np.ndarray, np.ndarray]:
+    """(src, dst) int arrays: native index src[i] is unified index dst[i]."""
+    idx = native.to(unified)
+    src = np.array([i for i, u in enumerate(idx) if u is not None], dtype=np.intp)
+    return src, np.array([idx[i] for i in src], dtype=np.intp)
+
+
+def native_to_unified(keypoints: np.ndarray, skeleton: Skeleton,
+                      unified: Skeleton = UNIFIED) -> np.ndarray:
+    """(..., K, C) native → (..., U, C) unified; unified keypoints it lacks stay 0."""
+    src, dst = _pairs(skeleton, unified)
+    out = np.zeros(keypoints.shape[:-2] + (unified.num_keypoints, keypoints.shape[-1]),
+                   keypoints.dtype)
+    out[..., dst, :] = keypoints[..., src, :]
     return out
 
 
-def unified_to_native(keypoints: np.ndarray, skeleton: Skeleton) -> np.ndarray:
-    """(..., 21, C) unified → (..., K, C) native; native keypoints unknown to unified are 0."""
+def unified_to_native(keypoints: np.ndarray, skeleton: Skeleton,
+                      unified: Skeleton = UNIFIED) -> np.ndarray:
+    """(..., U, C) unified → (..., K, C) native; native keypoints unknown to `unified` are 0."""
+    src, dst = _pairs(skeleton, unified)
     out = np.zeros(keypoints.shape[:-2] + (skeleton.num_keypoints, keypoints.shape[-1]),
                    keypoints.dtype)
-    for src, dst in enumerate(skeleton.to_unified):
-        if dst is not None:
-            out[..., src, :] = keypoints[..., dst, :]
+    out[..., src, :] = keypoints[..., dst, :]
     return out
+
+
+def summary() -> dict:
+    """What `uni skeletons --json` prints: every unified skeleton, skeleton (with each native
+    keypoint's unified21 name, or None) and dataset kind."""
+    return {
+        "unified": {n: sk.to_json() for n, sk in _UNIFIED_KNOWN.items()},
+        "skeletons": {n: {**sk.to_json(), "num_keypoints": sk.num_keypoints,
+                          "flip_pairs": [list(p) for p in sk.flip_pairs],
+                          "to_unified21": [None if u is None else UNIFIED_NAMES[u]
+                                           for u in sk.to_unified]}
+                      for n, sk in SKELETONS.items() if n not in _UNIFIED_KNOWN},
+        "kinds": {n: kind.to_json() for n, kind in _KINDS.items()},
+    }
+
+
+def summary_lines() -> list[str]:
+    """`uni skeletons`: one line per unified skeleton, skeleton (its renamed, unmapped and
+    extra keypoints) and dataset kind."""
+    lines = ["unified skeletons (uni train-student --unified NAME, or union):"]
+    lines += [f"  {n:<18}{sk.num_keypoints:>3} keypoints" for n, sk in
+              _UNIFIED_KNOWN.items()]
+    lines.append("skeletons (native → unified name where they differ; 'none': no counterpart):")
+    for n, sk in SKELETONS.items():
+        if n in _UNIFIED_KNOWN:
+            continue
+        to = sk.to_unified
+        renamed = [f"{k}→{c or 'none'}" for k, c in zip(sk.keypoints, sk.canonical, strict=True)
+                   if k != c]
+        extra = [c for c, u in zip(sk.canonical, to, strict=True) if c is not None and u is None]
+        text = f"  {n:<18}{sk.num_keypoints:>3} keypoints, {sum(u is not None for u in to)} of " \
+               f"unified21"
+        text += f": {', '.join(renamed)}" if renamed else ""
+        text += f"; not in unified21: {', '.join(extra)}" if extra else ""
+        lines.append(text)
+    lines.append("dataset kinds (data spec KIND:ANNOTATIONS[:IMAGE_ROOT]):")
+    for n, kind in _KINDS.items():
+        fields_ = " + ".join(f"{f} ({c})" for f, c in kind.fields)
+        more = f", records may carry {', '.join(map(str, kind.file_keypoints))}" \
+            if kind.file_keypoints else ""
+        lines.append(f"  {n:<18}{kind.reader} reader, skeleton {kind.skeleton}, metric "
+                     f"{kind.metric}, images in {kind.image_root}/"
+                     + (f", keypoints from {fields_}" if len(kind.fields) > 1 else "") + more)
+    return lines

@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.files import check_output_path
 from uniskel.pipeline.skeletons import SKELETONS, UNIFIED_NAMES, unified_to_native
 
 DEFAULT_PERSONS = 600  # per dataset (COCO-style and MPII-style); Halpe val gets 15 % of it
@@ -353,6 +354,7 @@ def generate(out_dir: Path, persons: int = DEFAULT_PERSONS, seed: int = 0,
     existing = [t for t in targets if t.exists()]
     if existing and not overwrite:
         raise UniError(f"{existing[0]}: already exists (remove it or pass --overwrite)")
+    check_output_path(out_dir)  # a path under a file: one line, not a traceback
     out_dir.mkdir(parents=True, exist_ok=True)
     sizes = _split_sizes(persons)
     halpe = max(1, int(round(persons * VAL_FRACTION)))

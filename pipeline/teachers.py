@@ -13,7 +13,7 @@ turned into 2-D maps on the input/4 grid (outer product of the x and y marginals
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from uniskel.pipeline.errors import UniError
 from uniskel.pipeline.files import atomic_write, file_sha256
 from uniskel.pipeline.geometry import PADDING
 from uniskel.pipeline.heatmaps import merge_flipped
-from uniskel.pipeline.skeletons import SKELETONS, get_skeleton
+from uniskel.pipeline.skeletons import SKELETONS, Skeleton
 
 HEADS = ("heatmap", "simcc")
 ACTIVATIONS = ("none", "sigmoid", "softmax")
@@ -57,16 +57,27 @@ class TeacherInfo:
     num_keypoints: int = 0  # 0 = the skeleton's count
     activation: str = "none"
     padding: float = PADDING
+    # The skeleton's whole definition, stamped into the model so that running it needs no
+    # skeleton file (a user's skeleton); when absent (older models), the known one by name.
+    skeleton_def: Skeleton | None = None
 
     def __post_init__(self) -> None:
         # JSON round trips give lists; keep tuples so infos compare and hash equal.
         for f in ("input_wh", "mean", "std", "outputs"):
             object.__setattr__(self, f, tuple(getattr(self, f)))
-        if not self.num_keypoints and self.skeleton in SKELETONS:
-            object.__setattr__(self, "num_keypoints", SKELETONS[self.skeleton].num_keypoints)
+        if isinstance(self.skeleton_def, dict):
+            object.__setattr__(self, "skeleton_def", Skeleton.from_json(
+                self.skeleton_def, "teacher field 'skeleton_def'"))
+        if self.skeleton_def is None and self.skeleton in SKELETONS:
+            object.__setattr__(self, "skeleton_def", SKELETONS[self.skeleton])
+        if not self.num_keypoints and self.skeleton_def is not None:
+            object.__setattr__(self, "num_keypoints", self.skeleton_def.num_keypoints)
 
     def to_metadata(self) -> dict[str, str]:
-        return {_PREFIX + k: json.dumps(v) for k, v in asdict(self).items()}
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.skeleton_def is not None:
+            values["skeleton_def"] = self.skeleton_def.to_json()
+        return {_PREFIX + k: json.dumps(v) for k, v in values.items()}
 
 
 _REQUIRED = ("name", "skeleton", "head", "input_wh")
@@ -74,9 +85,12 @@ _REQUIRED = ("name", "skeleton", "head", "input_wh")
 
 def _check_fields(info: TeacherInfo, where: str) -> None:
     """Values that make sense on their own (no model needed)."""
-    if info.skeleton not in SKELETONS:
+    if info.skeleton_def is None:
         raise UniError(f"{where}: field 'skeleton': unknown {info.skeleton!r}; "
-                       f"known: {', '.join(SKELETONS)}")
+                       f"known: {', '.join(SKELETONS)} (or add it with --skeletons FILE)")
+    if info.skeleton_def.name != info.skeleton:
+        raise UniError(f"{where}: field 'skeleton_def': defines {info.skeleton_def.name!r}, "
+                       f"not the skeleton {info.skeleton!r}")
     if info.head not in HEADS:
         raise UniError(f"{where}: field 'head': {info.head!r} is not one of {', '.join(HEADS)}")
     ok = ("softmax", "none") if info.head == "simcc" else ACTIVATIONS
@@ -91,7 +105,7 @@ def _check_fields(info: TeacherInfo, where: str) -> None:
             raise UniError(f"{where}: field {f!r}: expected 3 numbers")
     if min(info.std) <= 0 or info.simcc_split <= 0 or info.padding <= 0:
         raise UniError(f"{where}: fields 'std', 'simcc_split', 'padding' must be positive")
-    k = get_skeleton(info.skeleton).num_keypoints
+    k = info.skeleton_def.num_keypoints
     if info.num_keypoints != k:
         raise UniError(f"{where}: field 'num_keypoints': {info.num_keypoints} but skeleton "
                        f"{info.skeleton} has {k} keypoints")
@@ -203,6 +217,9 @@ def read_info(path: Path) -> TeacherInfo:
         except json.JSONDecodeError:
             raise UniError(f"{path}: metadata field 'uni.{key}' is not JSON: "
                            f"{raw[:40]!r}") from None
+    if values.get("skeleton_def") is not None:  # checked like a skeleton file, named here
+        values["skeleton_def"] = Skeleton.from_json(values["skeleton_def"],
+                                                    f"{path}: metadata field 'uni.skeleton_def'")
     try:
         info = TeacherInfo(**values)
     except TypeError as e:
@@ -274,7 +291,7 @@ class Teacher:
         self.path = Path(path)
         self.info = read_info(self.path)
         self.sha256 = file_sha256(self.path)
-        self.skeleton = get_skeleton(self.info.skeleton)
+        self.skeleton = self.info.skeleton_def  # embedded, or the known one by name
         concrete = None if providers else resolve_device(device, slot)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads  # 0 = onnxruntime's default (all cores)

@@ -14,7 +14,6 @@ import numpy as np
 
 from uniskel.pipeline.errors import UniError, io_reason
 from uniskel.pipeline.files import atomic_write
-from uniskel.pipeline.skeletons import get_skeleton
 from uniskel.stores.encode import CODEC, CODECS, THRESHOLD, heatmap_dataset_kwargs
 from uniskel.stores.heatmap_store import FORMAT_VERSION, StoreMeta, meta_to_attrs
 
@@ -68,7 +67,13 @@ def create_store(path: Path, meta: StoreMeta, instance_ids, codec: str = CODEC,
     if len(np.unique(ids)) != len(ids):
         raise UniError(f"{path}: instance ids are not unique")
     k, h, w = meta.heatmap_shape
-    to_unified = get_skeleton(meta.skeleton).to_unified  # UniError for an unknown skeleton
+    if meta.skeleton_def is None:
+        raise UniError(f"{path}: unknown skeleton {meta.skeleton!r} and no definition of it")
+    if meta.skeleton_def.name != meta.skeleton or meta.skeleton_def.num_keypoints != k:
+        raise UniError(f"{path}: skeleton definition {meta.skeleton_def.name!r} "
+                       f"({meta.skeleton_def.num_keypoints} keypoints) does not match skeleton "
+                       f"{meta.skeleton!r} with {k} heatmap channels")
+    to_unified = meta.skeleton_def.to_unified  # unified21: the attribute older readers know
     n = len(ids)
     c = min(n, META_CHUNK)
 

@@ -56,6 +56,9 @@ def quantize(heatmaps: np.ndarray, threshold: float = THRESHOLD
     """heatmaps: (n, K, H, W) float ≥ 0 → (uint8 (n, K, H, W), scales (n, K) float32)."""
     hm = np.maximum(np.asarray(heatmaps, np.float32), 0.0)
     peak = hm.max(axis=(2, 3))  # (n, K)
+    # A map peaking below 1e-30 (a sigmoid far below 0) is empty: its scale would underflow
+    # float32 (or its inverse overflow), leaving 255 beside a scale of 0.
+    peak = np.where(peak >= 1e-30, peak, 0.0).astype(np.float32)
     scales = (peak / 255.0).astype(np.float32)
     inv = np.divide(1.0, scales, out=np.zeros_like(scales), where=scales > 0)
     q = np.rint(hm * inv[:, :, None, None])

@@ -20,10 +20,14 @@ H×W heatmap grid:
 
   attributes    format_version (int), every StoreMeta field (dicts and tuples as JSON strings,
                 flip_test as a bool; stores written before its rename hold it as "flip"),
-                to_unified (JSON list: native channel → unified index or null, from
-                pipeline.skeletons), software_version, created / updated / completed (UTC
-                ISO 8601, completed "" until finished), complete (0/1), skipped (JSON object
-                {instance id: reason}), codec (a CODECS key), threshold (float).
+                skeleton_def (JSON: the teacher's whole skeleton definition,
+                pipeline.skeletons Skeleton.to_json; stores written before it have none and
+                read the known skeleton of that name), to_unified (JSON list: native channel
+                → unified21 index or null, kept for older readers), software_version,
+                created / updated / completed (UTC ISO 8601, completed "" until finished),
+                complete (0/1: 1 once every row is done), skipped (JSON object {instance id:
+                reason}: rows whose image could not be read, not done, retried by the next
+                run), codec (a CODECS key), threshold (float).
   A reader must not use rows whose done is 0 (StoreReader.read raises UniError for them).
   All small datasets carry fletcher32 too, which misses a 16-bit word going 0x0000 ↔ 0xffff
   (its sums are mod 65535): row_crc sees that. Version 1 stores lack row_crc and are read
@@ -65,6 +69,7 @@ import h5py
 import numpy as np
 
 from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.skeletons import SKELETONS, Skeleton
 from uniskel.stores.encode import (  # noqa: F401  (re-exported: the store's public names)
     CODEC,
     CODECS,
@@ -93,15 +98,20 @@ class StoreMeta:
     teacher_name: str
     teacher_sha256: str
     teacher_metadata: dict  # the teacher's ONNX metadata (JSON-able)
-    skeleton: str  # the teacher's native skeleton (pipeline.skeletons.SKELETONS key)
+    skeleton: str  # the teacher's native skeleton's name
     dataset_id: str  # sha256 of the annotation file
     dataset_spec: str
     input_wh: tuple[int, int]  # teacher crop size (w, h)
     padding: float  # crop box = person box × padding
     flip_test: bool  # the teacher's maps are the flip test's average
     heatmap_shape: tuple[int, int, int]  # (K, H, W)
+    # The skeleton's definition (the teacher's own, so a user's skeleton needs no file to read
+    # the store); absent in older stores: the known skeleton of that name (None if unknown).
+    skeleton_def: Skeleton | None = None
 
     def __post_init__(self) -> None:
+        if self.skeleton_def is None:
+            self.skeleton_def = SKELETONS.get(self.skeleton)
         self.input_wh = tuple(int(v) for v in self.input_wh)
         self.heatmap_shape = tuple(int(v) for v in self.heatmap_shape)
         self.padding = float(self.padding)
@@ -120,6 +130,10 @@ def meta_to_attrs(meta: StoreMeta) -> dict:
     out = {}
     for f in fields(StoreMeta):
         v = getattr(meta, f.name)
+        if f.name == "skeleton_def":
+            if v is not None:
+                out[f.name] = json.dumps(v.to_json())
+            continue
         out[f.name] = (json.dumps(list(v) if isinstance(v, tuple) else v)
                        if isinstance(v, dict | tuple | list) else v)
     return out
@@ -131,10 +145,19 @@ def meta_from_attrs(attrs, where: str) -> StoreMeta:
     for f in fields(StoreMeta):
         key = f.name if f.name in attrs else _OLD_NAMES.get(f.name, f.name)
         if key not in attrs:
+            if f.name == "skeleton_def":  # a store written before it: the name is enough
+                continue
             raise UniError(f"{where}: attribute {f.name!r} missing")
         v = attrs[key]
         if isinstance(v, bytes):
             v = v.decode()
+        if f.name == "skeleton_def":
+            try:
+                v = json.loads(v)
+            except (TypeError, ValueError):
+                raise UniError(f"{where}: attribute 'skeleton_def' is not JSON") from None
+            kw[f.name] = Skeleton.from_json(v, f"{where}: attribute 'skeleton_def'")
+            continue
         if f.name in ("teacher_metadata", "input_wh", "heatmap_shape"):
             try:
                 v = json.loads(v)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -18,6 +19,8 @@ from uniskel.stores.heatmap_store import StoreReader
 def format_store_summary(s: dict) -> str:
     """Human-readable lines for StoreReader.summary()."""
     k, h, w = s["heatmap_shape"]
+    retry = " (the next cache-teachers run retries the skipped)" if (
+        s["skipped"] and not s["complete"]) else ""
     lines = [
         f"store        {s['path']}",
         f"teacher      {s['teacher']}  (sha256 {s['teacher_sha256'][:12]}, skeleton "
@@ -25,7 +28,7 @@ def format_store_summary(s: dict) -> str:
         f"flip test {'on' if s['flip_test'] else 'off'})",
         f"dataset      {s['dataset_spec']}  (sha256 {s['dataset_id'][:12]})",
         f"instances    {s['instances']}: {s['done']} done, {s['skipped']} skipped, "
-        f"{'complete' if s['complete'] else 'NOT complete'}",
+        f"{'complete' if s['complete'] else 'NOT complete'}{retry}",
         f"heatmaps     {k} x {h} x {w} uint8, codec {s['codec']}",
     ]
     if s["done"]:
@@ -38,6 +41,20 @@ def format_store_summary(s: dict) -> str:
                  f"completed {a.get('completed') or '-'}, uni {a.get('software_version')}, "
                  f"format {s['format_version']}")
     return "\n".join(lines)
+
+
+def summary_json(s: dict) -> dict:
+    """StoreReader.summary() for --json: the attributes HDF5 holds as JSON text (heatmap_shape,
+    teacher_metadata, to_unified, skipped, providers, ...) as JSON values, not strings."""
+    def parsed(v):
+        if isinstance(v, str) and v[:1] in ("[", "{"):
+            try:
+                return json.loads(v)
+            except ValueError:
+                return v
+        return v
+
+    return {**s, "attrs": {k: parsed(v) for k, v in s["attrs"].items()}}
 
 
 def _colour_map(heat: np.ndarray) -> np.ndarray:

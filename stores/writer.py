@@ -112,6 +112,9 @@ class StoreWriter:
         self._lock = take_lock(self.path)
         self._guard = None
         self._record = None
+        # An attribute set, or rows written or reset (_touched): a writer that changed nothing
+        # (a resume's repair that found nothing torn) leaves the file as it was.
+        self._attrs_set = False
         try:
             self._record = WriterRecord(self.path)  # before the file changes
             self._f = f = open_h5(self.path, "r+")
@@ -192,6 +195,7 @@ class StoreWriter:
             if upgrade:  # only once row_crc is whole
                 f.attrs["format_version"] = FORMAT_VERSION
                 f.flush()
+                self._attrs_set = True
         self._is_done = done == 1  # (N,) bool, kept in step with the file
         self._touched |= reset
         if reset.any():
@@ -308,13 +312,17 @@ class StoreWriter:
         self._guard.refuse_if_stopped()
         self._guard.reserve(RESERVE_SLACK + len(str(value)))
         with self._guard.writing():
+            self._attrs_set = True
             self._f.attrs[name] = value
             self._f.flush()
 
     # ----------------------------------------------------------------------- finishing
 
-    def finalize(self, skipped: dict[int, str] | None = None) -> None:
-        """Mark the store complete: every row done or skipped ({instance id: reason})."""
+    def finalize(self, skipped: dict[int, str] | None = None) -> bool:
+        """End a pass in which every row was done or skipped ({instance id: reason}): record
+        the skipped and mark the store complete when none was; whether it is complete. Skipped
+        rows stay not done, so the next run retries them (the image may be mended by then);
+        readers take a row that is done or listed as skipped as covered."""
         skipped = {int(k): str(v) for k, v in (skipped or {}).items()}
         done = self._done[:].astype(bool)
         row_of = {int(i): r for r, i in enumerate(self._ids)}
@@ -328,11 +336,25 @@ class StoreWriter:
                            f"written nor skipped (first: {missing[0]})")
         self._guard.reserve(RESERVE_SLACK + len(json.dumps(skipped)))
         with self._guard.writing():
+            self._attrs_set = True
             a = self._f.attrs
             a["skipped"] = json.dumps({str(k): v for k, v in sorted(skipped.items())})
             fault("store-finalize")
-            a["complete"] = 1
-            a["completed"] = a["updated"] = now()
+            if not skipped:
+                a["complete"] = 1
+                a["completed"] = a["updated"] = now()
+            self._f.flush()
+        return not skipped
+
+    def reopen(self) -> None:
+        """Mark a complete store partial again, e.g. one finished with skipped rows by a uni
+        that did not retry them; its skipped list stays until a pass replaces it."""
+        self._guard.refuse_if_stopped()
+        self._guard.reserve(RESERVE_SLACK)
+        with self._guard.writing():
+            self._attrs_set = True
+            a = self._f.attrs
+            a["complete"], a["completed"], a["updated"] = 0, "", now()
             self._f.flush()
 
     def close(self) -> None:
@@ -360,7 +382,9 @@ class StoreWriter:
         failed = guard is not None and guard.failed
         end, error = None, None
         try:
-            if guard is not None and not (failed or guard.short) and not int(f.attrs["complete"]):
+            changed = self._attrs_set or getattr(self, "_touched", np.zeros(0)).any()
+            if guard is not None and not (failed or guard.short or int(f.attrs["complete"])) \
+                    and changed:
                 f.attrs["updated"] = now()
             f.flush()
             end = f.id.get_filesize()

@@ -2,8 +2,10 @@
 
 A checkpoint is a dict: model, optimizer and grad-scaler state dicts, the run's position
 (epoch, step, step_in_epoch, best validation loss, and mid-epoch the epoch's running loss sums
-and the unreadable samples met so far), val_loss, the RNG states, the resolved config and the
-teacher names: everything a resume needs to continue exactly, at an epoch end or mid-epoch.
+and the unreadable samples met so far), val_loss, the RNG states, the resolved config, the
+teacher names and the run's unified skeleton (its whole definition, Skeleton.to_json, so a
+model is rebuilt, evaluated and exported without the skeleton file it was trained with):
+everything a resume needs to continue exactly, at an epoch end or mid-epoch.
 Everything in it is a tensor or a plain Python value, so it loads with
 ``torch.load(..., weights_only=True)``: a checkpoint from someone else can be evaluated without
 running whatever a pickle might hold; one that holds anything else is refused in one line.
@@ -24,7 +26,7 @@ import torch
 from uniskel.pipeline.errors import UniError, io_reason
 from uniskel.pipeline.faults import fault
 from uniskel.pipeline.files import atomic_write
-from uniskel.pipeline.skeletons import NUM_UNIFIED
+from uniskel.pipeline.skeletons import UNIFIED, Skeleton
 from uniskel.student.models import build_model
 
 CHECKPOINT_NAMES = ("best.pt", "last.pt")  # what a run directory offers, in order of preference
@@ -84,15 +86,37 @@ def load_checkpoint(path: Path) -> dict:
     return ckpt
 
 
+def student_unified(ckpt: dict | Path) -> Skeleton:
+    """The unified skeleton a student was trained with (its output channels, in order), from
+    a checkpoint dict or a run dir / .pt; checkpoints older than the choice hold unified21."""
+    if not isinstance(ckpt, dict):
+        path = find_checkpoint(ckpt)
+        ckpt = load_checkpoint(path)
+        where = str(path)
+    else:
+        where = "checkpoint"
+    if ckpt.get("unified") is None:
+        return UNIFIED
+    return Skeleton.from_json(ckpt["unified"], f"{where}: unified")
+
+
 def load_student(path: Path) -> tuple[torch.nn.Module, dict]:
     """Run dir (best.pt, else last.pt) or .pt → (model in eval mode on CPU, config dict).
 
-    config has at least 'model' and 'input_wh' (w, h); heatmaps come out at input / 4.
+    config has at least 'model' and 'input_wh' (w, h); heatmaps come out at input / 4, one
+    channel per keypoint of the run's unified skeleton (student_unified).
     """
-    ckpt = load_checkpoint(find_checkpoint(path))
+    path = find_checkpoint(path)
+    ckpt = load_checkpoint(path)
     cfg = ckpt["config"]
-    model = build_model(cfg["model"], NUM_UNIFIED)
-    model.load_state_dict(ckpt["model"])
+    unified = student_unified(ckpt)
+    model = build_model(cfg["model"], unified.num_keypoints)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:  # e.g. a head whose channels disagree with the recorded skeleton
+        raise UniError(f"{path}: the weights do not fit a {cfg['model']} student with "
+                       f"{unified.num_keypoints} keypoints ({unified.name}): "
+                       f"{str(e).splitlines()[0]}") from None
     return model.eval(), cfg
 
 
@@ -122,11 +146,14 @@ def set_rng_states(states: dict) -> None:
 def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
                     pos: Position, cfg: dict, teachers: list[str],
                     val_loss: float | None = None,
-                    scaler: torch.amp.GradScaler | None = None) -> None:
-    """Write a checkpoint atomically; a full disk is one UniError and the old file is kept."""
+                    scaler: torch.amp.GradScaler | None = None,
+                    unified: Skeleton = UNIFIED) -> None:
+    """Write a checkpoint atomically; a full disk is one UniError and the old file is kept.
+    `unified`: the skeleton of the model's output channels (recorded whole)."""
     ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(), **asdict(pos),
             "val_loss": val_loss, "rng": rng_states(), "config": cfg, "teachers": teachers,
-            "scaler": scaler.state_dict() if scaler is not None else {}}
+            "scaler": scaler.state_dict() if scaler is not None else {},
+            "unified": unified.to_json()}
 
     def write(tmp: Path) -> None:
         torch.save(ckpt, tmp)

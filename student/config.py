@@ -11,9 +11,15 @@ names with _ for -:
   save_every (steps between mid-epoch checkpoints; 0 = none by steps), save_every_s (seconds
   between mid-epoch checkpoints, 600 = a kill loses at most ~10 minutes; 0 = none by time;
   last.pt is also written at every epoch end), log_every (steps), max_steps (stop after this
-  many optimiser steps; 0 = no limit), resume (bool).
+  many optimiser steps; 0 = no limit), resume (bool),
+  unified (the run's unified skeleton: "unified21" (default), "unified27", any unified skeleton
+  a skeleton file names, or "union" = unified21 + every keypoint of the run's datasets),
+  skeletons [skeleton TOML files: skeletons, dataset kinds, unified skeletons; in a config
+  file a path is relative to that file], threads (torch threads per training process on a
+  CPU; 0 = the cores left after the DataLoader workers).
 Keys without a CLI option (weight_decay, warmup_steps, kd_beta, val_fraction, max_steps,
-save_every, save_every_s, log_every) are set in the --config TOML; README "Stage two" lists them.
+save_every, save_every_s, log_every, skeletons, threads) are set in the --config TOML; README
+"Stage two" lists them.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ DEFAULTS: dict = {
     "kd_beta": 10.0, "seed": 0, "amp": False, "strict": False, "skip_corrupt": False,
     "val_fraction": 0.05,
     "save_every": 0, "save_every_s": 600.0, "log_every": 20, "max_steps": 0, "resume": False,
+    "unified": "unified21", "skeletons": [], "threads": 0,
 }
 # The paper's weights (docs/conventions.md "The method") for the two-teacher COCO + MPII setting.
 PAPER_KD = {"coco17": (0.25, "none"), "mpii16": (0.45, "linear")}
@@ -88,6 +95,8 @@ def read_config_file(path: Path) -> dict:
             k, value = "input_wh", input_wh(value, f"{path}: {key}")
         if k not in DEFAULTS or k in ("resume",):
             raise UniError(f"{path}: unknown key {key!r}")
+        if k == "skeletons":  # relative to the config file, wherever the run is started
+            value = [str(Path(path).parent / v) for v in _strings(value, f"{path}: {key}")]
         out[k] = value
     return out
 
@@ -112,9 +121,11 @@ def resolve_config(config: dict) -> dict:
     if unknown:
         raise UniError(f"config: unknown key {unknown[0]!r}")
     cfg = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
-    for key in ("data", "val_data", "stores"):
-        value = cfg[key]
-        cfg[key] = [str(v) for v in ([value] if isinstance(value, str | Path) else value)]
+    for key in ("data", "val_data", "stores", "skeletons"):
+        cfg[key] = [str(v) for v in _strings(cfg[key], f"config: {key}")]
+    if not isinstance(cfg["unified"], str) or not cfg["unified"]:
+        raise UniError(f"config: unified must be a skeleton name or 'union', "
+                       f"got {cfg['unified']!r}")
     if not cfg["data"]:
         raise UniError("config: 'data' needs at least one FORMAT:ANNOTATIONS spec")
     if not cfg["out"]:
@@ -132,7 +143,7 @@ def resolve_config(config: dict) -> dict:
     try:
         cfg["input_wh"] = [int(v) for v in cfg["input_wh"]]
         for key in ("epochs", "batch_size", "workers", "seed", "save_every", "log_every",
-                    "max_steps", "warmup_steps"):
+                    "max_steps", "warmup_steps", "threads"):
             cfg[key] = int(cfg[key])
         for key in ("lr", "weight_decay", "gt_weight", "kd_beta", "val_fraction",
                     "save_every_s"):
@@ -142,13 +153,23 @@ def resolve_config(config: dict) -> dict:
     _finite(cfg)
     if len(cfg["input_wh"]) != 2 or min(cfg["input_wh"]) < 4:
         raise UniError(f"config: input_wh must be [w, h], got {cfg['input_wh']}")
-    if cfg["epochs"] < 1 or cfg["batch_size"] < 1 or cfg["workers"] < 0:
-        raise UniError("config: epochs and batch_size must be ≥ 1, workers ≥ 0")
+    if (cfg["epochs"] < 1 or cfg["batch_size"] < 1 or cfg["workers"] < 0
+            or cfg["threads"] < 0):
+        raise UniError("config: epochs and batch_size must be ≥ 1, workers and threads ≥ 0")
     if not 0.0 <= cfg["val_fraction"] < 1.0:
         raise UniError(f"config: val_fraction must be in [0, 1), got {cfg['val_fraction']}")
     for key in ("amp", "strict", "skip_corrupt", "resume"):
         cfg[key] = bool(cfg[key])
     return cfg
+
+
+def _strings(value, where: str) -> list:
+    """One path/spec or a list of them → a list (UniError for anything else)."""
+    if isinstance(value, str | Path):
+        return [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str | Path) for v in value):
+        raise UniError(f"{where}: expected a string or a list of strings, got {value!r}")
+    return list(value)
 
 
 def _finite(cfg: dict) -> None:

@@ -8,10 +8,17 @@ clipped to ±80° with p = 0.6. No half-body transform. Each sample's parameters
 RNG seeded by (seed, epoch, index), so a resumed run replays exactly the same crops whatever
 the worker count.
 
+Keypoint channels: the run's unified skeleton (U keypoints, unified21 by default; a run may
+choose another, student/run_data.py). GT keypoints map from each dataset's native order into it by
+canonical name (skeleton.to(unified)); a unified keypoint the dataset does not label gets
+weight 0. Stores keep each teacher's native channels: they map into the run's unified skeleton
+by the store's recorded skeleton definition, so a new unified skeleton never needs stage one
+again; a teacher keypoint with no slot in it is dropped.
+
 Keypoint channels on flip (MMPose's rule, applied to GT and teacher targets alike): the crop is
 mirrored, then channels are swapped with the unified flip_index, so "left_wrist" names what
 looks like a left wrist in the mirrored crop (the person's right wrist). Teacher maps are first
-put into unified channels (skeleton.to_unified), warped into the student's heatmap grid by
+put into unified channels, warped into the student's heatmap grid by
 M = A_student ∘ A_teacher⁻¹ (both image → grid, A_student includes the flip), then swapped.
 """
 
@@ -25,7 +32,7 @@ import numpy as np
 import torch
 
 from uniskel.pipeline.crops import crop_person, normalize, read_image
-from uniskel.pipeline.datasets import Dataset, Instance
+from uniskel.pipeline.datasets import Dataset
 from uniskel.pipeline.errors import UniError
 from uniskel.pipeline.geometry import (
     PADDING,
@@ -37,7 +44,7 @@ from uniskel.pipeline.geometry import (
     warp_heatmaps,
 )
 from uniskel.pipeline.heatmaps import SIGMA, gaussian_heatmaps
-from uniskel.pipeline.skeletons import NUM_UNIFIED, SKELETONS, UNIFIED, native_to_unified
+from uniskel.pipeline.skeletons import UNIFIED, Skeleton, get_skeleton, native_to_unified
 from uniskel.stores.heatmap_store import StoreReader, missing_instances, open_store
 
 _PEAK_EPS = 1e-6  # a cached map with a lower peak is empty: the teacher saw nothing there
@@ -84,22 +91,24 @@ class TeacherSource:
     """The store holding one teacher's maps for one dataset (opened lazily per process)."""
 
     teacher: str
-    skeleton: str
+    skeleton: Skeleton  # the teacher's native skeleton, as the store records it
     path: Path
     reader: StoreReader  # picklable, opens h5py lazily in each process
 
 
-def gt_targets(instance: Instance, a_grid: np.ndarray, flip: bool, hm_wh: tuple[int, int],
-               sigma: float = SIGMA) -> tuple[np.ndarray, np.ndarray]:
-    """GT for one view. a_grid: image → student heatmap grid (2, 3).
+def gt_targets(keypoints: np.ndarray, a_grid: np.ndarray, flip: bool, hm_wh: tuple[int, int],
+               unified: Skeleton = UNIFIED, sigma: float = SIGMA
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """GT for one view. keypoints: (U, 3) [x, y, v] in `unified`'s order; a_grid: image →
+    student heatmap grid (2, 3).
 
-    Returns heatmaps (21, h, w) float32 and weights (21,) float32 (0 where unlabelled or off
+    Returns heatmaps (U, h, w) float32 and weights (U,) float32 (0 where unlabelled or off
     the grid).
     """
-    pts = apply(a_grid, instance.unified[:, :2])  # (21, 2)
-    vis = instance.unified[:, 2] > 0
+    pts = apply(a_grid, keypoints[:, :2])  # (U, 2)
+    vis = keypoints[:, 2] > 0
     if flip:
-        pts, vis = pts[UNIFIED.flip_index], vis[UNIFIED.flip_index]
+        pts, vis = pts[unified.flip_index], vis[unified.flip_index]
     w, h = hm_wh
     inside = (pts[:, 0] >= -0.5) & (pts[:, 0] < w - 0.5) & (pts[:, 1] >= -0.5) & (
         pts[:, 1] < h - 0.5)
@@ -107,46 +116,55 @@ def gt_targets(instance: Instance, a_grid: np.ndarray, flip: bool, hm_wh: tuple[
     return gaussian_heatmaps(pts, keep, hm_wh, sigma), keep.astype(np.float32)
 
 
-def teacher_targets(heatmaps: np.ndarray, a_teacher: np.ndarray, skeleton: str,
-                    a_grid: np.ndarray, flip: bool, hm_wh: tuple[int, int]
+def teacher_targets(heatmaps: np.ndarray, a_teacher: np.ndarray, skeleton: Skeleton,
+                    a_grid: np.ndarray, flip: bool, hm_wh: tuple[int, int],
+                    unified: Skeleton = UNIFIED
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cached maps (K, ht, wt) with their image → teacher grid affine → this view's targets.
+    """Cached maps (K, ht, wt) in `skeleton`'s native order, with their image → teacher grid
+    affine → this view's targets in `unified`'s channels.
 
-    Returns targets (21, h, w) float32 peak-normalised (each channel ÷ its cached peak), spatial
+    Returns targets (U, h, w) float32 peak-normalised (each channel ÷ its cached peak), spatial
     mask (1, h, w) float32 (1 where the teacher's grid covers the pixel), and keypoint weights
-    (21,) float32: 0 for keypoints the teacher does not know, else the fraction of the cached
+    (U,) float32: 0 for keypoints the teacher does not know, else the fraction of the cached
     map's mass still in view (≈1 when the keypoint is well inside the crop, →0 as it leaves).
     """
-    sk = SKELETONS[skeleton]
+    # Only the channels with a slot in `unified` are warped: the teacher's others are dropped.
+    to = skeleton.to(unified)
+    src = [i for i, j in enumerate(to) if j is not None]
+    dst = [to[i] for i in src]
+    heatmaps = heatmaps[src]
     k, ht, wt = heatmaps.shape
     w, h = hm_wh
     m = compose(a_grid, invert(a_teacher))  # teacher grid → student grid
-    peak = heatmaps.reshape(k, -1).max(-1)  # (K,)
+    targets = np.zeros((unified.num_keypoints, h, w), np.float32)
+    weights = np.zeros(unified.num_keypoints, np.float32)
+    spatial = visible_mask(m, (wt, ht), hm_wh)[None].astype(np.float32)
+    if not src:  # a teacher none of whose keypoints the run's skeleton has
+        return targets, spatial, weights
+    peak = heatmaps.reshape(k, -1).max(-1)  # (k,)
     alive = peak > _PEAK_EPS
     norm = heatmaps / np.where(alive, peak, 1.0)[:, None, None]
-    warped = warp_heatmaps(norm.astype(np.float32), m, hm_wh)  # (K, h, w)
+    warped = warp_heatmaps(norm.astype(np.float32), m, hm_wh)  # (k, h, w)
     # Mass kept in view; |det| converts teacher-grid area to student-grid area. (The warped
     # peak would under-rate keypoints whenever the student grid is coarser than the teacher's.)
     mass = norm.reshape(k, -1).sum(-1) * abs(np.linalg.det(m[:, :2]))
     presence = np.where(alive, np.clip(warped.reshape(k, -1).sum(-1) / np.maximum(
         mass, 1e-12), 0.0, 1.0), 0.0)
-    targets = native_to_unified(warped.reshape(k, h * w), sk).reshape(NUM_UNIFIED, h, w)
-    weights = native_to_unified(presence[:, None].astype(np.float32), sk)[:, 0]
+    targets[dst], weights[dst] = warped, presence
     if flip:
-        targets, weights = targets[UNIFIED.flip_index], weights[UNIFIED.flip_index]
-    spatial = visible_mask(m, (wt, ht), hm_wh)[None]
-    return np.ascontiguousarray(targets), spatial.astype(np.float32), weights
+        targets, weights = targets[unified.flip_index], weights[unified.flip_index]
+    return np.ascontiguousarray(targets), spatial, weights
 
 
 class PoseSamples(torch.utils.data.Dataset):
     """All instances of several datasets, as training (augmented) or validation samples.
 
-    Item i → dict: image (3, H, W) float32, gt_heatmaps (21, h, w), gt_weights (21,),
-    kd_targets (T, 21, h, w), kd_masks (T, 1, h, w), kd_weights (T, 21), index; or
+    Item i → dict: image (3, H, W) float32, gt_heatmaps (U, h, w), gt_weights (U,),
+    kd_targets (T, U, h, w), kd_masks (T, 1, h, w), kd_weights (T, U), index; or
     {"skipped": "path: reason (format instance id)"} when the image cannot be read, or
     {"damaged": "store: reason"} when a cached target fails its checksum (one line, even from
     a DataLoader worker, which would wrap an exception in its traceback).
-    T = len(teachers) (fixed order);
+    T = len(teachers) (fixed order), U = unified.num_keypoints (the run's unified skeleton);
     a teacher with no store for the sample's dataset gives all-zero masks and weights.
     """
 
@@ -154,8 +172,9 @@ class PoseSamples(torch.utils.data.Dataset):
                  teachers: list[str] = (), sources: dict[tuple[str, str], TeacherSource] = None,
                  augment: Augment | None = Augment(), seed: int = 0,
                  padding: float = PADDING, sigma: float = SIGMA,
-                 instances: list[tuple[int, int]] | None = None):
+                 instances: list[tuple[int, int]] | None = None, unified: Skeleton = UNIFIED):
         self.datasets = datasets
+        self.unified = unified
         self.input_wh = tuple(input_wh)
         w, h = self.input_wh
         if w % 4 or h % 4:
@@ -197,12 +216,13 @@ class PoseSamples(torch.utils.data.Dataset):
         crop, a_crop = crop_person(image, inst.bbox, self.input_wh, self.padding, v.rotation,
                                    v.scale, v.shift, v.flip)
         a_grid = compose(self._to_grid, a_crop)
-        gt, gt_w = gt_targets(inst, a_grid, v.flip, self.hm_wh, self.sigma)
+        kp = native_to_unified(inst.keypoints, ds.skeleton, self.unified)  # (U, 3)
+        gt, gt_w = gt_targets(kp, a_grid, v.flip, self.hm_wh, self.unified, self.sigma)
         w, h = self.hm_wh
-        t = len(self.teachers)
-        kd = np.zeros((t, NUM_UNIFIED, h, w), np.float32)
+        t, u = len(self.teachers), self.unified.num_keypoints
+        kd = np.zeros((t, u, h, w), np.float32)
         kd_mask = np.zeros((t, 1, h, w), np.float32)
-        kd_w = np.zeros((t, NUM_UNIFIED), np.float32)
+        kd_w = np.zeros((t, u), np.float32)
         for j, name in enumerate(self.teachers):
             src = self.sources.get((name, ds.dataset_id))
             if src is None:
@@ -215,7 +235,7 @@ class PoseSamples(torch.utils.data.Dataset):
             except UniError as e:  # damaged since it was checked: the loop refuses or skips it
                 return {"damaged": str(e)}
             kd[j], kd_mask[j], kd_w[j] = teacher_targets(maps, a_teacher, src.skeleton, a_grid,
-                                                         v.flip, self.hm_wh)
+                                                         v.flip, self.hm_wh, self.unified)
         return {"image": torch.from_numpy(normalize(crop[None])[0]),
                 "gt_heatmaps": torch.from_numpy(gt), "gt_weights": torch.from_numpy(gt_w),
                 "kd_targets": torch.from_numpy(kd), "kd_masks": torch.from_numpy(kd_mask),
@@ -243,9 +263,11 @@ def match_stores(store_paths: list[Path], datasets: list[Dataset],
     """Stores (files, or folders of *.h5) → (teacher names sorted, {teacher: skeleton},
     {(teacher, dataset id): source}) for the training datasets.
 
-    Stores of `other_datasets` (validation data) are accepted and ignored. UniError for a store
-    whose dataset is not given, whose skeleton is unknown, that lacks instances the training
-    data needs, or that repeats a (teacher, dataset) pair.
+    Each source carries the teacher's skeleton as the store records it (its full definition;
+    a store older than that names a built-in one). Stores of `other_datasets` (validation data)
+    are accepted and ignored. UniError for a store whose dataset is not given, whose skeleton is
+    unknown or disagrees with its maps, that lacks instances the training data needs, or that
+    repeats a (teacher, dataset) pair.
     """
     files: list[Path] = []
     for p in map(Path, store_paths):
@@ -261,13 +283,12 @@ def match_stores(store_paths: list[Path], datasets: list[Dataset],
     by_id = {ds.dataset_id: ds for ds in datasets}
     other_ids = {ds.dataset_id for ds in other_datasets}
     skeletons: dict[str, str] = {}
+    defs: dict[str, Skeleton] = {}
     sources: dict[tuple[str, str], TeacherSource] = {}
     for f in files:
         reader = open_store(f)
         meta = reader.meta
-        if meta.skeleton not in SKELETONS:
-            raise UniError(f"{f}: unknown teacher skeleton {meta.skeleton!r}; "
-                           f"known: {', '.join(SKELETONS)}")
+        sk = store_skeleton(meta, f)
         ds = by_id.get(meta.dataset_id)
         if ds is None:
             if meta.dataset_id in other_ids:
@@ -278,16 +299,39 @@ def match_stores(store_paths: list[Path], datasets: list[Dataset],
         if key in sources:
             raise UniError(f"{f}: a second store of teacher {meta.teacher_name!r} for "
                            f"{ds.spec} (the first is {sources[key].path})")
-        if skeletons.setdefault(meta.teacher_name, meta.skeleton) != meta.skeleton:
-            raise UniError(f"{f}: teacher {meta.teacher_name!r} has skeleton {meta.skeleton} "
-                           f"here but {skeletons[meta.teacher_name]} in another store")
+        if defs.setdefault(meta.teacher_name, sk) != sk:
+            raise UniError(f"{f}: teacher {meta.teacher_name!r} has skeleton {sk.name} "
+                           f"here but {defs[meta.teacher_name].name} (as defined) in another "
+                           "store")
+        skeletons[meta.teacher_name] = sk.name
         missing = len(missing_instances(ds.instance_ids.tolist(), reader.row_of,
                                         reader.done, reader.skipped))
         if missing:
             raise UniError(f"{f}: missing {missing} of {len(ds.instances)} instances of "
                            f"{ds.spec} (run uni cache-teachers again)")
-        sources[key] = TeacherSource(meta.teacher_name, meta.skeleton, f, reader)
+        sources[key] = TeacherSource(meta.teacher_name, sk, f, reader)
     return sorted(skeletons), skeletons, sources
+
+
+def store_skeleton(meta, where: Path) -> Skeleton:
+    """A store's teacher skeleton: the definition it records, else (older stores) the built-in
+    of its name; UniError when its maps do not have that skeleton's K channels."""
+    sk = meta.skeleton_def
+    if sk is None:
+        try:
+            sk = get_skeleton(meta.skeleton)
+        except UniError as e:
+            raise UniError(f"{where}: teacher skeleton: {e}") from None
+    if meta.heatmap_shape[0] != sk.num_keypoints:
+        raise UniError(f"{where}: heatmap_shape has {meta.heatmap_shape[0]} channels but the "
+                       f"teacher skeleton {sk.name} has {sk.num_keypoints} keypoints")
+    return sk
+
+
+def teacher_skeletons(sources: dict[tuple[str, str], TeacherSource]) -> list[Skeleton]:
+    """Each teacher's skeleton once, in teacher-name order."""
+    return list({s.teacher: s.skeleton for s in sorted(sources.values(),
+                                                       key=lambda s: s.teacher)}.values())
 
 
 def all_items(datasets: list[Dataset]) -> np.ndarray:

@@ -1,209 +1,94 @@
-"""Evaluation on ground-truth person boxes (`uni evaluate`): COCO AP, MPII PCKh@0.5, Halpe AP.
+"""`uni evaluate`: every dataset scored by its kind's metric, on ground-truth or detector boxes.
 
-Predictions (also the --save-predictions / --predictions file): a JSON list of
-``{"instance_id", "image_id", "keypoints": [[x, y, score] × 21] unified order, "score",
-"dataset_id"}``; dataset_id (sha256 of the annotation file) says which --data spec a record
-belongs to and may be left out when only one spec is given; records of datasets not given
-with --data are skipped.
+MODEL runs top-down on each dataset's ground-truth person boxes, or with --boxes on a COCO
+detection results file (student/metrics_oks.py: rescoring, OKS-NMS 0.9); its keypoints go into
+the dataset's native order by name and become COCO keypoint results (student/coco_results.py),
+which --save-predictions writes and --predictions reads back. Scored keypoints: those the
+dataset labels (at least once in the file) and the model's unified skeleton has; keypoints a
+model knows but does not predict (a teacher's missing ones, at (0, 0) with score 0) are misses.
 
-Metrics (docs/conventions.md "Metrics"):
-- coco: OKS AP / AP50 / AP75 / AR by pycocotools COCOeval on the 17 COCO keypoints, against the
-  annotation file itself, sigmas UNIFIED_SIGMAS[:17]; instance score = the prediction's "score"
-  (student.predict.instance_score: box score 1.0 for GT boxes × mean keypoint score > 0.2).
-- halpe: the same on the 20 unified keypoints Halpe-26 maps to (all but thorax), GT re-ordered
-  into unified order, sigmas UNIFIED_SIGMAS of those keypoints.
-- mpii: PCKh@0.5 — correct when the error ≤ 0.5 × head size (0.6 × head-box diagonal); per joint
-  over visible labelled joints; "Mean" pools all joints but pelvis and thorax (correct / count,
-  as MMPose and the official MATLAB code weight joints by their counts).
-Per-keypoint numbers for AP metrics ("OKS accuracy"): the share of labelled ground-truth
-keypoints whose keypoint similarity exp(-d² / (2 · area · (2σ)²)) — the per-keypoint term of OKS —
-reaches t, averaged over the AP thresholds t = 0.50, 0.55, …, 0.95; ×100. A missing prediction
-counts as wrong. Keypoints a model does not know are predicted at (0, 0) with score 0, so they
-score as misses.
+Metrics (docs/conventions.md "Metrics"), by the dataset kind's metric:
+- coco_ap (COCO, Halpe, AIC, CrowdPose, PoseTrack18, OCHuman, Human-Art, …): pycocotools
+  COCOeval on the scored keypoints with the dataset's own sigmas: AP, AP50, AP75, AP-M, AP-L, AR.
+  Persons the reader skips (crowd, nothing labelled) stay in the ground truth as ignored, as
+  pycocotools treats them in the file itself. On GT boxes also per keypoint ("OKS accuracy"):
+  the share of labelled keypoints whose keypoint similarity exp(-d² / (2 · area · (2σ)²))
+  reaches t, averaged over t = 0.50, 0.55, …, 0.95; a missing prediction is a miss.
+- pckh (MPII): PCKh@0.5 per joint; "Mean" pools all joints but pelvis and thorax.
+- pck_bbox (sub-JHMDB): PCK@0.2 of max(w, h) of the person box per joint; "Mean" pools all.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
-import math
 from pathlib import Path
 
 import numpy as np
 
-from uniskel.pipeline.datasets import Dataset, head_size, load_dataset
+from uniskel.pipeline.datasets import Dataset, head_size, load_dataset, parse_spec
 from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.files import json_int, read_json, write_json
-from uniskel.pipeline.skeletons import (
-    NUM_UNIFIED,
-    SKELETONS,
-    UNIFIED_NAMES,
-    UNIFIED_SIGMAS,
-    native_to_unified,
+from uniskel.pipeline.geometry import bbox_to_center_size
+from uniskel.pipeline.skeletons import UNIFIED_NAMES, UNIFIED_SIGMAS, Skeleton, get_kind
+from uniskel.student.coco_results import (
+    Results,
+    canonical,
+    parse_results,
+    read_detections,
+    read_results,
+    reorder,
+    result_record,
+    write_results,
 )
+from uniskel.student.metrics_oks import coco_eval, oks_accuracy, oks_nms
+from uniskel.student.metrics_pck import pck_bbox, pckh, pooled_mean
 from uniskel.student.predict import Predictor, instance_score, load_predictor, predict_boxes
 
-OKS_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # COCOeval's iouThrs
-PCKH_THRESHOLD = 0.5
+BOX_THRESHOLD = 0.0  # --box-threshold default: MMPose's det_bbox_thr for COCO val (all boxes)
 PER_KEYPOINT_AP = ("OKS accuracy: % of labelled keypoints with keypoint similarity >= t, "
                    "mean over t = 0.50:0.05:0.95")
 PER_KEYPOINT_PCKH = "PCKh@0.5: % of visible labelled joints within 0.5 x head size"
+PER_KEYPOINT_PCK = "PCK@0.2: % of visible labelled joints within 0.2 x max(box w, h)"
 MPII_MEAN_EXCLUDES = ("pelvis", "thorax")
-# MMPose's summary rows: (label, unified names averaged with equal weight)
+# MMPose's summary rows: (label, canonical names averaged with equal weight)
 MPII_GROUPS = (("Head", ("head_top",)), ("Shoulder", ("left_shoulder", "right_shoulder")),
                ("Elbow", ("left_elbow", "right_elbow")), ("Wrist", ("left_wrist", "right_wrist")),
                ("Hip", ("left_hip", "right_hip")), ("Knee", ("left_knee", "right_knee")),
                ("Ankle", ("left_ankle", "right_ankle")))
+METRIC_NAMES = {"coco_ap": "AP", "pckh": "PCKh@0.5", "pck_bbox": "PCK@0.2"}
 
 
-# --------------------------------------------------------------------------- predictions files
+# --------------------------------------------------------------------------- a dataset's facts
 
 
-def prediction_records(dataset: Dataset, keypoints: np.ndarray, known: np.ndarray) -> list[dict]:
-    """keypoints (N, 21, 3) for the dataset's rows (in order) → predictions records."""
-    image_ids = dataset.image_ids[dataset.image_index].tolist()
-    return [{"instance_id": iid, "image_id": image_id,
-             "keypoints": kp.tolist(), "score": instance_score(kp, known),
-             "dataset_id": dataset.dataset_id}
-            for iid, image_id, kp in zip(dataset.instance_ids.tolist(), image_ids, keypoints,
-                                         strict=True)]
+def dataset_metric(ds: Dataset) -> str:
+    """coco_ap | pckh | pck_bbox: the dataset kind's metric."""
+    return ds.kind.metric
 
 
-def save_predictions(path: Path, records: list[dict]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, records, indent=None)
-    return path
+def dataset_sigmas(skeleton: Skeleton) -> np.ndarray:
+    """(K,) OKS sigmas in native order: the skeleton's own, else the unified keypoint's of the
+    same name (docs/conventions.md "Metrics"; .08 for a name unified21 lacks)."""
+    if skeleton.sigmas is not None:
+        return np.asarray(skeleton.sigmas, np.float64)
+    return np.array([UNIFIED_SIGMAS[UNIFIED_NAMES.index(c)] if c in UNIFIED_NAMES else 0.08
+                     for c in canonical(skeleton)])
 
 
-def _check_record(rec: object, where: str) -> dict:
-    if not isinstance(rec, dict):
-        raise UniError(f"{where}: expected an object, got {type(rec).__name__}")
-    for key in ("instance_id", "keypoints", "score"):
-        if key not in rec:
-            raise UniError(f"{where}: missing field {key!r}")
-    iid = json_int(rec["instance_id"], f"{where} field 'instance_id'")
-    try:
-        kp = np.asarray(rec["keypoints"], dtype=np.float64)
-        score = float(rec["score"])
-    except (TypeError, ValueError):
-        raise UniError(f"{where}: 'keypoints' must be 21 × [x, y, score] numbers and 'score' "
-                       "a number") from None
-    if kp.shape != (NUM_UNIFIED, 3):
-        raise UniError(f"{where} field 'keypoints': expected {NUM_UNIFIED} × [x, y, score], "
-                       f"got shape {list(kp.shape)}")
-    if not (np.isfinite(kp).all() and math.isfinite(score)):
-        raise UniError(f"{where}: 'keypoints' / 'score' contain NaN or inf")
-    dsid = rec.get("dataset_id")
-    if dsid is not None and not isinstance(dsid, str):
-        raise UniError(f"{where} field 'dataset_id': expected a string")
-    return {"instance_id": iid, "image_id": rec.get("image_id"), "keypoints": kp,
-            "score": score, "dataset_id": dsid}
+def model_mask(skeleton: Skeleton, unified: Skeleton | None) -> np.ndarray:
+    """(K,) bool: native keypoints the model's unified skeleton has (None: all of them)."""
+    if unified is None:
+        return np.ones(skeleton.num_keypoints, bool)
+    have = {c for c in canonical(unified) if c is not None}
+    return np.array([c in have for c in canonical(skeleton)], bool)
 
 
-def load_predictions(path: Path, datasets: list[Dataset]) -> list[dict[int, dict]]:
-    """A predictions file → one {instance_id: record} per dataset (records checked)."""
-    path = Path(path)
-    data = read_json(path, "predictions file")
-    if not isinstance(data, list):
-        raise UniError(f"{path}: expected a JSON list of prediction records")
-    by_id = {d.dataset_id: k for k, d in enumerate(datasets)}
-    ids = [d.by_id() for d in datasets]
-    out: list[dict[int, dict]] = [{} for _ in datasets]
-    for i, raw in enumerate(data):
-        where = f"{path}: record {i}"
-        rec = _check_record(raw, where)
-        if rec["dataset_id"] is None:
-            if len(datasets) != 1:
-                raise UniError(f"{where}: no 'dataset_id', needed with several --data specs")
-            k = 0
-        elif rec["dataset_id"] in by_id:
-            k = by_id[rec["dataset_id"]]
-        else:
-            continue  # a dataset not asked for this time
-        ds = datasets[k]
-        if rec["instance_id"] in out[k]:
-            raise UniError(f"{where} field 'instance_id': duplicate {rec['instance_id']}")
-        if rec["instance_id"] not in ids[k]:
-            raise UniError(f"{where} field 'instance_id': {rec['instance_id']} is not an "
-                           f"evaluated person of {ds.spec.annotations}")
-        out[k][rec["instance_id"]] = rec
-    for k, ds in enumerate(datasets):
-        if not out[k]:
-            raise UniError(f"{path}: no predictions for {ds.spec.annotations}")
-    return out
+def scored_mask(ds: Dataset, unified: Skeleton | None) -> np.ndarray:
+    """(K,) bool: keypoints the dataset labels (somewhere in the file) and the model has."""
+    return model_mask(ds.skeleton, unified) & (ds.keypoints[:, :, 2] > 0).any(0)
 
 
-# --------------------------------------------------------------------------- metrics
-
-
-def coco_eval(gt: dict, results: list[dict], sigmas: np.ndarray) -> dict[str, float]:
-    """pycocotools keypoint COCOeval (quietly) → {"AP", "AP50", "AP75", "AR"} in 0–100.
-
-    gt: a COCO-format dict; results: a non-empty list of COCO keypoint results (neither is
-    modified: COCOeval writes into both, so it gets copies).
-    """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    gt = copy.deepcopy(gt)
-    # Fields the dataset reader does not require but pycocotools reads without a default.
-    for a in gt["annotations"]:
-        a.setdefault("category_id", 1)
-        a.setdefault("iscrowd", 0)
-        if "area" not in a:
-            a["area"] = float(a["bbox"][2] * a["bbox"][3]) if "bbox" in a else 0.0
-        if "num_keypoints" not in a:
-            a["num_keypoints"] = int(sum(v > 0 for v in a.get("keypoints", [])[2::3]))
-    if not gt.get("categories"):  # loadRes copies them; COCOeval takes its category ids there
-        cats = sorted({a["category_id"] for a in gt["annotations"]})
-        gt["categories"] = [{"id": c, "name": str(c)} for c in cats]
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = gt
-        coco_gt.createIndex()
-        coco_dt = coco_gt.loadRes(copy.deepcopy(results))
-        ev = COCOeval(coco_gt, coco_dt, "keypoints")
-        ev.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    s = ev.stats  # AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl
-    return {"AP": 100 * s[0], "AP50": 100 * s[1], "AP75": 100 * s[2], "AR": 100 * s[5]}
-
-
-def keypoint_similarity(pred: np.ndarray, gt: np.ndarray, area: float,
-                        sigmas: np.ndarray) -> np.ndarray:
-    """pred, gt: (K, 2) → (K,) exp(-d² / (2 · area · (2σ)²)), COCOeval's per-keypoint term."""
-    d2 = ((pred - gt) ** 2).sum(-1)
-    return np.exp(-d2 / ((2 * sigmas) ** 2) / (area + np.spacing(1)) / 2)
-
-
-def oks_accuracy(pred: list[np.ndarray | None], gt: np.ndarray, areas: np.ndarray,
-                 sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """pred: per instance (K, 2) or None; gt: (N, K, 3) → (per keypoint % (K,), counts (K,))."""
-    k = gt.shape[1]
-    hits, counts = np.zeros(k), np.zeros(k)
-    for p, g, area in zip(pred, gt, areas, strict=True):
-        labelled = g[:, 2] > 0
-        ks = np.zeros(k) if p is None else keypoint_similarity(p, g[:, :2], area, sigmas)
-        acc = (ks[:, None] >= OKS_THRESHOLDS[None]).mean(1)
-        hits += np.where(labelled, acc, 0.0)
-        counts += labelled
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return 100 * hits / counts, counts
-
-
-def pckh(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray, head_sizes: np.ndarray,
-         threshold: float = PCKH_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
-    """pred, gt: (N, K, 2); visible: (N, K) bool; head_sizes: (N,) → (% correct (K,) with NaN
-    where no joint is visible, visible counts (K,))."""
-    err = np.linalg.norm(pred - gt, axis=-1) / head_sizes[:, None]
-    correct = ((err <= threshold) & visible).sum(0)
-    counts = visible.sum(0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return 100 * correct / counts, counts
+def keypoint_names(skeleton: Skeleton) -> list[str]:
+    """Names a report uses: the unified-vocabulary name, else the native one."""
+    return [c or n for c, n in zip(canonical(skeleton), skeleton.keypoints, strict=True)]
 
 
 def _named(values: np.ndarray, names: list[str]) -> dict[str, float | None]:
@@ -211,71 +96,80 @@ def _named(values: np.ndarray, names: list[str]) -> dict[str, float | None]:
                                                                            strict=True)}
 
 
-def _coco_like(dataset: Dataset, preds: dict[int, dict], gt: dict, scored: np.ndarray,
-               gt_keypoints: np.ndarray) -> dict:
-    """AP on the unified keypoints `scored` (indices); gt already holds them in that order, and
-    so does gt_keypoints (N, S, 3), one row per dataset row."""
-    sigmas = UNIFIED_SIGMAS[scored]
-    cats = {a["id"]: a.get("category_id", 1) for a in gt["annotations"]}
-    pred_ids = list(preds)
-    image_ids = dataset.image_ids[dataset.image_index[dataset.rows_of(pred_ids)]].tolist()
-    results = []
-    for iid, image_id in zip(pred_ids, image_ids, strict=True):
-        rec = preds[iid]
-        kp = rec["keypoints"][scored]
-        results.append({"image_id": image_id, "category_id": cats[iid],
-                        "keypoints": kp.reshape(-1).tolist(), "score": rec["score"]})
-    out = {"metric": "AP", **coco_eval(gt, results, sigmas)}
-    out["value"] = out["AP"]
-    insts = dataset.instance_ids.tolist()
-    per_kp, _ = oks_accuracy(
-        [preds[i]["keypoints"][scored, :2] if i in preds else None for i in insts],
-        gt_keypoints, dataset.areas, sigmas)
-    names = [UNIFIED_NAMES[u] for u in scored]
-    out.update(per_keypoint=_named(per_kp, names), scored_keypoints=names,
-               per_keypoint_metric=PER_KEYPOINT_AP, instances=len(insts), predicted=len(preds),
-               instance_score="prediction 'score' (box score 1.0 for GT boxes x mean keypoint "
-                              "score above 0.2)")
+# --------------------------------------------------------------------------- metrics
+
+
+def coco_gt(ds: Dataset, keep: np.ndarray) -> dict:
+    """The dataset as COCO ground truth with keypoints `keep` (K,) bool; persons the reader
+    skipped (crowd, nothing labelled) come from the file as ignored ones."""
+    images = ds.image_ids.tolist()
+    kp = ds.keypoints[:, keep]  # (N, S, 3)
+    anns = [{"id": iid, "image_id": images[im], "category_id": 1, "iscrowd": 0,
+             "bbox": box.tolist(), "area": float(area), "keypoints": k.reshape(-1).tolist(),
+             "num_keypoints": int((k[:, 2] > 0).sum())}
+            for iid, im, box, area, k in zip(ds.instance_ids.tolist(), ds.image_index.tolist(),
+                                             ds.bboxes, ds.areas, kp, strict=True)]
+    raw = ds.read_annotations() if ds.kind.reader == "coco" else {}
+    have, image_set, zeros = set(ds.instance_ids.tolist()), set(images), [0] * (3 * kp.shape[1])
+    for a in raw.get("annotations", []) if isinstance(raw, dict) else []:
+        box = a.get("bbox")
+        if (a.get("id") in have or a.get("image_id") not in image_set or not isinstance(box, list)
+                or len(box) != 4 or not all(isinstance(v, int | float) for v in box)):
+            continue
+        area = a.get("area")
+        anns.append({"id": a["id"], "image_id": a["image_id"], "category_id": 1,
+                     "iscrowd": int(bool(a.get("iscrowd", 0))), "bbox": box,
+                     "area": float(area) if isinstance(area, int | float) else box[2] * box[3],
+                     "keypoints": zeros, "num_keypoints": 0})
+    return {"images": [{"id": i} for i in images], "annotations": anns,
+            "categories": [{"id": 1, "name": "person"}]}
+
+
+def _per_person(ds: Dataset, res: Results, missing: float) -> np.ndarray:
+    """(N, K, 2) predicted native keypoints per dataset row; `missing` where none."""
+    out = np.full(ds.keypoints.shape[:2] + (2,), missing)
+    rows = ds.rows_of(res.instance_ids)
+    out[rows] = res.keypoints[:, :, :2]
     return out
 
 
-def evaluate_coco(dataset: Dataset, preds: dict[int, dict]) -> dict:
-    """COCO OKS AP on the 17 COCO keypoints, GT = the annotation file as it is."""
-    scored = np.flatnonzero(SKELETONS["coco17"].unified_mask)  # unified 0–16
-    gt_kp = dataset.unified_rows(slice(None))[:, scored]
-    return _coco_like(dataset, preds, dataset.read_annotations(), scored, gt_kp)
+def evaluate_coco_ap(ds: Dataset, res: Results) -> dict:
+    """OKS AP on the scored keypoints, the dataset's sigmas."""
+    keep = scored_mask(ds, res.unified)
+    sigmas = dataset_sigmas(ds.skeleton)[keep]
+    results = [{"image_id": int(im), "category_id": 1, "score": float(s),
+                "keypoints": kp[keep].reshape(-1).tolist()}
+               for im, s, kp in zip(res.image_ids, res.scores, res.keypoints, strict=True)]
+    out = {"metric": "AP", **coco_eval(coco_gt(ds, keep), results, sigmas)}
+    out["value"] = out["AP"]
+    names = [n for n, k in zip(keypoint_names(ds.skeleton), keep, strict=True) if k]
+    if res.instance_ids is not None:
+        pred = _per_person(ds, res, np.nan)[:, keep]
+        per, _ = oks_accuracy([None if np.isnan(p).all() else p for p in pred],
+                              ds.keypoints[:, keep], ds.areas, sigmas)
+        out.update(per_keypoint=_named(per, names), per_keypoint_metric=PER_KEYPOINT_AP)
+    out.update(scored_keypoints=names, instances=len(ds.instance_ids), predicted=len(res.scores),
+               instance_score="box score (1.0 for GT boxes) x mean keypoint score above 0.2")
+    return out
 
 
-def halpe_scored() -> np.ndarray:
-    """Unified indices Halpe-26 maps to (20: all but thorax), in unified order."""
-    return np.flatnonzero(SKELETONS["halpe26"].unified_mask)
-
-
-def halpe_gt(dataset: Dataset, scored: np.ndarray) -> dict:
-    """The Halpe annotation file with every person's keypoints re-ordered to `scored` unified."""
-    halpe = SKELETONS["halpe26"]
-    k = halpe.num_keypoints
-    raw = dataset.read_annotations()
-    anns = []
-    for ann in raw["annotations"]:
-        ann = dict(ann)
-        try:
-            kp = np.asarray(ann.get("keypoints", []), np.float64)[: 3 * k].reshape(k, 3)
-        except ValueError:  # crowd / unlabelled people the reader skipped unchecked
-            kp = np.zeros((k, 3))
-        sel = native_to_unified(kp, halpe)[scored]
-        ann["keypoints"] = sel.reshape(-1).tolist()
-        ann["num_keypoints"] = int((sel[:, 2] > 0).sum())
-        anns.append(ann)
-    return {"images": raw["images"], "annotations": anns,
-            "categories": raw.get("categories", [{"id": 1, "name": "person"}])}
-
-
-def evaluate_halpe(dataset: Dataset, preds: dict[int, dict]) -> dict:
-    """OKS AP on the unified keypoints Halpe labels (docs/conventions.md "Dataset mappings")."""
-    scored = halpe_scored()
-    gt_kp = dataset.unified_rows(slice(None))[:, scored]
-    return _coco_like(dataset, preds, halpe_gt(dataset, scored), scored, gt_kp)
+def _pck_like(ds: Dataset, res: Results, lengths_fn, exclude: tuple[str, ...],
+              label: str, description: str) -> dict:
+    if res.instance_ids is None:
+        raise UniError(f"{ds.spec.annotations}: {label} scores ground-truth persons: its "
+                       "results need 'instance_id' (not detector boxes)")
+    names = keypoint_names(ds.skeleton)
+    has = model_mask(ds.skeleton, res.unified)
+    pred = _per_person(ds, res, np.inf)
+    per, counts = lengths_fn(pred, ds.keypoints[..., :2], (ds.keypoints[..., 2] > 0) & has)
+    per = np.where(has, per, np.nan)
+    in_mean = has & np.array([n not in exclude for n in names]) & (counts > 0)
+    mean = pooled_mean(per, counts, in_mean)
+    return {"metric": label, "value": mean, "Mean": mean,
+            "per_keypoint": _named(per, names),
+            "scored_keypoints": [n for n, m in zip(names, in_mean, strict=True) if m],
+            "per_keypoint_metric": description, "instances": len(ds.instance_ids),
+            "predicted": len(res.scores)}
 
 
 def require_head_boxes(dataset: Dataset) -> None:
@@ -285,114 +179,180 @@ def require_head_boxes(dataset: Dataset) -> None:
                        "MPII PCKh needs head boxes: pass --head-boxes mpii_gt_val.mat")
 
 
-def evaluate_mpii(dataset: Dataset, preds: dict[int, dict]) -> dict:
-    """PCKh@0.5 per joint (unified names), MPII "Mean" and MMPose's grouped rows."""
-    require_head_boxes(dataset)
-    mpii = SKELETONS["mpii16"]
-    joints = np.array(mpii.to_unified)  # (16,) unified index of each MPII joint
-    insts = dataset.instance_ids.tolist()
-    gt = dataset.unified_rows(slice(None))[:, joints]  # (N, 16, 3)
-    pred = np.stack([preds[i]["keypoints"][joints, :2] if i in preds
-                     else np.full((16, 2), np.inf) for i in insts])
-    heads = np.array([head_size(h) for h in dataset.head_boxes])
+def evaluate_pckh(ds: Dataset, res: Results) -> dict:
+    """PCKh@0.5 per joint, MPII "Mean" and MMPose's grouped rows."""
+    require_head_boxes(ds)
+    heads = np.array([head_size(h) for h in ds.head_boxes])
     if (heads <= 0).any():
-        bad = insts[int(np.argmax(heads <= 0))]
-        raise UniError(f"{dataset.spec.annotations}: record {bad}: head box has zero size")
-    pck, counts = pckh(pred, gt[..., :2], gt[..., 2] > 0, heads)
-    names = [UNIFIED_NAMES[u] for u in joints]
-    in_mean = np.array([n not in MPII_MEAN_EXCLUDES for n in names])
-    correct = np.nan_to_num(pck * counts / 100)
-    mean = 100 * correct[in_mean].sum() / max(counts[in_mean].sum(), 1)
-    per = _named(pck, names)
-    groups = {label: float(np.mean([per[n] for n in members]))
-              for label, members in MPII_GROUPS if all(per[n] is not None for n in members)}
-    return {"metric": "PCKh@0.5", "value": float(mean), "Mean": float(mean),
-            "per_keypoint": per, "scored_keypoints": [n for n, m in zip(names, in_mean,
-                                                                         strict=True) if m],
-            "per_keypoint_metric": PER_KEYPOINT_PCKH, "groups": groups,
-            "instances": len(insts), "predicted": sum(i in preds for i in insts)}
+        bad = ds.instance_ids[int(np.argmax(heads <= 0))]
+        raise UniError(f"{ds.spec.annotations}: record {bad}: head box has zero size")
+    out = _pck_like(ds, res, lambda p, g, v: pckh(p, g, v, heads), MPII_MEAN_EXCLUDES,
+                    "PCKh@0.5", PER_KEYPOINT_PCKH)
+    per = out["per_keypoint"]
+    out["groups"] = {label: float(np.mean([per[n] for n in members]))
+                     for label, members in MPII_GROUPS
+                     if all(per.get(n) is not None for n in members)}
+    return out
 
 
-EVALUATORS = {"coco": evaluate_coco, "mpii": evaluate_mpii, "halpe": evaluate_halpe}
+def evaluate_pck_bbox(ds: Dataset, res: Results) -> dict:
+    """PCK@0.2 of max(box w, h) per joint and pooled over every scored joint."""
+    return _pck_like(ds, res, lambda p, g, v: pck_bbox(p, g, v, ds.bboxes), (), "PCK@0.2",
+                     PER_KEYPOINT_PCK)
 
 
-def evaluate_dataset(dataset: Dataset, preds: dict[int, dict]) -> dict:
-    """One dataset's metric dict (see the module docstring)."""
-    return EVALUATORS[dataset.format](dataset, preds)
+EVALUATORS = {"coco_ap": evaluate_coco_ap, "pckh": evaluate_pckh, "pck_bbox": evaluate_pck_bbox}
 
 
-# --------------------------------------------------------------------------- drivers
+def evaluate_dataset(ds: Dataset, res: Results) -> dict:
+    """One dataset's metric dict (see the module docstring), with what it covered."""
+    out = EVALUATORS[dataset_metric(ds)](ds, res)
+    out["scored"] = f"{len(out['scored_keypoints'])} of {ds.skeleton.name}"
+    out["boxes"] = "ground truth" if res.instance_ids is not None else "detector"
+    return out
+
+
+# --------------------------------------------------------------------------- running a model
 
 
 def load_datasets(specs: list[str], head_boxes: Path | None = None) -> list[Dataset]:
-    """--data specs → datasets (head boxes go to the MPII ones); instances indexed by id."""
-    if head_boxes is not None and not any(s.lower().startswith("mpii:") for s in specs):
-        raise UniError("--head-boxes given but no mpii:… dataset in --data")
+    """--data specs → datasets (head boxes go to the MPII ones), checked before a model runs."""
+    parsed = [parse_spec(s) for s in specs]
+    mpii = [get_kind(p.format).reader == "mpii" for p in parsed]
+    if head_boxes is not None and not any(mpii):
+        raise UniError("--head-boxes given but no MPII-style dataset (mpii:…) in --data")
     out = []
-    for s in specs:
-        ds = load_dataset(s, head_boxes if s.lower().startswith("mpii:") else None)
-        if not ds.instances:
+    for p, is_mpii in zip(parsed, mpii, strict=True):
+        ds = load_dataset(p, head_boxes if is_mpii else None)
+        if not len(ds.instance_ids):
             raise UniError(f"{ds.spec.annotations}: no labelled person to evaluate")
-        if ds.format == "mpii":  # before any model runs
+        if dataset_metric(ds) == "pckh":
             require_head_boxes(ds)
         out.append(ds)
     return out
 
 
-def predict_datasets(model: Path | Predictor, datasets: list[Dataset], flip_test: bool = True,
-                     batch_size: int = 32, progress: bool = True, device: str = "auto"
-                     ) -> list[list[dict]]:
-    """Run MODEL (a path or a student.predict.Predictor) on every GT box of every dataset →
-    predictions records per dataset."""
+def _records(predictor: Predictor, ds: Dataset, kps: np.ndarray, box_scores: np.ndarray,
+             extra: list[dict]) -> list[dict]:
+    """Model keypoints (M, U, 3) → results records in the dataset's native order."""
+    unified = predictor.unified
+    native = reorder(kps, unified, ds.skeleton)  # (M, K, 3)
+    has = model_mask(ds.skeleton, unified)
+    return [result_record(e.pop("image_id"), kp, instance_score(kp, has, float(b)),
+                          ds.skeleton.name, unified.name, **e, dataset_id=ds.dataset_id)
+            for kp, b, e in zip(native, box_scores, extra, strict=True)]
+
+
+def gt_box_records(predictor: Predictor, ds: Dataset, flip_test: bool = True,
+                   batch_size: int = 32, progress: bool = True) -> list[dict]:
+    """MODEL on every ground-truth person box → results records (box score 1)."""
+    n = len(ds.instance_ids)
+    kps = predict_boxes(predictor, [(ds.image_path(r), ds.bboxes[r]) for r in range(n)],
+                        flip_test, batch_size, progress)
+    images = ds.image_ids[ds.image_index].tolist()
+    extra = [{"image_id": im, "instance_id": iid, "box": [round(v, 2) for v in box.tolist()]}
+             for im, iid, box in zip(images, ds.instance_ids.tolist(), ds.bboxes, strict=True)]
+    return _records(predictor, ds, kps, np.ones(n), extra)
+
+
+def detection_records(predictor: Predictor, ds: Dataset, dets: dict[int, list[tuple]],
+                      flip_test: bool = True, batch_size: int = 32, progress: bool = True
+                      ) -> list[dict]:
+    """MODEL on the detector's person boxes of the dataset's images → rescored, OKS-NMS'd
+    results records (student/metrics_oks.py), each image's best first."""
+    items, extra, box_scores, areas, image_of = [], [], [], [], []
+    aspect = predictor.input_wh[0] / predictor.input_wh[1]
+    for im, image_id in enumerate(ds.image_ids.tolist()):
+        for bbox, score in dets.get(image_id, []):
+            items.append((Path(ds.image_paths[im]), bbox))
+            extra.append({"image_id": image_id, "box": [round(v, 2) for v in bbox.tolist()],
+                          "box_score": score})
+            box_scores.append(score)
+            # MMPose's OKS-NMS area: the crop box's (aspect fixed, padded), not the detector's
+            _, size = bbox_to_center_size(bbox, aspect, predictor.padding)
+            areas.append(float(size[0] * size[1]))
+            image_of.append(image_id)
+    if not items:
+        raise UniError(f"--boxes: no person box for any image of {ds.spec.annotations}")
+    kps = predict_boxes(predictor, items, flip_test, batch_size, progress)
+    records = _records(predictor, ds, kps, np.array(box_scores), extra)
+    has = model_mask(ds.skeleton, predictor.unified)
+    sigmas = dataset_sigmas(ds.skeleton)[has]
+    image_of, areas = np.array(image_of), np.array(areas)
+    kept = []
+    for image_id in dict.fromkeys(image_of.tolist()):
+        idx = np.flatnonzero(image_of == image_id)
+        kp = np.array([records[i]["keypoints"] for i in idx]).reshape(len(idx), -1, 3)[:, has]
+        scores = np.array([records[i]["score"] for i in idx])
+        kept += [records[idx[j]] for j in oks_nms(kp, scores, areas[idx], sigmas)]
+    return kept
+
+
+def model_records(model: Path | Predictor, datasets: list[Dataset], flip_test: bool = True,
+                  batch_size: int = 32, progress: bool = True, device: str = "auto",
+                  boxes: Path | None = None, box_threshold: float = BOX_THRESHOLD
+                  ) -> tuple[Predictor, list[dict]]:
+    """Run MODEL (a path or a Predictor) on every dataset's GT boxes, or on --boxes → (the
+    predictor, results records of all datasets)."""
+    dets = None
+    if boxes is not None:
+        for ds in datasets:
+            if dataset_metric(ds) != "coco_ap":
+                raise UniError(f"--boxes: {ds.spec.annotations} is scored by "
+                               f"{METRIC_NAMES[dataset_metric(ds)]} on its annotated persons; "
+                               "detector boxes serve AP datasets only")
+        dets = read_detections(boxes, box_threshold)
     predictor = model if isinstance(model, Predictor) else load_predictor(model, device)
-    out = []
+    records: list[dict] = []
     for ds in datasets:
-        items = [(ds.image_path(r), ds.bboxes[r]) for r in range(len(ds.instance_ids))]
-        kps = predict_boxes(predictor, items, flip_test, batch_size, progress)
-        out.append(prediction_records(ds, kps, predictor.known))
-    return out
+        if dets is None:
+            records += gt_box_records(predictor, ds, flip_test, batch_size, progress)
+        else:
+            records += detection_records(predictor, ds, dets, flip_test, batch_size, progress)
+    return predictor, records
 
 
-def as_predictions(records: list[dict]) -> dict[int, dict]:
-    """Predictions records (as saved) → {instance_id: record with a (21, 3) array}."""
-    return {r["instance_id"]: {**r, "keypoints": np.asarray(r["keypoints"], np.float64)}
-            for r in records}
-
-
-def evaluate(specs: list[str], model: Path | None = None, predictions: Path | None = None,
-             flip_test: bool = True, head_boxes: Path | None = None,
-             save_to: Path | None = None, batch_size: int = 32,
-             progress: bool = True, device: str = "auto") -> dict[str, dict]:
-    """{spec: metric dict} for MODEL run on the GT boxes, or for a predictions file."""
+def evaluate(specs: list[str], model: Path | Predictor | None = None,
+             predictions: Path | None = None, flip_test: bool = True,
+             head_boxes: Path | None = None, save_to: Path | None = None, batch_size: int = 32,
+             progress: bool = True, device: str = "auto", boxes: Path | None = None,
+             box_threshold: float = BOX_THRESHOLD) -> dict[str, dict]:
+    """{spec: metric dict} for MODEL (GT boxes, or --boxes), or for a predictions file."""
     if (model is None) == (predictions is None):
         raise UniError("give either MODEL or --predictions FILE")
+    if predictions is not None and boxes is not None:
+        raise UniError("--boxes needs a MODEL to run (a predictions file is scored as it is)")
     if not specs:
-        raise UniError("--data is required (FORMAT:ANNOTATIONS[:IMAGES]; repeat for more)")
+        raise UniError("--data is required (KIND:ANNOTATIONS[:IMAGES]; repeat for more)")
     datasets = load_datasets(list(specs), head_boxes)
     if predictions is not None:
-        per_ds = load_predictions(predictions, datasets)
+        per_ds = read_results(predictions, datasets)
     else:
-        records = predict_datasets(model, datasets, flip_test, batch_size, progress, device)
+        predictor, records = model_records(model, datasets, flip_test, batch_size, progress,
+                                           device, boxes, box_threshold)
         if save_to is not None:
-            save_predictions(save_to, [r for rs in records for r in rs])
-        per_ds = [as_predictions(rs) for rs in records]
-    return {spec: evaluate_dataset(ds, preds)
-            for spec, ds, preds in zip(specs, datasets, per_ds, strict=True)}
+            write_results(save_to, records)
+        per_ds = parse_results(records, datasets, "predictions", predictor.unified)
+    return {spec: evaluate_dataset(ds, res)
+            for spec, ds, res in zip(specs, datasets, per_ds, strict=True)}
 
 
 def format_results(results: dict[str, dict]) -> str:
     """A readable table per dataset: headline numbers, then one line per keypoint."""
     lines = []
     for spec, r in results.items():
-        extra = "  ".join(f"{k} {r[k]:.2f}" for k in ("AP50", "AP75", "AR") if k in r)
+        extra = "  ".join(f"{k} {r[k]:.2f}" for k in ("AP50", "AP75", "AP-M", "AP-L", "AR")
+                          if r.get(k) is not None)
         lines.append(f"{spec}")
         lines.append(f"  {r['metric']:<10}{r['value']:7.2f}  {extra}".rstrip())
-        lines.append(f"  instances {r['instances']}, predicted {r['predicted']}; scored: "
-                     f"{len(r['scored_keypoints'])} keypoints")
+        lines.append(f"  instances {r['instances']}, predicted {r['predicted']} "
+                     f"({r['boxes']} boxes); scored keypoints: {r['scored']}")
         if "groups" in r:
             lines.append("  " + "  ".join(f"{k} {v:.1f}" for k, v in r["groups"].items()))
-        lines.append(f"  per keypoint ({r['per_keypoint_metric']}):")
-        for name, v in r["per_keypoint"].items():
-            mark = "" if name in r["scored_keypoints"] else "  (not in the mean)"
-            lines.append(f"    {name:<16}{'—' if v is None else f'{v:7.2f}'}{mark}")
+        if "per_keypoint" in r:
+            lines.append(f"  per keypoint ({r['per_keypoint_metric']}):")
+            for name, v in r["per_keypoint"].items():
+                mark = "" if name in r["scored_keypoints"] else "  (not in the mean)"
+                lines.append(f"    {name:<16}{'—' if v is None else f'{v:7.2f}'}{mark}")
     return "\n".join(lines)
+

@@ -1,8 +1,10 @@
 """A trained student → a described ONNX model (`uni export`), usable anywhere a teacher is.
 
 The graph has a dynamic batch axis; its metadata (pipeline.teachers.describe_model) says
-skeleton unified21 (or a native skeleton: the graph then outputs only that skeleton's channels,
-in its order, so a single-dataset model becomes a teacher that knows only its own keypoints),
+the student's unified skeleton (the run's: unified21 by default; its whole definition is
+embedded, so a "union" student caches as a teacher with no skeleton file), or a native
+skeleton: the graph then outputs only that skeleton's channels, in its order, so a
+single-dataset model becomes a teacher that knows only its own keypoints;
 heatmap head, the run's input size, the default normalisation (docs/conventions.md "Crop and
 heatmap conventions"), activation none. Before the file appears, onnxruntime must reproduce
 PyTorch on a random batch.
@@ -19,9 +21,9 @@ import torch
 from uniskel.pipeline.crops import DEFAULT_MEAN, DEFAULT_STD
 from uniskel.pipeline.errors import UniError
 from uniskel.pipeline.geometry import PADDING
-from uniskel.pipeline.skeletons import get_skeleton
+from uniskel.pipeline.skeletons import UNIFIED, Skeleton, get_skeleton
 from uniskel.pipeline.teachers import TeacherInfo, describe_model
-from uniskel.student.checkpoint import load_student, run_name
+from uniskel.student.checkpoint import load_student, run_name, student_unified
 
 
 class _NativeChannels(torch.nn.Module):
@@ -40,9 +42,10 @@ TOLERANCE = 1e-4  # max |onnxruntime - torch| on the check batch
 
 
 def export_model(model: torch.nn.Module, input_wh: tuple[int, int], name: str, out: Path,
-                 check_batch: int = 3, seed: int = 0, skeleton: str = "unified21"
-                 ) -> tuple[Path, float]:
-    """Export `model` (normalised (N, 3, H, W) → (N, 21, H/4, W/4)) to `out`, described.
+                 check_batch: int = 3, seed: int = 0, skeleton: str | None = None,
+                 unified: Skeleton = UNIFIED) -> tuple[Path, float]:
+    """Export `model` (normalised (N, 3, H, W) → (N, U, H/4, W/4), U = `unified`'s keypoints)
+    to `out`, described as `skeleton` (None: `unified` itself).
 
     Returns (out, max |diff| between onnxruntime and torch on a random batch of check_batch).
     """
@@ -52,11 +55,14 @@ def export_model(model: torch.nn.Module, input_wh: tuple[int, int], name: str, o
     out.parent.mkdir(parents=True, exist_ok=True)
     w, h = int(input_wh[0]), int(input_wh[1])
     model = model.eval().cpu()
-    sk = get_skeleton(skeleton)
-    if sk.name != "unified21":
-        if None in sk.to_unified:
-            raise UniError(f"--skeleton {skeleton}: has keypoints without a unified counterpart")
-        model = _NativeChannels(model, list(sk.to_unified)).eval()
+    sk = unified if skeleton in (None, unified.name) else get_skeleton(skeleton)
+    if sk is not unified:
+        index = sk.to(unified)
+        if None in index:
+            lost = [n for n, i in zip(sk.keypoints, index, strict=True) if i is None]
+            raise UniError(f"--skeleton {skeleton}: {', '.join(lost)} have no channel in the "
+                           f"student's unified skeleton {unified.name}")
+        model = _NativeChannels(model, list(index)).eval()
     raw = out.with_name(out.name + ".export.tmp")
     try:
         with torch.no_grad():
@@ -77,7 +83,7 @@ def export_model(model: torch.nn.Module, input_wh: tuple[int, int], name: str, o
                            f"(> {TOLERANCE:g}); not written")
         info = TeacherInfo(name=name, skeleton=sk.name, head="heatmap", input_wh=(w, h),
                            mean=DEFAULT_MEAN, std=DEFAULT_STD, outputs=("heatmaps",),
-                           activation="none", padding=PADDING)
+                           activation="none", padding=PADDING, skeleton_def=sk)
         describe_model(raw, info, out)
     finally:
         if raw.exists():
@@ -85,9 +91,10 @@ def export_model(model: torch.nn.Module, input_wh: tuple[int, int], name: str, o
     return out, diff
 
 
-def export_onnx(run: Path, out: Path, name: str | None = None, skeleton: str = "unified21"
+def export_onnx(run: Path, out: Path, name: str | None = None, skeleton: str | None = None
                 ) -> tuple[Path, float]:
     """RUN (run directory or .pt) → described ONNX at `out`; see export_model."""
     model, cfg = load_student(run)
     name = name or run_name(run)
-    return export_model(model, tuple(cfg["input_wh"]), name, out, skeleton=skeleton)
+    return export_model(model, tuple(cfg["input_wh"]), name, out, skeleton=skeleton,
+                        unified=student_unified(run))

@@ -63,7 +63,8 @@ def total_loss(pred: torch.Tensor, batch: dict[str, torch.Tensor], teachers: lis
                gt_weight: float, kd_weights: dict[str, float], kd_decays: dict[str, str],
                kd_loss: str = "kl", beta: float = 10.0, progress: float = 0.0
                ) -> tuple[torch.Tensor, dict[str, float]]:
-    """pred: (N, 21, h, w) student heatmaps; batch from student.data.collate.
+    """pred: (N, U, h, w) student heatmaps (U: the run's unified skeleton); batch from
+    student.data.collate.
 
     Returns the total loss and the unweighted terms for logging ({"gt": …, "kd/NAME": …}).
     """

@@ -1,4 +1,5 @@
-"""Student networks: normalised crops (N, 3, H, W) → unified heatmaps (N, 21, H/4, W/4).
+"""Student networks: normalised crops (N, 3, H, W) → unified heatmaps (N, U, H/4, W/4), one
+channel per keypoint of the run's unified skeleton (U = 21 for the default, unified21).
 
 One plain design in three widths. A stride-4 stem, inverted-residual (MobileNetV2-style,
 depthwise) stages down to stride 32, then a light FPN-style decoder back up to stride 4 (each
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.skeletons import NUM_UNIFIED
+from uniskel.pipeline.skeletons import UNIFIED
 
 # name → (stem width, widths of the stride 8 / 16 / 32 stages, blocks per stage, expansion,
 #         decoder width). Parameter counts are checked in tests/test_student_models.py.
@@ -52,7 +53,7 @@ class InvertedResidual(nn.Module):
 
 class Student(nn.Module):
     def __init__(self, stem: int, widths: tuple[int, int, int], depths: tuple[int, int, int],
-                 expansion: int, decoder: int, num_keypoints: int = NUM_UNIFIED):
+                 expansion: int, decoder: int, num_keypoints: int = UNIFIED.num_keypoints):
         super().__init__()
         self.stem = nn.Sequential(  # stride 4
             _conv_bn(3, stem, 3, 2), _conv_bn(stem, stem, 3, 1, groups=stem),
@@ -85,8 +86,9 @@ class Student(nn.Module):
         return self.head(y)
 
 
-def build_model(name: str, num_keypoints: int = NUM_UNIFIED) -> Student:
-    """A fresh student by name: tiny (≈1M parameters), small (≈5M), base (≈16M)."""
+def build_model(name: str, num_keypoints: int = UNIFIED.num_keypoints) -> Student:
+    """A fresh student by name: tiny (≈1M parameters), small (≈5M), base (≈16M), with
+    `num_keypoints` output channels (the run's unified skeleton's; 21 by default)."""
     if name not in MODELS:
         raise UniError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     return Student(*MODELS[name], num_keypoints=num_keypoints)

@@ -1,8 +1,10 @@
 """Models → 21 unified keypoints per person box (`uni predict`, and the first half of evaluate).
 
 A MODEL is a student (run directory or .pt checkpoint) or a described ONNX model (an exported
-student or any teacher). Both become a `Predictor`: person crops → unified heatmaps plus the
-mask of unified keypoints the model knows; a teacher's missing keypoints get score 0 at (0, 0).
+student or any teacher). Both become a `Predictor`: person crops → heatmaps in the order of its
+unified skeleton (a student's: the one it was trained with, from its checkpoint; a teacher's:
+unified21, or its own when that holds all of unified21) plus the mask of those keypoints the
+model knows; a teacher's missing keypoints get score 0 at (0, 0).
 
 Top-down on given boxes: crop (pipeline.crops, the model's padding), run with the flip test,
 decode peaks (pipeline.heatmaps), map heatmap pixels back through the inverse of
@@ -10,9 +12,10 @@ crop → heatmap ∘ image → crop. Keypoint score = heatmap peak value.
 Instance score (MMPose "bbox_keypoint" rescoring): box score × mean of the keypoint scores
 above KEYPOINT_SCORE_THRESHOLD among the keypoints the model knows (0 when none is).
 
-`uni predict` boxes: a COCO detection results JSON (list of {image_id, bbox, score,
-category_id}); an image matches the image_id equal to the number formed by the digits of its
-file name (COCO style: 000000000785.jpg → 785). Without --boxes the whole image is one box.
+`uni predict` boxes: a COCO detection results JSON (student/coco_results.py); an image matches
+the image_id equal to the number formed by the digits of its file name (COCO style:
+000000000785.jpg → 785). Without --boxes the whole image is one box. Its predictions.json is
+COCO keypoint results in the model's unified order (student/coco_results.py).
 """
 
 from __future__ import annotations
@@ -30,25 +33,27 @@ from uniskel.pipeline.crops import DEFAULT_MEAN, DEFAULT_STD, crop_person, norma
 from uniskel.pipeline.devices import parse_device
 from uniskel.pipeline.draw import draw_box, draw_skeleton, save_rgb
 from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.files import json_int, read_json, write_json
 from uniskel.pipeline.geometry import PADDING, apply, compose, crop_to_heatmap, invert
 from uniskel.pipeline.heatmaps import decode_heatmaps, merge_flipped
-from uniskel.pipeline.skeletons import NUM_UNIFIED, UNIFIED, get_skeleton, native_to_unified
+from uniskel.pipeline.skeletons import UNIFIED, Skeleton, native_to_unified
 from uniskel.pipeline.teachers import Teacher
-from uniskel.student.checkpoint import load_student, run_name
+from uniskel.student.checkpoint import load_student, run_name, student_unified
+from uniskel.student.coco_results import read_detections, result_record, write_results
 
 KEYPOINT_SCORE_THRESHOLD = 0.2  # MMPose's keypoint_score_thr for instance rescoring
 
 
 class Predictor:
-    """crops (N, H, W, 3) uint8 RGB → unified heatmaps (N, 21, h, w) float32.
+    """crops (N, H, W, 3) uint8 RGB → heatmaps (N, U, h, w) float32 in `unified`'s order.
 
-    name, input_wh (w, h), padding (crop box = person box × padding), known: (21,) bool.
+    name, input_wh (w, h), padding (crop box = person box × padding), unified (its U keypoints),
+    known: (U,) bool.
     """
 
     name: str
     input_wh: tuple[int, int]
     padding: float = PADDING
+    unified: Skeleton = UNIFIED
     known: np.ndarray
 
     def heatmaps(self, crops: np.ndarray, flip_test: bool = True) -> np.ndarray:
@@ -60,11 +65,12 @@ class StudentPredictor(Predictor):
     docs/conventions.md "Crop and heatmap conventions")."""
 
     def __init__(self, model: torch.nn.Module, name: str, input_wh: tuple[int, int],
-                 device: str | None = None):
+                 device: str | None = None, unified: Skeleton = UNIFIED):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.eval().to(self.device)
         self.name, self.input_wh = name, (int(input_wh[0]), int(input_wh[1]))
-        self.known = np.ones(NUM_UNIFIED, dtype=bool)
+        self.unified = unified
+        self.known = np.ones(unified.num_keypoints, dtype=bool)
 
     def heatmaps(self, crops: np.ndarray, flip_test: bool = True) -> np.ndarray:
         x = torch.from_numpy(normalize(crops, DEFAULT_MEAN, DEFAULT_STD)).to(self.device)
@@ -75,24 +81,26 @@ class StudentPredictor(Predictor):
             if not flip_test:
                 return plain
             flipped = self.model(x.flip(-1)).float().clamp_(min=0).cpu().numpy()
-        return merge_flipped(plain, flipped, UNIFIED.flip_index)
+        return merge_flipped(plain, flipped, self.unified.flip_index)
 
 
 class OnnxPredictor(Predictor):
-    """A described ONNX model (pipeline.teachers.Teacher), native channels moved to unified."""
+    """A described ONNX model (pipeline.teachers.Teacher), native channels moved to unified21,
+    or kept when its skeleton holds all of unified21 (an exported student of a larger one)."""
 
     def __init__(self, path: Path, device: str = "auto"):
         self.teacher = Teacher(path, device=device)
         info = self.teacher.info
-        self.skeleton = get_skeleton(info.skeleton)
+        self.skeleton = self.teacher.skeleton
         self.name, self.input_wh, self.padding = info.name, tuple(info.input_wh), info.padding
-        self.known = self.skeleton.unified_mask
+        self.unified = self.skeleton if self.skeleton.mask(UNIFIED).all() else UNIFIED
+        self.known = self.skeleton.mask(self.unified)
 
     def heatmaps(self, crops: np.ndarray, flip_test: bool = True) -> np.ndarray:
         hm = self.teacher.predict(crops, flip_test=flip_test)  # (N, K, h, w) native order
         n, k, h, w = hm.shape
-        return native_to_unified(hm.reshape(n, k, h * w), self.skeleton).reshape(
-            n, NUM_UNIFIED, h, w)
+        return native_to_unified(hm.reshape(n, k, h * w), self.skeleton, self.unified).reshape(
+            n, self.unified.num_keypoints, h, w)
 
 
 def torch_device(device: str) -> str | None:
@@ -115,12 +123,13 @@ def load_predictor(path: Path, device: str | None = None) -> Predictor:
         return OnnxPredictor(path, device or "auto")
     model, cfg = load_student(path)
     return StudentPredictor(model, run_name(path), tuple(cfg["input_wh"]),
-                            torch_device(device or "auto"))
+                            torch_device(device or "auto"), student_unified(path))
 
 
 def instance_score(keypoints: np.ndarray, known: np.ndarray, box_score: float = 1.0,
                    threshold: float = KEYPOINT_SCORE_THRESHOLD) -> float:
-    """keypoints: (21, 3) [x, y, score] → box_score × mean of known scores above threshold."""
+    """keypoints: (K, 3) [x, y, score] → box_score × mean of known (K,) scores above threshold
+    (MMPose's "bbox_keypoint" rescoring; 0 when none is above)."""
     s = keypoints[known, 2]
     s = s[s > threshold]
     return float(box_score * s.mean()) if s.size else 0.0
@@ -129,13 +138,13 @@ def instance_score(keypoints: np.ndarray, known: np.ndarray, box_score: float = 
 def predict_boxes(predictor: Predictor, items: list[tuple[Path, np.ndarray]],
                   flip_test: bool = True, batch_size: int = 32, progress: bool = True
                   ) -> np.ndarray:
-    """items: (image path, person box (4,) x, y, w, h) → keypoints (N, 21, 3) [x, y, score].
+    """items: (image path, person box (4,) x, y, w, h) → keypoints (N, U, 3) [x, y, score].
 
     Image coordinates; unknown keypoints are (0, 0, 0). Each image is read once.
     """
     if batch_size < 1:
         raise UniError(f"--batch-size must be at least 1, got {batch_size}")
-    out = np.zeros((len(items), NUM_UNIFIED, 3), dtype=np.float64)
+    out = np.zeros((len(items), len(predictor.known), 3), dtype=np.float64)
     order = sorted(range(len(items)), key=lambda i: str(items[i][0]))  # stable: by image
     w, h = predictor.input_wh
     bar = tqdm(total=len(items), unit="person", desc=f"predict {predictor.name}",
@@ -152,8 +161,8 @@ def predict_boxes(predictor: Predictor, items: list[tuple[Path, np.ndarray]],
                                        predictor.padding)
             crops.append(crop)
             affines.append(affine)
-        hm = predictor.heatmaps(np.stack(crops), flip_test)  # (B, 21, hh, hw)
-        coords, scores = decode_heatmaps(hm)  # heatmap px (B, 21, 2), (B, 21)
+        hm = predictor.heatmaps(np.stack(crops), flip_test)  # (B, U, hh, hw)
+        coords, scores = decode_heatmaps(hm)  # heatmap px (B, U, 2), (B, U)
         hm_wh = (hm.shape[3], hm.shape[2])
         to_grid = crop_to_heatmap((w, h), hm_wh)
         for j, i in enumerate(idx):
@@ -175,38 +184,13 @@ def image_id_from_name(path: Path) -> int | None:
     return int(digits) if digits else None
 
 
-def load_detections(path: Path, score_threshold: float = 0.0) -> dict[int, list[tuple]]:
-    """COCO detection results JSON → {image_id: [(bbox (4,), score), …]}, person boxes only."""
-    path = Path(path)
-    data = read_json(path, "detections file")
-    if not isinstance(data, list):
-        raise UniError(f"{path}: expected a list of detections")
-    boxes: dict[int, list[tuple]] = {}
-    for i, d in enumerate(data):
-        where = f"{path}: detection {i}"
-        if not isinstance(d, dict) or not {"image_id", "bbox"} <= d.keys():
-            raise UniError(f"{where}: expected an object with 'image_id' and 'bbox'")
-        if d.get("category_id", 1) != 1:  # COCO's person category
-            continue
-        image_id = json_int(d["image_id"], f"{where} field 'image_id'")
-        try:
-            bbox = np.asarray(d["bbox"], dtype=np.float64).reshape(4)
-            score = float(d.get("score", 1.0))
-        except (TypeError, ValueError):
-            raise UniError(f"{where}: 'bbox' must be 4 numbers and 'score' a number") from None
-        if not (np.isfinite(bbox).all() and np.isfinite(score)) or bbox[2] <= 0 or bbox[3] <= 0:
-            raise UniError(f"{where} field 'bbox': expected finite x, y, w, h with w, h > 0")
-        if score >= score_threshold:
-            boxes.setdefault(image_id, []).append((bbox, score))
-    return boxes
-
-
 def predict_images(model: Path, images: Iterable[Path], out_dir: Path,
                    boxes: Path | None = None, score_threshold: float = 0.3,
                    draw_threshold: float = 0.3, flip_test: bool = True, batch_size: int = 32,
                    progress: bool = True, device: str = "auto") -> list[Path]:
-    """Draw the 21-keypoint skeleton of every person on each image → DIR/<image>.png, and
-    DIR/predictions.json (evaluate's predictions format plus 'image', 'bbox', 'box_score')."""
+    """Draw the skeleton of every person on each image → DIR/<image>.png, and
+    DIR/predictions.json: COCO keypoint results in the model's unified order, with 'image',
+    'bbox' and 'box_score' (student/coco_results.py)."""
     images = [Path(p) for p in images]
     stems = [p.stem for p in images]
     dup = next((s for s in stems if stems.count(s) > 1), None)
@@ -215,7 +199,7 @@ def predict_images(model: Path, images: Iterable[Path], out_dir: Path,
     for p in images:
         if not p.is_file():
             raise UniError(f"{p}: image file not found")
-    dets = load_detections(boxes, score_threshold) if boxes else None
+    dets = read_detections(boxes, score_threshold) if boxes else None
     predictor = load_predictor(model, device)
     items, owners = [], []  # owners: (image index, box score)
     for k, p in enumerate(images):
@@ -242,17 +226,14 @@ def predict_images(model: Path, images: Iterable[Path], out_dir: Path,
                 continue
             kp = kps[n]
             draw_box(canvas, bbox, copy=False)
-            draw_skeleton(canvas, kp, threshold=draw_threshold, copy=False)
-            records.append({
-                "instance_id": len(records), "image_id": image_id_from_name(p),
-                "image": p.name, "bbox": [round(float(v), 2) for v in bbox],
-                "box_score": float(box_score),
-                "keypoints": [[round(float(x), 2), round(float(y), 2), float(s)]
-                              for x, y, s in kp],
-                "score": instance_score(kp, predictor.known, box_score)})
+            draw_skeleton(canvas, kp, threshold=draw_threshold, skeleton=predictor.unified,
+                          copy=False)
+            name = predictor.unified.name
+            records.append(result_record(
+                image_id_from_name(p), kp, instance_score(kp, predictor.known, box_score),
+                name, name, image=p.name, box=[round(float(v), 2) for v in bbox],
+                box_score=float(box_score)))
         path = out_dir / f"{p.stem}.png"
         save_rgb(path, canvas)
         written.append(path)
-    dst = out_dir / "predictions.json"
-    write_json(dst, records, indent=None)
-    return written + [dst]
+    return written + [write_results(out_dir / "predictions.json", records)]

@@ -1,9 +1,11 @@
 """The paper's cross-dataset table (`uni report`): every model on every dataset, plus Average.
 
-One row per model, one column per dataset metric ("coco AP", "mpii PCKh@0.5", "halpe AP"; a
-format given twice gets its annotation file's stem too). "Average" is the paper's average
-accuracy (docs/conventions.md "Metrics"): the mean of the COCO-format AP and MPII PCKh columns,
-present when the table has both kinds; Halpe columns are reported but not averaged.
+One row per model, one column per dataset and its kind's metric ("coco AP", "mpii PCKh@0.5",
+"aic AP", "jhmdb PCK@0.2", …; a kind given twice gets its annotation file's stem too).
+"Average" is the paper's average accuracy (docs/conventions.md "Metrics"): the mean of the coco
+AP and mpii PCKh columns, present when the table has both; other columns are reported but not
+averaged. Under the table, which keypoints each column scored ("aic AP: 14 of aic14"; per model
+when models of different unified skeletons score different ones).
 Outputs: markdown on stdout; report.md, report.csv and report.png (grouped bars) in --out.
 """
 
@@ -18,12 +20,8 @@ import numpy as np
 from uniskel.pipeline.datasets import parse_spec
 from uniskel.pipeline.errors import UniError
 from uniskel.pipeline.files import atomic_write, write_text
-from uniskel.student.evaluate import (
-    as_predictions,
-    evaluate_dataset,
-    load_datasets,
-    predict_datasets,
-)
+from uniskel.student.coco_results import parse_results
+from uniskel.student.evaluate import evaluate_dataset, load_datasets, model_records
 from uniskel.student.predict import load_predictor
 
 AVERAGE = "Average"
@@ -40,6 +38,31 @@ def _columns(specs: list[str], metrics: dict[str, str]) -> dict[str, str]:
             label = s  # same format and stem twice: only the full spec tells them apart
         out[s] = f"{label} {metrics[s]}"
     return out
+
+
+def scored_notes(results: dict[str, dict[str, dict]]) -> list[str]:
+    """{model: {spec: evaluate result}} → one line per column: the keypoints it scored."""
+    specs: list[str] = []
+    metrics: dict[str, str] = {}
+    for per_spec in results.values():
+        for s, r in per_spec.items():
+            if s not in metrics:
+                specs.append(s)
+                metrics[s] = r["metric"]
+    cols = _columns(specs, metrics)
+    lines = []
+    for s in specs:
+        by_model = {name: per[s]["scored"] for name, per in results.items() if s in per}
+        kinds = list(dict.fromkeys(by_model.values()))
+        text = kinds[0] if len(kinds) == 1 else "; ".join(
+            f"{k} ({', '.join(n for n, v in by_model.items() if v == k)})" for k in kinds)
+        lines.append(f"{cols[s]}: {text}")
+    return lines
+
+
+def notes_text(notes: list[str]) -> str:
+    return "\n\nScored keypoints (labelled in the file and in the model's skeleton):\n" + "\n".join(
+        f"- {n}" for n in notes) if notes else ""
 
 
 def report_rows(results: dict[str, dict[str, dict]]) -> list[dict]:
@@ -106,14 +129,15 @@ def bar_chart(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def write_report(rows: list[dict], out_dir: Path) -> list[Path]:
-    """report.md, report.csv (empty cell = not evaluated) and report.png into out_dir."""
+def write_report(rows: list[dict], out_dir: Path, notes: list[str] = ()) -> list[Path]:
+    """report.md (the table and `notes`), report.csv (empty cell = not evaluated) and
+    report.png into out_dir."""
     if not rows:
         raise UniError("report: no rows to write")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "report.md"
-    write_text(md, markdown_table(rows) + "\n")
+    write_text(md, markdown_table(rows) + notes_text(list(notes)) + "\n")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
@@ -137,9 +161,10 @@ def report(runs: list[Path], specs: list[str], out_dir: Path | None = None,
         name = names[i] if names else predictor.name
         if name in results:
             raise UniError(f"{run}: two runs are both named {name!r}; give --names")
-        records = predict_datasets(predictor, datasets, flip_test, progress=progress)
-        results[name] = {s: evaluate_dataset(ds, as_predictions(rs))
-                         for s, ds, rs in zip(specs, datasets, records, strict=True)}
-    rows = report_rows(results)
-    written = write_report(rows, out_dir) if out_dir is not None else []
-    return markdown_table(rows), written
+        _, records = model_records(predictor, datasets, flip_test, progress=progress)
+        per_ds = parse_results(records, datasets, str(run), predictor.unified)
+        results[name] = {s: evaluate_dataset(ds, res)
+                         for s, ds, res in zip(specs, datasets, per_ds, strict=True)}
+    rows, notes = report_rows(results), scored_notes(results)
+    written = write_report(rows, out_dir, notes) if out_dir is not None else []
+    return markdown_table(rows) + notes_text(notes), written

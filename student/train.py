@@ -20,24 +20,23 @@ instances left out with skip_corrupt — never trained on; a chunk that fails la
 training, is refused or skipped the same way. A non-finite loss stops the run in one line, the
 last checkpoint kept. Validation loss = the GT loss on un-augmented crops (teacher-free, so
 runs compare).
+The student's head has one channel per keypoint of the run's unified skeleton (chosen in
+student/run_data.py, which also assembles the data), recorded whole in its checkpoints.
 """
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from uniskel.pipeline.datasets import load_dataset
 from uniskel.pipeline.errors import UniError
 from uniskel.pipeline.faults import fault
-from uniskel.pipeline.skeletons import NUM_UNIFIED
 from uniskel.student import ddp
 from uniskel.student.checkpoint import (
     Position,
@@ -46,19 +45,11 @@ from uniskel.student.checkpoint import (
     save_checkpoint,
     seed_rngs,
 )
-from uniskel.student.config import read_run_config, resolve_config, teacher_weights, write_config
-from uniskel.student.data import (
-    Augment,
-    PoseSamples,
-    check_stores,
-    collate,
-    drop_damaged,
-    match_stores,
-    split_items,
-)
+from uniskel.student.config import read_run_config, resolve_config, write_config
 from uniskel.student.losses import heatmap_mse, total_loss
 from uniskel.student.metrics import RunLog
 from uniskel.student.models import build_model
+from uniskel.student.run_data import Data, build_data, loader_generator, say
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -100,82 +91,10 @@ def _evaluate(model: torch.nn.Module, loader: DataLoader | None, cfg: dict,
     return total / count if count else None
 
 
-@dataclass
-class Data:
-    """What the loop reads: training samples and their sampler, validation, step counts."""
-
-    teachers: list[str]
-    train_ds: PoseSamples
-    sampler: DistributedSampler
-    val_loader: DataLoader | None
-    loader_kw: dict
-    steps_per_epoch: int
-    total_steps: int
-
-
-def _data(cfg: dict, rank: int, world: int, device: torch.device, progress: bool) -> Data:
-    """Datasets, teacher stores (checked) and loaders; fills in cfg's per-teacher KD weights."""
-    train_sets = [load_dataset(s) for s in cfg["data"]]
-    val_sets = [load_dataset(s) for s in cfg["val_data"]]
-    ids = [d.dataset_id for d in train_sets]
-    if len(set(ids)) != len(ids):
-        raise UniError("--data: the same dataset is given twice")
-    teachers, skeletons, sources = [], {}, {}
-    if cfg["stores"]:
-        teachers, skeletons, sources = match_stores(cfg["stores"], train_sets, val_sets)
-    cfg["kd_weight"], cfg["kd_decay"] = teacher_weights(cfg, skeletons)
-    train_items, held_items = split_items(
-        train_sets, 0.0 if cfg["val_data"] else cfg["val_fraction"], cfg["seed"])
-    # One rank reads the stores; the others wait for its answer instead of repeating it.
-    damage = check_stores(sources, progress) if rank == 0 else None
-    bad, first = ddp.broadcast(damage)
-    train_items = drop_damaged(bad, first, train_sets, train_items, cfg["skip_corrupt"],
-                               rank == 0)
-    input_wh = tuple(cfg["input_wh"])
-    train_ds = PoseSamples(train_sets, input_wh, teachers, sources, Augment(), cfg["seed"],
-                           instances=train_items)
-    if val_sets:
-        val_ds = PoseSamples(val_sets, input_wh, augment=None)
-    elif held_items:
-        val_ds = PoseSamples(train_sets, input_wh, augment=None, instances=held_items)
-    else:
-        val_ds = None
-    if len(train_ds) == 0:
-        raise UniError("--data: no training instances")
-    sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True,
-                                 seed=cfg["seed"])
-    steps_per_epoch = math.ceil(len(sampler) / cfg["batch_size"])
-    total_steps = steps_per_epoch * cfg["epochs"]
-    if cfg["max_steps"]:
-        total_steps = min(total_steps, cfg["max_steps"])
-    loader_kw = dict(num_workers=cfg["workers"], collate_fn=collate,
-                     worker_init_fn=ddp.worker_init if cfg["workers"] else None,
-                     pin_memory=device.type == "cuda")
-    val_loader = None
-    if val_ds is not None:
-        val_sampler = DistributedSampler(val_ds, num_replicas=world, rank=rank, shuffle=False)
-        val_loader = DataLoader(val_ds, cfg["batch_size"], sampler=val_sampler, **loader_kw,
-                                generator=_generator(cfg["seed"], -1))
-    return Data(teachers, train_ds, sampler, val_loader, loader_kw, steps_per_epoch,
-                total_steps)
-
-
-def _generator(seed: int, epoch: int) -> torch.Generator:
-    """A loader's own generator: creating a loader draws its worker seed from it, not from the
-    global RNG, so the RNG states a resume restores are those of an uninterrupted run."""
-    return torch.Generator().manual_seed(seed * 100_003 + epoch + 1)
-
-
-def _say(line: str) -> None:
-    """One line on stderr, from rank 0 only (torchrun sets RANK before the process group)."""
-    if os.environ.get("RANK", "0") == "0":
-        print(line, file=sys.stderr)
-
-
 def _run_config(config: dict) -> tuple[dict, dict | None]:
     """(resolved config, the checkpoint to resume or None). A resumed run continues as it was
-    configured (its last.pt, else its config.toml); only how it executes (workers) may change.
-    Resuming a run that has no checkpoint yet starts it, saying so."""
+    configured (its last.pt, else its config.toml); only how it executes (workers, threads) may
+    change. Resuming a run that has no checkpoint yet starts it, saying so."""
     out = Path(config.get("out") or "")
     if not config.get("resume"):
         cfg = resolve_config(config)
@@ -189,14 +108,15 @@ def _run_config(config: dict) -> tuple[dict, dict | None]:
         saved = dict(ckpt["config"])
     elif (out / "config.toml").is_file():
         saved = read_run_config(out / "config.toml")
-        _say(f"uni: {out}: no checkpoint yet; starting the run as its config.toml says")
+        say(f"uni: {out}: no checkpoint yet; starting the run as its config.toml says")
     elif config.get("data"):
         saved = dict(config)
-        _say(f"uni: {out}: no checkpoint yet; starting the run")
+        say(f"uni: {out}: no checkpoint yet; starting the run")
     else:
         raise UniError(f"{out}: nothing to resume (no last.pt or config.toml) and no --data "
                        "to start the run with")
-    saved.update(out=str(out), resume=True, workers=config.get("workers", saved.get("workers")))
+    saved.update(out=str(out), resume=True,
+                 **{k: config.get(k, saved.get(k)) for k in ("workers", "threads")})
     return resolve_config(saved), ckpt
 
 
@@ -205,7 +125,7 @@ def train(config: dict, progress: bool = True) -> Path:
     cfg, resume = _run_config(config)
     rank, world, device = ddp.setup()
     if device.type == "cpu":
-        torch.set_num_threads(ddp.cpu_threads(world, cfg["workers"]))
+        torch.set_num_threads(cfg["threads"] or ddp.cpu_threads(world, cfg["workers"]))
     try:
         return _train(cfg, resume, rank, world, device, progress)
     finally:
@@ -236,10 +156,10 @@ class Run:
 
 def _train(cfg: dict, resume: dict | None, rank: int, world: int, device: torch.device,
            progress: bool) -> Path:
-    d = _data(cfg, rank, world, device, progress)
+    d = build_data(cfg, rank, world, device, progress, resume)
     out = Path(cfg["out"])
     seed_rngs(cfg["seed"])
-    model = build_model(cfg["model"], NUM_UNIFIED).to(device)
+    model = build_model(cfg["model"], d.unified.num_keypoints).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     scaler = torch.amp.GradScaler("cuda", enabled=cfg["amp"] and device.type == "cuda")
     pos = restore(resume, model, opt, scaler) if resume is not None else Position()
@@ -270,7 +190,7 @@ def _epoch(r: Run, world: int, progress: bool) -> float:
     cfg, d, pos, bs = r.cfg, r.d, r.pos, r.cfg["batch_size"]
     d.sampler.set_epoch(pos.epoch)
     d.train_ds.set_epoch(pos.epoch)
-    loader = DataLoader(d.train_ds, bs, **d.loader_kw, generator=_generator(cfg["seed"],
+    loader = DataLoader(d.train_ds, bs, **d.loader_kw, generator=loader_generator(cfg["seed"],
                         pos.epoch), sampler=ddp.SkipSampler(d.sampler, pos.step_in_epoch * bs))
     bar = tqdm(loader, total=d.steps_per_epoch, initial=pos.step_in_epoch, unit="batch",
                desc=f"epoch {pos.epoch + 1}/{cfg['epochs']}", file=sys.stderr,
@@ -374,6 +294,7 @@ def _save(r: Run, val: float | None = None, best: bool = False) -> None:
         out, teachers = Path(r.cfg["out"]), r.d.teachers
         if best:
             save_checkpoint(out / "best.pt", r.model, r.opt, r.pos, r.cfg, teachers, val,
-                            r.scaler)
-        save_checkpoint(out / "last.pt", r.model, r.opt, r.pos, r.cfg, teachers, val, r.scaler)
+                            r.scaler, r.d.unified)
+        save_checkpoint(out / "last.pt", r.model, r.opt, r.pos, r.cfg, teachers, val, r.scaler,
+                        r.d.unified)
     r.saved_at, r.saved_step = time.monotonic(), r.pos.step

@@ -20,7 +20,12 @@ from uniskel.pipeline.geometry import (
     crop_affine,
     crop_to_heatmap,
 )
-from uniskel.pipeline.skeletons import SKELETONS, unified_to_native
+from uniskel.pipeline.skeletons import (
+    SKELETONS,
+    native_to_unified,
+    unified_skeleton,
+    unified_to_native,
+)
 from uniskel.stores.heatmap_store import StoreMeta
 from uniskel.stores.writer import write_store
 
@@ -29,15 +34,20 @@ ANGLE = np.deg2rad(30.0)
 
 
 def teacher_points(dataset: Dataset, skeleton: str, seed: int = 0) -> dict[int, np.ndarray]:
-    """{instance id: (K, 2) native image points}: GT where labelled, random in the box else."""
+    """{instance id: (K, 2) native image points}: GT where the dataset labels the keypoint
+    (matched by canonical name), random in the box else."""
     rng = np.random.default_rng(seed)
+    sk = SKELETONS[skeleton]
+    both = unified_skeleton("union", [dataset.skeleton, sk])  # unified21 for COCO / MPII
     out = {}
     for inst in dataset.instances:
         x, y, w, h = inst.bbox
-        pts = np.stack([rng.uniform(x, x + w, 21), rng.uniform(y, y + h, 21)], -1)
-        labelled = inst.unified[:, 2] > 0
-        pts[labelled] = inst.unified[labelled, :2]
-        out[inst.instance_id] = unified_to_native(pts, SKELETONS[skeleton])
+        u = both.num_keypoints
+        pts = np.stack([rng.uniform(x, x + w, u), rng.uniform(y, y + h, u)], -1)
+        kp = native_to_unified(inst.keypoints, dataset.skeleton, both)
+        labelled = kp[:, 2] > 0
+        pts[labelled] = kp[labelled, :2]
+        out[inst.instance_id] = unified_to_native(pts, sk, both)
     return out
 
 

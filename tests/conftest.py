@@ -141,3 +141,18 @@ def tiny_student_run(tmp_path_factory) -> Path:
     torch.save({"model": model.state_dict(), "config": {"model": "tiny", "input_wh": [48, 64]}},
                run / "best.pt")
     return run
+
+
+@pytest.fixture
+def skeleton_registry():
+    """Whatever a test adds to the known skeletons, unified skeletons and dataset kinds
+    (load_skeleton_file, `uni --skeletons` run in-process) is forgotten after it."""
+    from uniskel.pipeline import skeletons
+
+    tables = (skeletons.SKELETONS, skeletons._UNIFIED_KNOWN, skeletons._KINDS,
+              skeletons._ORIGIN)
+    saved = [dict(t) for t in tables]
+    yield skeletons
+    for table, before in zip(tables, saved, strict=True):
+        table.clear()
+        table.update(before)

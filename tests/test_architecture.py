@@ -20,8 +20,9 @@ PACKAGES = ("pipeline", "stores", "student")
 PROJECT = PACKAGES + ("cli",)
 
 FOUNDATION = {"pipeline", *(f"pipeline.{m}" for m in (
-    "errors", "files", "faults", "skeletons", "geometry", "heatmaps", "crops", "json_stream",
-    "annotations", "dataset_cache", "datasets", "synth", "draw", "devices", "teachers"))}
+    "errors", "files", "faults", "skeleton_defs", "skeletons", "geometry", "heatmaps", "crops",
+    "json_stream", "annotations", "mpii_reader", "dataset_cache", "datasets", "synth", "draw",
+    "devices", "teachers"))}
 STAGE_ONE = {"pipeline.cache", "pipeline.cache_tasks"}  # its top: client and worker side
 MAY_IMPORT = {
     "foundation": {"foundation"},

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from conftest import DATA
@@ -151,6 +152,57 @@ def test_unreadable_images_skipped_or_strict(heatmap_teacher, tmp_path):
     r = open_store(s.path)
     skipped_rows = [r.row_of[i] for i in s.skipped]
     assert done.sum() + n_victim == s.instances and not done[skipped_rows].any()
+
+
+def test_wrong_image_folder_stops_and_skipped_people_are_retried(heatmap_teacher, tmp_path):
+    """Issue 16: the Halpe sample without its image folder (`:samples/coco/images`) stops with
+    one line naming the folder, before any store is made; a few missing images are skipped,
+    the store left partial, and a rerun once they are back completes it (legacy stores that
+    were marked complete with skips too), equal to a run that never missed them."""
+    from click.testing import CliRunner
+
+    from uniskel.cli import uni
+
+    halpe = DATA / "halpe/test_halpe.json"
+    out = tmp_path / "out"
+    res = CliRunner().invoke(uni, ["cache-teachers", "--data", f"halpe:{halpe}", "--teacher",
+                                   str(heatmap_teacher), "--out", str(out), "--workers", "1"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert str(DATA / "halpe/images") in res.output and "4 of 4 images" in res.output
+    assert not out.exists()  # no store, let alone a complete one
+    res = CliRunner().invoke(uni, ["inspect-data", f"halpe:{halpe}", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["missing_images"] == 4, res.output
+    res = CliRunner().invoke(uni, ["inspect-data", f"halpe:{halpe}:{IMAGES}"])
+    assert "missing    0 of 4 images with people" in res.stdout, res.output
+
+    images = tmp_path / "images"
+    shutil.copytree(IMAGES, images)
+    spec = f"halpe:{halpe}:{images}"
+    gone = sorted(images.iterdir())[0]
+    users = [i.instance_id for i in load_dataset(spec).instances if i.image_path == gone]
+    gone.unlink()  # 1 of the 4 images: skipped, not fatal
+    (s,) = cache_teachers([spec], [heatmap_teacher], out, workers=1, progress=False)
+    assert sorted(s.skipped) == sorted(users) and s.computed == s.instances - len(users) > 0
+    assert f"{len(users)} skipped, will be retried on the next run" in format_run_summary(s)
+    r = open_store(s.path)
+    assert not r.complete and sorted(r.skipped) == sorted(users) and r.verify() == []
+    assert r.done.sum() == s.instances - len(users)
+    r.close()
+    with h5py.File(s.path, "r+") as f:  # as an older uni left it: complete, skips frozen in
+        f.attrs["complete"] = 1
+
+    shutil.copy(IMAGES / gone.name, gone)
+    (again,) = cache_teachers([spec], [heatmap_teacher], out, workers=1, progress=False)
+    assert again.computed == len(users) and not again.skipped
+    (fresh,) = cache_teachers([spec], [heatmap_teacher], tmp_path / "fresh", workers=1,
+                              progress=False)
+    for a, b in zip(_contents(again.path), _contents(fresh.path), strict=True):
+        np.testing.assert_array_equal(a, b)
+    r = open_store(again.path)
+    assert r.complete and r.skipped == {} and r.verify() == []
+    r.close()
+    (last,) = cache_teachers([spec], [heatmap_teacher], out, workers=1, progress=False)
+    assert last.up_to_date
 
 
 def test_two_workers_match_one(heatmap_teacher, tmp_path):

@@ -232,7 +232,7 @@ def test_missing_file_invalid_json_unknown_format(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{ not json")
     _assert_one_line_error(_cli(["inspect-data", f"coco:{bad}"]), "bad.json", "not valid JSON")
-    _assert_one_line_error(_cli(["inspect-data", f"openpose:{bad}"]), "openpose", "format")
+    _assert_one_line_error(_cli(["inspect-data", f"openpose:{bad}"]), "openpose", "dataset kind")
 
 
 def test_bad_mpii_record_names_record_and_field(tmp_path, data_dir):

@@ -24,13 +24,14 @@ def test_json_is_one_object_matching_the_files(data_dir):
     r = _run("inspect-data", spec, "--json")
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)  # exactly one JSON document, nothing else on stdout
-    assert set(out) == {"images", "instances", "keypoints"}
+    assert set(out) == {"images", "instances", "keypoints", "missing_images"}
+    assert out["missing_images"] == 0
     assert (out["images"], out["instances"]) == (4, 12)
     assert list(out["keypoints"]) == list(UNIFIED_NAMES)
     raw = json.loads((data_dir / "coco" / "test_coco.json").read_text())
     kept = [a for a in raw["annotations"] if not a["iscrowd"] and a["num_keypoints"] > 0]
     assert out["keypoints"]["left_ear"] == sum(a["keypoints"][3 * 3 + 2] > 0 for a in kept)
-    assert out == summarize(load_dataset(spec))
+    assert out == {**summarize(load_dataset(spec)), "missing_images": 0}
 
 
 def test_table_lists_every_keypoint(data_dir):

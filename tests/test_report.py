@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from uniskel.cli import uni
-from uniskel.student.report import markdown_table, report_rows, write_report
+from uniskel.student.report import markdown_table, report_rows, scored_notes, write_report
 
 COCO, MPII, HALPE = "coco:a/val.json", "mpii:b/val.json", "halpe:c/val.json"
 
@@ -88,3 +88,38 @@ def test_report_names_must_match_runs(tmp_path, data_dir, tiny_student_run):
     r = CliRunner().invoke(uni, ["report", str(tiny_student_run), "--data",
                                  f"coco:{data_dir}/coco/test_coco.json", "--names", "a,b"])
     assert r.exit_code == 2 and "--names" in r.stderr
+
+
+def test_scored_notes_say_what_each_column_covers():
+    aic = "aic:d/aic.json"
+    results = {"a": {aic: {**_r("AP", 50.0), "scored": "14 of aic14"},
+                     HALPE: {**_r("AP", 40.0), "scored": "18 of halpe26"}},
+               "b": {aic: {**_r("AP", 55.0), "scored": "14 of aic14"},
+                     HALPE: {**_r("AP", 45.0), "scored": "24 of halpe26"}}}
+    assert scored_notes(results) == ["aic AP: 14 of aic14",
+                                     "halpe AP: 18 of halpe26 (a); 24 of halpe26 (b)"]
+
+
+def test_report_over_four_kinds(tmp_path, data_dir, tiny_student_run, heatmap_teacher):
+    """A student and a COCO-17 teacher on the real AIC, CrowdPose, sub-JHMDB and PoseTrack18
+    samples: one column per kind by its metric, no Average (neither coco nor mpii), and a note
+    per column saying which keypoints it scored."""
+    specs = [f"aic:{data_dir}/aic/test_aic.json",
+             f"crowdpose:{data_dir}/crowdpose/test_crowdpose.json",
+             f"jhmdb:{data_dir}/jhmdb/test_jhmdb_sub1.json",
+             f"posetrack18:{data_dir}/posetrack18/test_posetrack18_val.json"]
+    out = tmp_path / "rep"
+    r = CliRunner().invoke(uni, ["report", str(tiny_student_run), str(heatmap_teacher),
+                                 *[a for s in specs for a in ("--data", s)], "--out", str(out),
+                                 "--names", "student,teacher", "--no-flip-test"])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.strip().splitlines()
+    assert lines[0] == "| model | aic AP | crowdpose AP | jhmdb PCK@0.2 | posetrack18 AP |"
+    notes = ["- aic AP: 14 of aic14", "- crowdpose AP: 14 of crowdpose14",
+             "- jhmdb PCK@0.2: 14 of jhmdb15", "- posetrack18 AP: 15 of posetrack17"]
+    assert lines[-4:] == notes
+    assert (out / "report.md").read_text().strip().splitlines()[-4:] == notes
+    with open(out / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["model"] for row in rows] == ["student", "teacher"]
+    assert all(0 <= float(v) <= 100 for row in rows for k, v in row.items() if k != "model")

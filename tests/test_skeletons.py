@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -185,3 +187,167 @@ def test_blazepose33_flip_pairs_by_name():
     assert pairs == {(f"left_{j}", f"right_{j}") for j in joints} | {("mouth_left", "mouth_right")}
     assert len(sk.flip_pairs) == 16
     assert sk.flip_index[0] == 0  # the nose stays
+
+
+# samples/README.md: flip pairs and sigmas of the new samples, in their native order.
+README_FLIP = {
+    "aic14": {(0, 3), (1, 4), (2, 5), (6, 9), (7, 10), (8, 11)},
+    "crowdpose14": {(0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (10, 11)},
+    "jhmdb15": {(3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14)},
+    "posetrack17": {(3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)},
+}
+README_SIGMAS = {
+    "crowdpose14": [.079, .079, .072, .072, .062, .062, .107, .107, .087, .087, .089, .089, .079,
+                    .079],
+    "jhmdb15": [.025, .107, .025, .079, .079, .107, .107, .072, .072, .087, .087, .062, .062, .089,
+                .089],
+    "posetrack17": [.026, .025, .025, .035, .035, .079, .079, .072, .072, .062, .062, .107, .107,
+                    .087, .087, .089, .089],
+}
+
+
+@pytest.mark.parametrize("name", sorted(README_FLIP))
+def test_new_skeletons_against_samples_readme(name):
+    sk = SKELETONS[name]
+    assert {tuple(sorted(p)) for p in sk.flip_pairs} == README_FLIP[name]
+    if name in README_SIGMAS:
+        assert sk.sigmas == pytest.approx(README_SIGMAS[name])
+    assert sk.sigmas is not None and len(sk.sigmas) == sk.num_keypoints
+
+
+def test_unified27_and_union():
+    from uniskel.pipeline.skeletons import UNIFIED, known_unified, unified_skeleton
+
+    u27 = unified_skeleton("unified27")
+    assert u27.keypoints[:21] == UNIFIED.keypoints and u27.num_keypoints == 27
+    assert unified_skeleton("unified21") is UNIFIED and known_unified()["unified27"] is u27
+    halpe, wb = get_skeleton("halpe26"), get_skeleton("coco_wholebody23")
+    assert unified_skeleton("union", [get_skeleton("coco17"), halpe]) is u27
+    assert halpe.mask(u27).sum() == 26 and wb.mask(u27).sum() == 23
+    assert halpe.mask(u27)[18] == 0  # thorax: no Halpe counterpart
+    # COCO-WholeBody's feet in its own order land on the same unified27 slots as Halpe's.
+    kp = np.arange(23 * 3, dtype=float).reshape(23, 3)
+    u = native_to_unified(kp, wb, u27)
+    for name in ("left_big_toe", "right_heel"):
+        assert (u[u27.keypoints.index(name)] == kp[wb.keypoints.index(name)]).all()
+    np.testing.assert_array_equal(unified_to_native(u, wb, u27), kp)
+    # A union in first-seen order; sigmas from the first skeleton defining one, else .08.
+    union = unified_skeleton("union", [wb, get_skeleton("blazepose33"), halpe])
+    assert union.keypoints[21:24] == ("left_big_toe", "left_small_toe", "left_heel")
+    assert union.sigmas[21] == pytest.approx(0.068)  # COCO-WholeBody's left_big_toe
+    assert union.sigmas[union.keypoints.index("mouth_left")] == pytest.approx(0.08)
+    assert "belly" not in unified_skeleton("union", [get_skeleton("jhmdb15")]).keypoints
+    with pytest.raises(UniError, match="unknown unified skeleton 'u99'.*unified27.*union"):
+        unified_skeleton("u99")
+
+
+@pytest.mark.parametrize("name", sorted(SKELETONS))
+def test_definition_json_round_trip(name):
+    from uniskel.pipeline.skeletons import Skeleton
+
+    sk = SKELETONS[name]
+    back = Skeleton.from_json(json.loads(json.dumps(sk.to_json())), "x")
+    assert back == sk and hash(back) == hash(sk)
+    bad = {**sk.to_json(), "canonical": [None] * (sk.num_keypoints - 1)}
+    with pytest.raises(UniError, match="x field 'canonical'"):
+        Skeleton.from_json(bad, "x")
+
+
+def test_store_records_the_skeleton_definition(tmp_path, skeleton_registry):
+    """A store of a user's skeleton reads without the user's file; older stores (no
+    definition attribute) read the known skeleton of their name."""
+    import h5py
+
+    from uniskel.stores.create import create_store
+    from uniskel.stores.heatmap_store import StoreMeta, open_store
+
+    f = tmp_path / "s.toml"
+    f.write_text('[skeletons.two]\nkeypoints = ["l_tip", "r_tip", "neck"]\n'
+                 'canonical = { l_tip = "left_wrist", r_tip = "right_wrist" }\n')
+    skeleton_registry.load_skeleton_file(f)
+    two = get_skeleton("two")
+
+    def meta(name, sk, k):
+        return StoreMeta("t", "a" * 64, {}, name, "d" * 64, "x:y", (8, 8), 1.25, True, (k, 2, 2),
+                         skeleton_def=sk)
+
+    create_store(tmp_path / "two.h5", meta("two", two, 3), [1, 2])
+    del skeleton_registry.SKELETONS["two"]
+    r = open_store(tmp_path / "two.h5")
+    assert r.meta.skeleton_def == two and r.meta.skeleton_def.to_unified == (9, 10, None)
+    assert json.loads(r.attrs["to_unified"]) == [9, 10, None]
+    r.close()
+    create_store(tmp_path / "old.h5", meta("coco17", None, 17), [1])
+    with h5py.File(tmp_path / "old.h5", "a") as h:
+        del h.attrs["skeleton_def"]
+    assert open_store(tmp_path / "old.h5").meta.skeleton_def is SKELETONS["coco17"]
+    with pytest.raises(UniError, match="does not match"):
+        create_store(tmp_path / "bad.h5", meta("coco17", two, 17), [1])
+
+
+def test_teacher_carries_a_user_skeleton(tmp_path, skeleton_registry, heatmap_teacher):
+    """describe-teacher --skeleton accepts a user's skeleton and stamps its definition, so the
+    teacher reads (and caches) without the file."""
+    from click.testing import CliRunner
+
+    from uniskel.cli import uni
+    from uniskel.pipeline.teachers import read_info
+
+    f = tmp_path / "s.toml"
+    names = [f"p{i}" for i in range(17)]
+    f.write_text(f'[skeletons.plain17]\nkeypoints = {json.dumps(names)}\n'
+                 'canonical = { p0 = "nose" }\n')
+    model = heatmap_teacher  # described as coco17: described again, into a copy
+    r = CliRunner().invoke(uni, ["describe-teacher", str(model), "--skeleton", "plain17",
+                                 "--head", "heatmap", "--out", str(tmp_path / "d.onnx")])
+    assert r.exit_code == 2 and "unknown 'plain17'" in r.stderr
+    r = CliRunner().invoke(uni, ["--skeletons", str(f), "describe-teacher", str(model),
+                                 "--skeleton", "plain17", "--head", "heatmap", "--out",
+                                 str(tmp_path / "d.onnx")])
+    assert r.exit_code == 0, r.output
+    del skeleton_registry.SKELETONS["plain17"]
+    info = read_info(tmp_path / "d.onnx")
+    assert info.skeleton_def.keypoints == tuple(names) and info.skeleton_def.to_unified[0] == 0
+    assert info.num_keypoints == 17
+
+
+_names = st.sampled_from(["nose", "neck", "left_eye", "right_eye", "l_hip", "r_hip", "head_top",
+                          "upper_neck", "belly", "left_x", "", "mouth_left", "mouth_right"])
+_values = st.none() | st.booleans() | st.integers(-2, 3) | st.floats(allow_nan=True) | _names
+_skeleton_tables = st.fixed_dictionaries({}, optional={
+    "keypoints": st.lists(_names, unique=True, max_size=6) | st.lists(_names, max_size=3),
+    "canonical": st.dictionaries(_names, _names | _values, max_size=3) | _values,
+    "unmapped": st.lists(_names, max_size=2) | _values,
+    "sigmas": st.lists(st.floats(0.01, 0.2), max_size=6) | _values})
+_kind_tables = st.fixed_dictionaries({}, optional={
+    "reader": st.sampled_from(["coco", "mpii", "x"]) | _values,
+    "skeleton": st.sampled_from(["coco17", "mpii16", "a", "u"]) | _values,
+    "metric": st.sampled_from(["coco_ap", "pckh", "pck_bbox"]) | _values,
+    "fields": st.dictionaries(_names, st.integers(-1, 20) | _values, max_size=2) | _values,
+    "file_keypoints": st.lists(st.integers(0, 140), max_size=2) | _values,
+    "image_root": _names | _values})
+_files = st.fixed_dictionaries({}, optional={
+    "skeletons": st.dictionaries(st.sampled_from(["a", "b", "Bad-name"]), _skeleton_tables,
+                                 max_size=2),
+    "unified": st.dictionaries(st.sampled_from(["u", "a"]), _skeleton_tables, max_size=1),
+    "kinds": st.dictionaries(st.sampled_from(["k", "coco"]), _kind_tables, max_size=2)})
+
+
+@settings(max_examples=300, deadline=None)
+@given(_files)
+def test_fuzz_definitions_load_or_raise_one_line(data):
+    """Any TOML-shaped data either gives checked definitions or one line of UniError."""
+    from uniskel.pipeline.skeleton_defs import parse_definitions
+
+    try:
+        defs = parse_definitions(data, "f.toml", dict(SKELETONS))
+    except UniError as e:
+        assert "\n" not in str(e) and str(e).startswith("f.toml")
+        return
+    for sk in [*defs.skeletons.values(), *defs.unified.values()]:
+        flip = sk.flip_index
+        assert (flip[flip] == np.arange(sk.num_keypoints)).all()
+        named = [c for c in sk.canonical if c is not None]
+        assert len(set(named)) == len(named) and len(sk.canonical) == sk.num_keypoints
+        assert sk.sigmas is None or len(sk.sigmas) == sk.num_keypoints
+        assert type(sk).from_json(json.loads(json.dumps(sk.to_json())), "x") == sk

@@ -228,15 +228,27 @@ def test_partial_store_rows_and_finalize(tmp_path):
         with pytest.raises(UniError, match="neither written nor skipped"):
             w.finalize({3: "unreadable"})
         w.write(np.array([0, 2, 5]), _maps(3, 1), _affines(3))
-        w.finalize({4: "bad image", 3: "unreadable"})  # instance 3 (row 2) was written
+        # instance 3 (row 2) was written; a skipped row keeps the store partial (retried)
+        assert not w.finalize({4: "bad image", 3: "unreadable"})
     r = hs.open_store(path)
-    assert r.complete and r.skipped == {4: "bad image"}
+    assert not r.complete and r.skipped == {4: "bad image"}
     np.testing.assert_array_equal(r.done, [1, 1, 1, 0, 1, 1])
     np.testing.assert_array_equal(r.read(4)[0], hs.dequantize(*hs.quantize(_maps(2)[:1]))[0])
     np.testing.assert_array_equal(r.read(1)[1], _affines(2)[1])
     with pytest.raises(UniError, match="instance 4 .*not in the store"):
         r.read(3)
+    assert hs.check_compatible(path, _meta()) == "partial" and r.verify() == []
+    r.close()
+    with sw.StoreWriter(path) as w:  # the retry: the image was mended
+        w.write(np.array([3]), _maps(1, 2), _affines(1))
+        assert w.finalize({})
+    r = hs.open_store(path)
+    assert r.complete and r.skipped == {} and r.done.all()
     assert hs.check_compatible(path, _meta()) == "complete"
+    r.close()
+    with sw.StoreWriter(path) as w:  # reopened (a store an older uni froze with skips)
+        w.reopen()
+    assert hs.check_compatible(path, _meta()) == "partial"
 
 
 def test_rewriting_done_rows_replaces_them(tmp_path):
@@ -725,6 +737,11 @@ def test_inspect_store_cli(store):
     assert s["heatmap_shape"] == [K, H, W] and s["teacher_sha256"] == "a" * 64
     assert s["raw_fp16_bytes"] == 2 * maps[0].size * len(ids) and s["codec"] == hs.CODEC
     assert s["compression_ratio_fp16"] == pytest.approx(s["raw_fp16_bytes"] / path.stat().st_size)
+    # Issue 16: attributes holding JSON come out as JSON values, no JSON inside strings.
+    a = s["attrs"]
+    assert a["heatmap_shape"] == [K, H, W] and a["skipped"] == {} and a["complete"] == 1
+    assert isinstance(a["teacher_metadata"], dict) and isinstance(a["to_unified"], list)
+    assert not [k for k, v in a.items() if isinstance(v, str) and v[:1] in ("[", "{")]
     res = runner.invoke(uni, ["inspect-store", str(path)])
     assert res.exit_code == 0 and "complete" in res.output and "x smaller" in res.output
     _corrupt_chunk(path, 2)

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from uniskel.cli import uni
 from uniskel.pipeline.errors import UniError
+from uniskel.pipeline.skeletons import UNIFIED, Skeleton, unified_skeleton
 from uniskel.student.checkpoint import (
     Position,
     load_checkpoint,
@@ -19,6 +20,7 @@ from uniskel.student.checkpoint import (
     restore,
     run_name,
     save_checkpoint,
+    student_unified,
 )
 from uniskel.student.models import build_model
 
@@ -124,3 +126,30 @@ def test_run_name(tmp_path):
     assert run_name(tmp_path / "my_run") == "my_run"
     assert run_name(tmp_path / "my_run" / "best.pt") == "my_run"
     assert run_name(Path("best.pt")) == "best"
+
+
+def test_the_unified_skeleton_travels_with_the_checkpoint(tmp_path):
+    """A student of a skeleton no file defines any more (a union) is rebuilt from its
+    checkpoint alone, with its U channels; a checkpoint older than the choice is unified21;
+    weights that do not fit the recorded skeleton are one line."""
+    u23 = unified_skeleton("union", [Skeleton.build("mini3", ["nose", "navel", "chin"], None,
+                                                   None, "test")])
+    assert u23.num_keypoints == 23 and u23.keypoints[-2:] == ("navel", "chin")
+    model = build_model("tiny", u23.num_keypoints)
+    opt = torch.optim.AdamW(model.parameters())
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(run / "last.pt", model, opt, Position(), {"model": "tiny",
+                    "input_wh": [48, 64]}, [], unified=u23)
+    assert student_unified(run) == u23 == student_unified(load_checkpoint(run / "last.pt"))
+    rebuilt, _ = load_student(run)
+    assert rebuilt(torch.zeros(1, 3, 64, 48)).shape == (1, 23, 16, 12)
+    old = tmp_path / "old.pt"
+    torch.save(_student_state(), old)
+    assert student_unified(old) == UNIFIED and load_student(old)[0].head.out_channels == 21
+    wrong = {**load_checkpoint(run / "last.pt"), "unified": UNIFIED.to_json()}
+    torch.save(wrong, tmp_path / "wrong.pt")
+    with pytest.raises(UniError, match=r"wrong\.pt: the weights do not fit a tiny student with "
+                                       r"21 keypoints \(unified21\)") as e:
+        load_student(tmp_path / "wrong.pt")
+    assert "\n" not in str(e.value)

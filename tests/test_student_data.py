@@ -179,3 +179,37 @@ def test_store_errors_name_the_store(setup, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UniError, match="no \\*.h5 stores"):
         match_stores([tmp_path / "empty"], sets)
+
+
+def test_a_numerically_empty_teacher_map_is_stored_empty():
+    """A map peaking at 1e-40 (a sigmoid far below 0, e.g. a teacher's keypoint it never
+    sees) is quantised as empty; before, its scale underflowed to 0 beside a 255 peak and the
+    store failed its own verification."""
+    from uniskel.stores.encode import quantize
+
+    hm = np.zeros((1, 3, 4, 4), np.float32)
+    hm[0, 0, 1, 1], hm[0, 1, 2, 2], hm[0, 2, 0, 0] = 1e-40, 0.5, 1e-44
+    with np.errstate(all="raise"):
+        q, scales = quantize(hm)
+    assert q.max((2, 3)).tolist() == [[0, 255, 0]]
+    assert scales[0, 0] == 0 and scales[0, 2] == 0 and scales[0, 1] > 0
+
+
+def test_teacher_keypoints_without_a_slot_are_dropped():
+    """Halpe-26's feet have no slot in unified21 (dropped) but have one in unified27; a teacher
+    with no keypoint in the run's skeleton teaches nothing (and does not fail)."""
+    from uniskel.pipeline.skeletons import Skeleton, get_skeleton
+    from uniskel.student.data import teacher_targets
+
+    maps = np.zeros((26, 8, 6), np.float32)
+    maps[:, 4, 3] = 1.0  # every keypoint at the grid centre
+    same = np.array([[1.0, 0, 0], [0, 1.0, 0]])  # the teacher's grid is the student's
+    halpe, u27 = get_skeleton("halpe26"), get_skeleton("unified27")
+    t21, _, w21 = teacher_targets(maps, same, halpe, same, False, (6, 8))
+    t27, _, w27 = teacher_targets(maps, same, halpe, same, False, (6, 8), u27)
+    assert t21.shape == (21, 8, 6) and t27.shape == (27, 8, 6)
+    assert (w21 > 0.99).sum() == 20 and w21[18] == 0  # all but thorax (Halpe has none)
+    assert (w27[21:] > 0.99).all() and np.allclose(t27[:21], t21)
+    odd = Skeleton.build("odd2", ["navel", "chin"], None, None, "test")
+    t, spatial, w = teacher_targets(maps[:2], same, odd, same, True, (6, 8))
+    assert t.shape == (21, 8, 6) and not t.any() and not w.any() and spatial.all()

@@ -18,8 +18,9 @@ from click.testing import CliRunner
 
 from uniskel.cli import uni
 from uniskel.pipeline.datasets import load_dataset
+from uniskel.pipeline.errors import UniError
 from uniskel.student.checkpoint import load_checkpoint, load_student
-from uniskel.student.config import teacher_weights
+from uniskel.student.config import read_config_file, resolve_config, teacher_weights
 from uniskel.student.data import PoseSamples, collate, match_stores
 from uniskel.student.losses import total_loss
 from uniskel.student.models import build_model
@@ -44,7 +45,7 @@ def synth(synth_dir, tmp_path_factory):
 def _config(specs, stores, out, **kw) -> dict:
     cfg = dict(data=specs, stores=[str(stores)] if stores else [], out=str(out), model="tiny",
                input_wh=[48, 64], epochs=1, batch_size=8, workers=0, val_fraction=0.0,
-               lr=3e-3, warmup_steps=5)
+               lr=3e-3, warmup_steps=5, threads=1)  # one thread: fast on a busy machine too
     cfg.update(kw)
     return cfg
 
@@ -88,7 +89,8 @@ def test_resume_after_sigkill_finishes_exactly(synth, tmp_path):
     cfg_file = tmp_path / "run.toml"
     lines = [f"data = {specs!r}".replace("'", '"'), f'stores = ["{stores}"]', 'model = "tiny"',
              'input-size = "64x48"', "epochs = 3", "batch-size = 8", "workers = 0",
-             "val-fraction = 0.1", "save-every = 1", "lr = 0.003", "warmup-steps = 5"]
+             "val-fraction = 0.1", "save-every = 1", "lr = 0.003", "warmup-steps = 5",
+             "threads = 1"]
     cfg_file.write_text("\n".join(lines) + "\n")
     run = tmp_path / "killed"
     cmd = [str(BIN / "uni"), "train-student", "--config", str(cfg_file), "--out", str(run)]
@@ -112,7 +114,7 @@ def test_resume_after_sigkill_finishes_exactly(synth, tmp_path):
     # The same run without the kill ends with the same weights.
     cfg = dict(data=specs, stores=[str(stores)], out=str(tmp_path / "straight"), model="tiny",
                input_wh=[48, 64], epochs=3, batch_size=8, workers=0, val_fraction=0.1,
-               lr=0.003, warmup_steps=5)
+               lr=0.003, warmup_steps=5, threads=1)
     straight = _state(train(cfg, progress=False) / "last.pt")
     assert straight["step"] == final["step"]
     for k, v in straight["model"].items():
@@ -185,7 +187,7 @@ def test_corrupt_image_is_skipped_or_fatal_with_strict(synth_dir, tmp_path):
     first.write_bytes(b"not a jpeg")
     users = sum(i.image_path == first for i in load_dataset(spec).instances)
     cfg = tmp_path / "c.toml"
-    cfg.write_text("max-steps = 200\nval-fraction = 0.0\n")
+    cfg.write_text("max-steps = 200\nval-fraction = 0.0\nthreads = 1\n")
     base = ["--config", str(cfg), "--data", spec, "--input-size", "64x48", "--epochs", "1",
             "--batch-size", "8", "--workers", "0"]
     ok = _cli(base + ["--out", str(tmp_path / "ok")])
@@ -230,7 +232,7 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(synth_dir, tmp_path, mo
         return loss, terms
 
     cfg = tmp_path / "c.toml"
-    cfg.write_text("val-fraction = 0.0\nsave-every = 1\n")
+    cfg.write_text("val-fraction = 0.0\nsave-every = 1\nthreads = 1\n")
     base = ["--config", str(cfg), "--data", f"coco:{synth_dir / 'coco/train.json'}",
             "--input-size", "64x48", "--batch-size", "8", "--workers", "0"]
     run = tmp_path / "nan"
@@ -245,3 +247,27 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(synth_dir, tmp_path, mo
     _one_line_error(_cli(base + ["--out", str(tmp_path / "inf"), "--gt-weight", "1e39"]),
                     "step 1: the training loss is not finite (total inf); stopped, no "
                     "checkpoint was written")
+
+
+def test_unified_and_skeleton_file_keys(tmp_path, synth_dir):
+    """`skeletons` paths are relative to the config file; a bad `unified` is one line before
+    anything is written; `--unified` picks the head."""
+    (tmp_path / "cfg").mkdir()
+    cfg_file = tmp_path / "cfg" / "run.toml"
+    cfg_file.write_text('skeletons = "defs/mine.toml"\nunified = "unified27"\nthreads = 1\n')
+    cfg = read_config_file(cfg_file)
+    assert cfg["skeletons"] == [str(tmp_path / "cfg" / "defs" / "mine.toml")]
+    resolved = resolve_config({**cfg, "data": ["coco:x.json"], "out": "r"})
+    assert resolved["unified"] == "unified27" and resolved["threads"] == 1
+    with pytest.raises(UniError, match="config: unified must be a skeleton name"):
+        resolve_config({"data": ["coco:x.json"], "out": "r", "unified": 27})
+    run = tmp_path / "r"
+    spec = f"coco:{synth_dir / 'coco/train.json'}"
+    _one_line_error(_cli(["--data", spec, "--out", str(run), "--unified", "feet99"]),
+                    "unknown unified skeleton 'feet99'; known: unified21, unified27")
+    assert not run.exists()
+    missing = tmp_path / "cfg" / "gone.toml"
+    missing.write_text('skeletons = "nowhere.toml"\n')
+    _one_line_error(_cli(["--config", str(missing), "--data", spec, "--out", str(run)]),
+                    "nowhere.toml")
+    assert not run.exists()

@@ -193,3 +193,44 @@ def test_cli_synth(tmp_path):
         assert load_dataset(spec).instances
     r = CliRunner().invoke(uni, ["synth", "--out", str(tmp_path), "--persons", "6"])
     assert r.exit_code == 2 and "already exists" in r.stderr
+
+
+def test_output_paths_that_cannot_be_made_are_one_line(tmp_path, data_dir):
+    """Issue 16: `uni synth --out /etc/passwd/x` printed a traceback. Every command's output
+    path under a file is one line, exit 2, before any work; so is an image folder that is a
+    file (`inspect-data coco:ANN:/etc/passwd` said nothing)."""
+    from click.testing import CliRunner
+
+    from uniskel.cli import uni
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    under = str(a_file / "x")
+    spec = f"coco:{data_dir / 'coco/test_coco.json'}"
+    config = tmp_path / "exp.toml"
+    config.write_text(f'out = "{under}"\ndata = ["{spec}"]\n')
+    commands = [
+        ["synth", "--out", under],
+        ["cache-teachers", "--data", spec, "--teacher", "t.onnx", "--out", under],
+        ["train-student", "--data", spec, "--out", under],
+        ["train-student", "--config", str(config)],
+        ["inspect-data", spec, "--draw", "1", "--out", under],
+        ["inspect-store", "s.h5", "--draw", "1", "--out", under],
+        ["describe-teacher", "m.onnx", "--skeleton", "coco17", "--head", "heatmap",
+         "--out", under],
+        ["evaluate", "m.onnx", "--data", spec, "--save-predictions", under],
+        ["report", "run", "--data", spec, "--out", under],
+        ["export", "run", "--out", under],
+        ["predict", "m.onnx", "i.jpg", "--out", under],
+        ["demo", "--out", under],
+    ]
+    for args in commands:
+        r = CliRunner().invoke(uni, args)
+        assert r.exit_code == 2 and r.output.count("\n") == 1, (args, r.output)
+        assert f"{a_file} is a file, not a folder" in r.output, (args, r.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "exp.toml"]
+    r = CliRunner().invoke(uni, ["synth", "--out", str(a_file)])  # the folder itself a file
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and str(a_file) in r.output
+    r = CliRunner().invoke(uni, ["inspect-data", f"{spec}:{a_file}"])
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert f"{a_file}: the IMAGE_ROOT" in r.output and "not a folder" in r.output

@@ -70,7 +70,10 @@ def test_missing_and_mismatched_metadata(tmp_path, heatmap_teacher):
     assert "'outputs'" in _one_line_error(stamp("a.onnx", outputs='["nope"]'))
     # 17 channels cannot hold the 21 unified keypoints.
     assert "17 channels" in _one_line_error(
-        stamp("b.onnx", skeleton='"unified21"', num_keypoints="21"))
+        stamp("b.onnx", skeleton='"unified21"', num_keypoints="21", skeleton_def="null"))
+    # The embedded definition must be the named skeleton's.
+    assert "'uni.skeleton_def'" in _one_line_error(stamp("b2.onnx", skeleton_def='{"name": 1}'))
+    assert "defines 'coco17'" in _one_line_error(stamp("b3.onnx", skeleton='"unified21"'))
     assert "input_wh" in _one_line_error(stamp("c.onnx", input_wh="[64, 64]"))
     assert "'head'" in _one_line_error(stamp("d.onnx", head='"regression"'))
     model = onnx.load(str(heatmap_teacher))
@@ -292,6 +295,30 @@ def test_cli_describe_teacher(tmp_path):
     r = subprocess.run(uni + ["describe-teacher", str(bare), "--skeleton", "coco17", "--head",
                               "heatmap"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "rank 3" in r.stderr
+
+
+def test_cli_describe_teacher_writes_a_copy_unless_in_place(tmp_path):
+    """Issue 16: the user's model file is left alone (same sha256) unless --in-place."""
+    from click.testing import CliRunner
+
+    from uniskel.cli import uni
+    from uniskel.pipeline.files import file_sha256
+
+    bare = make_simcc_teacher(tmp_path / "s.onnx", k=16)
+    before = file_sha256(bare)
+    args = ["describe-teacher", str(bare), "--skeleton", "mpii16", "--head", "simcc"]
+    res = CliRunner().invoke(uni, args)
+    copy = tmp_path / "s.described.onnx"
+    assert res.exit_code == 0, res.output
+    assert file_sha256(bare) == before and f"wrote {copy}, a described copy" in res.stderr
+    assert read_info(copy).name == "s" and read_info(copy).skeleton == "mpii16"
+    with pytest.raises(UniError, match="no uni teacher metadata"):
+        read_info(bare)
+    res = CliRunner().invoke(uni, [*args, "--in-place", "--out", str(tmp_path / "x.onnx")])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "not both" in res.output
+    res = CliRunner().invoke(uni, [*args, "--in-place"])
+    assert res.exit_code == 0 and f"rewrote {bare} in place" in res.stderr, res.output
+    assert file_sha256(bare) != before and read_info(bare).skeleton == "mpii16"
 
 
 def test_cli_describe_teacher_input_size_is_h_by_w(tmp_path):

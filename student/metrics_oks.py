@@ -1,0 +1,103 @@
+"""OKS metrics (docs/conventions.md "Metrics"): pycocotools' COCOeval, OKS-NMS, OKS accuracy.
+
+The COCO top-down protocol as MMPose and HRNet run it on detector boxes: each box's keypoints
+are rescored (instance score = box score × mean keypoint score above 0.2, student/predict.py
+`instance_score`), then per image a greedy OKS-NMS at 0.9 drops a result whose OKS with a
+better-scored kept one exceeds 0.9 (MMPose `oks_nms`: every keypoint, the dataset's sigmas, the
+mean of the two crop-box areas), then COCOeval scores what is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+
+import numpy as np
+
+OKS_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # COCOeval's iouThrs
+NMS_THRESHOLD = 0.9  # MMPose's nms_thr / oks_thr for COCO
+# pycocotools' stats[0..5]; -1 there (no ground truth of that size) becomes None.
+STATS = ("AP", "AP50", "AP75", "AP-M", "AP-L", "AR")
+
+
+def coco_eval(gt: dict, results: list[dict], sigmas: np.ndarray) -> dict[str, float | None]:
+    """pycocotools keypoint COCOeval (quietly) → {"AP", "AP50", "AP75", "AP-M", "AP-L", "AR"},
+    0–100. gt: a COCO-format dict; results: COCO keypoint results with K = len(sigmas)
+    (neither is modified: COCOeval writes into both, so it gets copies). No results: all 0."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if not results:  # loadRes cannot take an empty list; nothing found scores 0
+        return {k: 0.0 for k in STATS}
+    gt = copy.deepcopy(gt)
+    # Fields the dataset reader does not require but pycocotools reads without a default.
+    for a in gt["annotations"]:
+        a.setdefault("category_id", 1)
+        a["iscrowd"] = int(bool(a.get("iscrowd", 0)))  # PoseTrack writes JSON false
+        if "area" not in a:
+            a["area"] = float(a["bbox"][2] * a["bbox"][3]) if "bbox" in a else 0.0
+        if "num_keypoints" not in a:
+            a["num_keypoints"] = int(sum(v > 0 for v in a.get("keypoints", [])[2::3]))
+    if not gt.get("categories"):  # loadRes copies them; COCOeval takes its category ids there
+        cats = sorted({a["category_id"] for a in gt["annotations"]}) or [1]
+        gt["categories"] = [{"id": c, "name": str(c)} for c in cats]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(copy.deepcopy(results))
+        ev = COCOeval(coco_gt, coco_dt, "keypoints")
+        ev.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {k: (None if s < 0 else 100 * float(s)) for k, s in zip(STATS, ev.stats, strict=False)}
+
+
+def oks_between(a: np.ndarray, others: np.ndarray, area_a: float, areas: np.ndarray,
+                sigmas: np.ndarray) -> np.ndarray:
+    """OKS of one result with others, as MMPose's oks_iou (no visibility threshold):
+    a (K, ≥2), others (M, K, ≥2), areas (M,) → (M,) mean over all K keypoints of
+    exp(-d² / (2σ)² / ((area_a + area) / 2) / 2)."""
+    d2 = ((others[..., :2] - a[None, :, :2]) ** 2).sum(-1)  # (M, K)
+    scale = (area_a + areas[:, None]) / 2 + np.spacing(1)
+    return np.exp(-d2 / (2 * sigmas[None]) ** 2 / scale / 2).mean(-1)
+
+
+def oks_nms(keypoints: np.ndarray, scores: np.ndarray, areas: np.ndarray, sigmas: np.ndarray,
+            threshold: float = NMS_THRESHOLD) -> np.ndarray:
+    """One image's results: keypoints (N, K, ≥2), scores (N,), areas (N,) → kept indices, best
+    first. Greedy: take the best left, drop every other whose OKS with it is > threshold."""
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    keep = []
+    while order.size:
+        i, rest = order[0], order[1:]
+        keep.append(int(i))
+        oks = oks_between(keypoints[i], keypoints[rest], areas[i], areas[rest], sigmas)
+        order = rest[oks <= threshold]
+    return np.array(keep, np.int64)
+
+
+def keypoint_similarity(pred: np.ndarray, gt: np.ndarray, area: float,
+                        sigmas: np.ndarray) -> np.ndarray:
+    """pred, gt: (K, 2) → (K,) exp(-d² / (2 · area · (2σ)²)), COCOeval's per-keypoint term."""
+    d2 = ((pred - gt) ** 2).sum(-1)
+    return np.exp(-d2 / ((2 * sigmas) ** 2) / (area + np.spacing(1)) / 2)
+
+
+def oks_accuracy(pred: list[np.ndarray | None], gt: np.ndarray, areas: np.ndarray,
+                 sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per keypoint: the share of labelled GT keypoints whose similarity reaches t, mean over
+    t = 0.50 … 0.95. pred: per person (K, 2) or None (a miss); gt: (N, K, 3) →
+    (% (K,) NaN where none is labelled, counts (K,))."""
+    k = gt.shape[1]
+    hits, counts = np.zeros(k), np.zeros(k)
+    for p, g, area in zip(pred, gt, areas, strict=True):
+        labelled = g[:, 2] > 0
+        ks = np.zeros(k) if p is None else keypoint_similarity(p, g[:, :2], area, sigmas)
+        acc = (ks[:, None] >= OKS_THRESHOLDS[None]).mean(1)
+        hits += np.where(labelled, acc, 0.0)
+        counts += labelled
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 100 * hits / counts, counts
