@@ -3,6 +3,7 @@ describe-teacher, cache-teachers and evaluate, with nothing BlazePose-specific i
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,14 @@ from uniskel.pipeline.heatmaps import decode_heatmaps
 from uniskel.pipeline.skeletons import UNIFIED_NAMES, get_skeleton, native_to_unified
 from uniskel.stores.heatmap_store import open_store
 
-MODEL = Path(__file__).resolve().parents[1] / "samples/models/blazepose_full_256.onnx"
+REPO = Path(__file__).resolve().parents[1]
+MODEL = REPO / "samples/models/blazepose_full_256.onnx"
+
+
+def _readme_example() -> str:
+    """README's "A real model on real images" section: its figures must be this run's."""
+    text = (REPO / "README.md").read_text()
+    return text[text.index("## A real model on real images"):]
 
 # The README's describe-teacher line: everything model-specific is in these options.
 DESCRIBE = ["--skeleton", "blazepose33", "--head", "heatmap", "--output", "Identity_3",
@@ -64,9 +72,15 @@ def test_described_teacher_runs_one_crop_at_a_time(blazepose, coco_spec):
 def test_store_keypoints_near_ground_truth(blazepose, coco_spec, tmp_path, flip_test):
     """Argmax of each stored heatmap, back through the stored affine: ≥ 85 % of the labelled
     keypoints within 0.2 × max(box w, h) (the models README measured 90.6 % without flip)."""
-    _run("cache-teachers", "--data", coco_spec, "--teacher", blazepose, "--out", tmp_path,
-         "--workers", "1", *([] if flip_test else ["--no-flip-test"]))
+    out = _run("cache-teachers", "--data", coco_spec, "--teacher", blazepose, "--out", tmp_path,
+               "--workers", "1", *([] if flip_test else ["--no-flip-test"]))
     (path,) = tmp_path.glob("*.h5")
+    if flip_test:  # the README's run (flip test on by default): its summary line is this one's
+        pattern = r"(\d+) instances, (\d+) computed, (\d+) skipped,.*?([\d.]+) MB on disk"
+        said = re.search(pattern, _readme_example(), re.S).groups()
+        got = re.search(pattern, out, re.S).groups()
+        assert said[:3] == got[:3], (said, got)
+        assert abs(float(said[3]) - float(got[3])) <= 0.015, f"README {said[3]} MB, run {got[3]}"
     store = open_store(path)
     assert store.complete and store.meta.heatmap_shape == (33, 64, 64)
     assert store.meta.flip_test == flip_test
@@ -101,6 +115,11 @@ def test_evaluate_coco_ap(blazepose, coco_spec):
     assert r["value"] > 30.0, r["value"]
     flipped = evaluate([coco_spec], blazepose, flip_test=True, progress=False)[coco_spec]
     assert flipped["value"] > 30.0, flipped["value"]
+    # The README's table: "| COCO AP (AP50 / AP75) | 40.3 (…) | 45.0 (…) |".
+    said = re.search(r"\| COCO AP \(AP50 / AP75\) \| ([\d.]+) .*?\| ([\d.]+) ", _readme_example())
+    assert said, "README lost its BlazePose AP table"
+    assert [float(v) for v in said.groups()] == [round(r["value"], 1),
+                                                 round(flipped["value"], 1)]
     # Keypoints BlazePose lacks (pelvis, thorax, upper_neck, head_top) are not predicted.
     ds = load_dataset(coco_spec)
     kps = predict_boxes(load_predictor(blazepose), [(ds.image_path(r), ds.bboxes[r])
