@@ -263,6 +263,12 @@ def inspect_data(spec: str, as_json: bool, draw: int, out: Path | None,
         click.echo(f"images     {summary['images']}\ninstances  {summary['instances']}")
         where = f" (not found under {ds.spec.image_root}; first: {gone[0]})" if gone else ""
         click.echo(f"missing    {len(gone)} of {used} images with people{where}")
+        for key, label in (("videos", ""), ("frames", ""), ("ignore_regions", " polygons")):
+            if key in summary:  # where the file says (PoseTrack)
+                click.echo(f"{key.split('_')[0]:<11}{summary[key]}{label}")
+        if "crowd_index" in summary:  # CrowdPose: images per crowd class
+            click.echo("crowd      " + ", ".join(f"{c} {n}" for c, n in
+                                                 summary["crowd_index"].items()) + " images")
         click.echo(f"{'keypoint':<16}{'labeled':>8}")
         for name, count in summary["keypoints"].items():
             click.echo(f"{name:<16}{count:>8}")
@@ -479,7 +485,8 @@ def predict_cmd(model: Path, images: tuple[Path, ...], out: Path, boxes: Path | 
 @uni.command("demo")
 @click.option("--out", default="demo_out", show_default=True,
               type=OutPath(file_okay=False, path_type=Path))
-@click.option("--quick", is_flag=True, help="Tiny sizes (about 3 minutes): a smoke run.")
+@click.option("--quick", is_flag=True, help="About 3 minutes on 2 cores: smaller crops, and the "
+              "single-dataset students serve as the teachers.")
 @click.option("--seed", default=0, show_default=True)
 def demo_cmd(out: Path, quick: bool, seed: int) -> None:
     """The whole method on synthetic data: teachers, caches, four students, the paper's table."""

@@ -5,15 +5,17 @@ The file is streamed (pipeline/json_stream.py): each record is checked and copie
 columns as it is parsed, then dropped, so a dataset costs its arrays (~0.5 KB a COCO person) and
 never a Python object per person. Problems are collected while streaming and the one raised is
 the one a whole-file reader checking in this order would meet first (the order the tests pin):
-the file is JSON; the top-level fields; every image id (file order), every image file name; every
-annotation id (file order); then each annotation in id order — its keypoints, box, image id, that
-the image exists, its area. A bad record never stops the parse, so a file that is not JSON further
-on still says so.
+the file is JSON; the top-level fields; every image id (file order), every image file name, every
+image's own fields (file order); every annotation id (file order); then each annotation in id
+order — its keypoints, box, image id, that the image exists, its area. A bad record never stops
+the parse, so a file that is not JSON further on still says so.
 
 The COCO-style reader reads any skeleton by shape: a dataset kind (pipeline/skeletons.toml) names
 the annotation fields holding its K keypoints (COCO-WholeBody: "keypoints" + "foot_kpts"), and
 other counts a field may carry (Halpe: 136, of which the first 26). A person is kept when a
 keypoint has v > 0, whatever `num_keypoints` says (CrowdPose's counts only 12 of its 14).
+Image-level fields (CrowdPose's crowd index, PoseTrack's frame and video ids and ignore regions)
+are read wherever a file has them, whatever the kind: pipeline/image_fields.py.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 
 from uniskel.pipeline.errors import UniError
 from uniskel.pipeline.files import json_int
+from uniskel.pipeline.image_fields import ImageFields
 from uniskel.pipeline.json_stream import Streamed, read_json_stream
 from uniskel.pipeline.skeletons import DatasetKind, Skeleton
 
@@ -47,6 +50,27 @@ class Columns:
     keypoints: np.ndarray  # (N, K, 3) float64 native order [x, y, v]
     head_boxes: np.ndarray  # (N, 4) float64 x1, y1, x2, y2; NaN where unknown
     areas: np.ndarray  # (N,) float64
+    # Per image, where the file has them (README "Dataset kinds"); None here = none known.
+    crowd_index: np.ndarray | None = None  # (I,) float64 CrowdPose crowdIndex; NaN: absent
+    frame_ids: np.ndarray | None = None  # (I,) int64 PoseTrack frame_id; -1: absent
+    vid_ids: np.ndarray | None = None  # (I,) int64 PoseTrack vid_id ("012834" → 12834); -1
+    # Ignore regions, P polygons of V vertices in all: polygon p lies in image row
+    # ignore_image[p], its vertices are ignore_xy[ignore_offsets[p]:ignore_offsets[p + 1]].
+    ignore_image: np.ndarray | None = None  # (P,) int32 row into image_ids
+    ignore_offsets: np.ndarray | None = None  # (P + 1,) int64
+    ignore_xy: np.ndarray | None = None  # (V, 2) float64 x, y in image pixels
+
+    def __post_init__(self) -> None:
+        n = len(self.image_ids)
+        defaults = {"crowd_index": lambda: np.full(n, np.nan),
+                    "frame_ids": lambda: np.full(n, -1, np.int64),
+                    "vid_ids": lambda: np.full(n, -1, np.int64),
+                    "ignore_image": lambda: np.zeros(0, np.int32),
+                    "ignore_offsets": lambda: np.zeros(1, np.int64),
+                    "ignore_xy": lambda: np.zeros((0, 2))}
+        for name, make in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, make())
 
 
 def _image_path(root: Path, name: object, where: str) -> Path:
@@ -172,14 +196,18 @@ class _Ids:
 
 
 class _CocoImages:
-    """Sink of a COCO 'images' list: ids and file names, checked by `check`."""
+    """Sink of a COCO 'images' list: ids, file names and image-level fields, checked by
+    `check`."""
 
     def __init__(self, src: str):
         self.src, self.ids, self.names = src, _Ids("images", "image"), []
+        self.fields = ImageFields(src)
 
     def __call__(self, img: object) -> None:
-        if self.ids.add(img, f"{self.src}: images[{len(self.ids.ids)}]") is not None:
+        image_id = self.ids.add(img, f"{self.src}: images[{len(self.ids.ids)}]")
+        if image_id is not None:
             self.names.append(img.get("file_name", _MISSING))
+            self.fields.add(img, image_id)
 
     def check(self, root: Path) -> tuple[np.ndarray, np.ndarray]:
         """(ids (I,) int64, paths (I,) str); UniError for the first bad id, then name."""
@@ -190,6 +218,8 @@ class _CocoImages:
             if name is _MISSING:
                 raise UniError(f"{where}: missing field 'file_name'")
             paths.append(resolve(name, where))
+        if self.fields.error is not None:
+            raise UniError(self.fields.error)
         return ids, np.array(paths, dtype=str)
 
 
@@ -345,7 +375,8 @@ def coco_columns(path: Path, image_root: Path, skeleton: Skeleton, kind: Dataset
     for key in ("images", "annotations"):
         if not isinstance(_field(data, key, src), list | Streamed):
             raise UniError(f"{src}: field {key!r} must be a list")
-    image_ids, image_paths = _fed(data["images"], _CocoImages(src)).check(image_root)
+    images = _fed(data["images"], _CocoImages(src))
+    image_ids, image_paths = images.check(image_root)
     anns = _fed(data["annotations"], _CocoAnnotations(src, skeleton, kind))
     del data
     anns.flush()
@@ -375,4 +406,4 @@ def coco_columns(path: Path, image_root: Path, skeleton: Skeleton, kind: Dataset
         image_ids, image_paths, kept if rows is None else kept[rows],
         image_index if rows is None else image_index[rows], bboxes,
         take("keypoints", (skeleton.num_keypoints, 3)), np.full((len(kept), 4), np.nan),
-        take("areas"))
+        take("areas"), **images.fields.columns())

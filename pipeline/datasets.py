@@ -5,6 +5,8 @@ kind (pipeline/skeletons.toml: coco, mpii, halpe, aic, crowdpose, … or a user'
 defaulting to the kind's folder beside the annotation file (``images/``; PoseTrack18: the folder
 itself).
 An instance is addressed by (dataset id = sha256 of the annotation file, instance id).
+Image-level fields some kinds carry (CrowdPose's crowd index, PoseTrack's frame and video ids and
+ignore regions) are columns too, one value per image, wherever a file has them.
 A loaded dataset holds arrays, not one Python object per person (pipeline/annotations.py reads
 the files): at COCO-train size (150k persons) that is ~75 MB instead of ~600 MB, and forked
 DataLoader workers read the same pages instead of copying objects whose reference counts they
@@ -40,6 +42,10 @@ from uniskel.pipeline.skeletons import (
     known_kinds,
     native_to_unified,
 )
+
+# CrowdPose's image classes by crowd index, [lo, hi): crowdposetools' cocoeval.py
+# get_type_result(first=0.2, second=0.8) (docs/conventions.md "Metrics").
+CROWD_CLASSES = (("easy", -math.inf, 0.2), ("medium", 0.2, 0.8), ("hard", 0.8, math.inf))
 
 
 @dataclass(frozen=True)
@@ -150,10 +156,19 @@ class Dataset:
     keypoints: np.ndarray  # (N, K, 3) float64 native order
     head_boxes: np.ndarray  # (N, 4) float64 x1, y1, x2, y2; NaN where unknown
     areas: np.ndarray  # (N,) float64
+    # Per image (pipeline/annotations.Columns): absent = NaN / -1 / no polygon.
+    crowd_index: np.ndarray  # (I,) float64 CrowdPose crowdIndex
+    frame_ids: np.ndarray  # (I,) int64 PoseTrack frame_id
+    vid_ids: np.ndarray  # (I,) int64 PoseTrack vid_id
+    ignore_image: np.ndarray  # (P,) int32: image row of each ignore polygon
+    ignore_offsets: np.ndarray  # (P + 1,) int64 into ignore_xy
+    ignore_xy: np.ndarray  # (V, 2) float64 polygon vertices
 
     def __post_init__(self) -> None:
         for a in (self.image_ids, self.image_paths, self.instance_ids, self.image_index,
-                  self.bboxes, self.keypoints, self.head_boxes, self.areas):
+                  self.bboxes, self.keypoints, self.head_boxes, self.areas, self.crowd_index,
+                  self.frame_ids, self.vid_ids, self.ignore_image, self.ignore_offsets,
+                  self.ignore_xy):
             a.flags.writeable = False  # shared by every Instance view and forked worker
 
     @property
@@ -185,6 +200,24 @@ class Dataset:
     def has_head_box(self) -> np.ndarray:
         """(N,) bool."""
         return ~np.isnan(self.head_boxes).any(axis=1)
+
+    def ignore_regions(self, image: int) -> list[np.ndarray]:
+        """The ignore polygons of image row `image`: [(V, 2) float64 vertices, …]."""
+        return [self.ignore_xy[self.ignore_offsets[p]:self.ignore_offsets[p + 1]]
+                for p in np.flatnonzero(self.ignore_image == image)]
+
+    def in_ignore_region(self, image: int, points: np.ndarray) -> np.ndarray:
+        """(M, 2) points of image row `image` → (M,) bool: inside one of its ignore polygons
+        (PoseTrack; a point on an edge may go either way)."""
+        points = np.asarray(points, np.float64).reshape(-1, 2)
+        inside = np.zeros(len(points), bool)
+        polygons = [p for p in self.ignore_regions(image) if len(p) >= 3]
+        if polygons and len(points):
+            from matplotlib.path import Path as Polygon  # 0.4 s to import: PoseTrack only
+
+            for poly in polygons:
+                inside |= Polygon(poly).contains_points(points)
+        return inside
 
     def image_path(self, row: int) -> Path:
         return Path(self.image_paths[self.image_index[row]])
@@ -282,12 +315,28 @@ def head_size(head_box: np.ndarray) -> float:
     return 0.6 * math.hypot(head_box[2] - head_box[0], head_box[3] - head_box[1])
 
 
+def crowd_classes(crowd_index: np.ndarray) -> dict[str, np.ndarray]:
+    """(I,) crowd indices → {"easy", "medium", "hard": (I,) bool}; NaN (absent) in none."""
+    return {name: (crowd_index >= lo) & (crowd_index < hi) for name, lo, hi in CROWD_CLASSES}
+
+
 def summarize(dataset: Dataset) -> dict:
-    """{"images", "instances", "keypoints": {unified name: labeled (v > 0) count}}."""
+    """{"images", "instances", "keypoints": {unified name: labeled (v > 0) count}}, and where the
+    file has them: "crowd_index" {class: images}, "videos", "frames", "ignore_regions"."""
     labeled = (dataset.keypoints[:, :, 2:] > 0).sum(axis=0)  # (K, 1) per native keypoint
     counts = native_to_unified(labeled[None], dataset.skeleton)[0, :, 0]  # (21,)
-    return {"images": int(dataset.num_images), "instances": len(dataset.instance_ids),
-            "keypoints": {n: int(c) for n, c in zip(UNIFIED_NAMES, counts, strict=True)}}
+    out = {"images": int(dataset.num_images), "instances": len(dataset.instance_ids),
+           "keypoints": {n: int(c) for n, c in zip(UNIFIED_NAMES, counts, strict=True)}}
+    if np.isfinite(dataset.crowd_index).any():
+        out["crowd_index"] = {k: int(m.sum()) for k, m in crowd_classes(
+            dataset.crowd_index).items()}
+    if (dataset.vid_ids >= 0).any():
+        out["videos"] = len(np.unique(dataset.vid_ids[dataset.vid_ids >= 0]))
+    if (dataset.frame_ids >= 0).any():
+        out["frames"] = int((dataset.frame_ids >= 0).sum())
+    if len(dataset.ignore_image):
+        out["ignore_regions"] = len(dataset.ignore_image)
+    return out
 
 
 def missing_images(dataset: Dataset) -> tuple[list[str], int]:

@@ -14,6 +14,10 @@ Metrics (docs/conventions.md "Metrics"), by the dataset kind's metric:
   pycocotools treats them in the file itself. On GT boxes also per keypoint ("OKS accuracy"):
   the share of labelled keypoints whose keypoint similarity exp(-d² / (2 · area · (2σ)²))
   reaches t, averaged over t = 0.50, 0.55, …, 0.95; a missing prediction is a miss.
+  Where the images carry a crowd index (CrowdPose) also AP-easy / AP-medium / AP-hard: AP on the
+  images of each crowd class alone (pipeline/datasets.py CROWD_CLASSES), None for an empty one.
+  With --boxes, a detection whose box centre lies in an ignore region of its frame (PoseTrack)
+  is dropped before the model runs.
 - pckh (MPII): PCKh@0.5 per joint; "Mean" pools all joints but pelvis and thorax.
 - pck_bbox (sub-JHMDB): PCK@0.2 of max(w, h) of the person box per joint; "Mean" pools all.
 """
@@ -24,7 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from uniskel.pipeline.datasets import Dataset, head_size, load_dataset, parse_spec
+from uniskel.pipeline.datasets import (
+    Dataset,
+    crowd_classes,
+    head_size,
+    load_dataset,
+    parse_spec,
+)
 from uniskel.pipeline.errors import UniError
 from uniskel.pipeline.geometry import bbox_to_center_size
 from uniskel.pipeline.skeletons import UNIFIED_NAMES, UNIFIED_SIGMAS, Skeleton, get_kind
@@ -140,8 +150,12 @@ def evaluate_coco_ap(ds: Dataset, res: Results) -> dict:
     results = [{"image_id": int(im), "category_id": 1, "score": float(s),
                 "keypoints": kp[keep].reshape(-1).tolist()}
                for im, s, kp in zip(res.image_ids, res.scores, res.keypoints, strict=True)]
-    out = {"metric": "AP", **coco_eval(coco_gt(ds, keep), results, sigmas)}
+    classes = crowd_classes(ds.crowd_index) if np.isfinite(ds.crowd_index).any() else {}
+    subsets = {f"AP-{c}": ds.image_ids[m].tolist() for c, m in classes.items()}
+    out = {"metric": "AP", **coco_eval(coco_gt(ds, keep), results, sigmas, subsets)}
     out["value"] = out["AP"]
+    if classes:
+        out["crowd_images"] = {c: int(m.sum()) for c, m in classes.items()}
     names = [n for n, k in zip(keypoint_names(ds.skeleton), keep, strict=True) if k]
     if res.instance_ids is not None:
         pred = _per_person(ds, res, np.nan)[:, keep]
@@ -255,6 +269,16 @@ def gt_box_records(predictor: Predictor, ds: Dataset, flip_test: bool = True,
     return _records(predictor, ds, kps, np.ones(n), extra)
 
 
+def outside_ignore_regions(ds: Dataset, image: int, boxes: list[tuple]) -> list[tuple]:
+    """The detections (bbox (4,) x, y, w, h, score) of image row `image` whose box centre is
+    not inside one of its ignore regions (PoseTrack: docs/conventions.md "Metrics")."""
+    if not boxes:
+        return boxes
+    centres = np.array([bbox[:2] + bbox[2:] / 2 for bbox, _ in boxes])  # (M, 2)
+    inside = ds.in_ignore_region(image, centres)
+    return [b for b, out in zip(boxes, inside, strict=True) if not out]
+
+
 def detection_records(predictor: Predictor, ds: Dataset, dets: dict[int, list[tuple]],
                       flip_test: bool = True, batch_size: int = 32, progress: bool = True
                       ) -> list[dict]:
@@ -263,7 +287,7 @@ def detection_records(predictor: Predictor, ds: Dataset, dets: dict[int, list[tu
     items, extra, box_scores, areas, image_of = [], [], [], [], []
     aspect = predictor.input_wh[0] / predictor.input_wh[1]
     for im, image_id in enumerate(ds.image_ids.tolist()):
-        for bbox, score in dets.get(image_id, []):
+        for bbox, score in outside_ignore_regions(ds, im, dets.get(image_id, [])):
             items.append((Path(ds.image_paths[im]), bbox))
             extra.append({"image_id": image_id, "box": [round(v, 2) for v in bbox.tolist()],
                           "box_score": score})
@@ -345,6 +369,11 @@ def format_results(results: dict[str, dict]) -> str:
                           if r.get(k) is not None)
         lines.append(f"{spec}")
         lines.append(f"  {r['metric']:<10}{r['value']:7.2f}  {extra}".rstrip())
+        if "crowd_images" in r:
+            n = r["crowd_images"]
+            lines.append("  by crowd index: " + "  ".join(
+                f"AP-{c} {'—' if r[f'AP-{c}'] is None else format(r[f'AP-{c}'], '.2f')} "
+                f"({n[c]} images)" for c in n))
         lines.append(f"  instances {r['instances']}, predicted {r['predicted']} "
                      f"({r['boxes']} boxes); scored keypoints: {r['scored']}")
         if "groups" in r:

@@ -21,15 +21,19 @@ NMS_THRESHOLD = 0.9  # MMPose's nms_thr / oks_thr for COCO
 STATS = ("AP", "AP50", "AP75", "AP-M", "AP-L", "AR")
 
 
-def coco_eval(gt: dict, results: list[dict], sigmas: np.ndarray) -> dict[str, float | None]:
+def coco_eval(gt: dict, results: list[dict], sigmas: np.ndarray,
+              subsets: dict[str, list[int]] | None = None) -> dict[str, float | None]:
     """pycocotools keypoint COCOeval (quietly) → {"AP", "AP50", "AP75", "AP-M", "AP-L", "AR"},
     0–100. gt: a COCO-format dict; results: COCO keypoint results with K = len(sigmas)
-    (neither is modified: COCOeval writes into both, so it gets copies). No results: all 0."""
+    (neither is modified: COCOeval writes into both, so it gets copies). No results: all 0.
+    subsets {name: image ids}: also each one's AP on those images alone (CrowdPose's easy /
+    medium / hard), None where it has no image or no person to find."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
+    subsets = subsets or {}
     if not results:  # loadRes cannot take an empty list; nothing found scores 0
-        return {k: 0.0 for k in STATS}
+        return {k: 0.0 for k in STATS} | {k: 0.0 if ids else None for k, ids in subsets.items()}
     gt = copy.deepcopy(gt)
     # Fields the dataset reader does not require but pycocotools reads without a default.
     for a in gt["annotations"]:
@@ -52,7 +56,17 @@ def coco_eval(gt: dict, results: list[dict], sigmas: np.ndarray) -> dict[str, fl
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {k: (None if s < 0 else 100 * float(s)) for k, s in zip(STATS, ev.stats, strict=False)}
+        out = {k: (None if s < 0 else 100 * float(s)) for k, s in zip(STATS, ev.stats,
+                                                                      strict=False)}
+        for name, ids in subsets.items():  # COCOeval again, on those images (crowdposetools)
+            out[name] = None
+            if ids:
+                ev.params.imgIds = sorted(ids)
+                ev.evaluate()
+                ev.accumulate()
+                ev.summarize()
+                out[name] = None if ev.stats[0] < 0 else 100 * float(ev.stats[0])
+    return out
 
 
 def oks_between(a: np.ndarray, others: np.ndarray, area_a: float, areas: np.ndarray,

@@ -21,8 +21,8 @@ PROJECT = PACKAGES + ("cli",)
 
 FOUNDATION = {"pipeline", *(f"pipeline.{m}" for m in (
     "errors", "files", "faults", "skeleton_defs", "skeletons", "geometry", "heatmaps", "crops",
-    "json_stream", "annotations", "mpii_reader", "dataset_cache", "datasets", "synth", "draw",
-    "devices", "teachers"))}
+    "json_stream", "image_fields", "annotations", "mpii_reader", "dataset_cache", "datasets",
+    "synth", "draw", "devices", "teachers"))}
 STAGE_ONE = {"pipeline.cache", "pipeline.cache_tasks"}  # its top: client and worker side
 MAY_IMPORT = {
     "foundation": {"foundation"},

@@ -145,6 +145,130 @@ def test_file_and_skeleton_k_mismatch_is_one_line(data_dir):
     assert ds.keypoints.shape[1] == 26
 
 
+# ------------------------------------------------------------------ image-level fields
+
+
+def test_image_level_fields_of_the_samples(data_dir):
+    """CrowdPose's crowdIndex, PoseTrack's frame_id, vid_id (a string of digits) and ignore
+    polygons, as plain json reads them; absent elsewhere (NaN, -1, no polygon)."""
+    cp_raw = json.loads((data_dir / "crowdpose/test_crowdpose.json").read_text())
+    cp = load_dataset(f"crowdpose:{data_dir}/crowdpose/test_crowdpose.json")
+    assert cp.crowd_index.tolist() == [im["crowdIndex"] for im in cp_raw["images"]] == [0.33, 0.39]
+    assert (cp.frame_ids == -1).all() and (cp.vid_ids == -1).all() and not len(cp.ignore_image)
+    s = summarize(cp)
+    assert s["crowd_index"] == {"easy": 0, "medium": 2, "hard": 0}  # bounds 0.2, 0.8
+    assert not {"videos", "frames", "ignore_regions"} & set(s)
+    pt_path = data_dir / "posetrack18/test_posetrack18_val.json"
+    images = json.loads(pt_path.read_text())["images"]
+    pt = load_dataset(f"posetrack18:{pt_path}")
+    assert pt.frame_ids.tolist() == [im["frame_id"] for im in images]
+    assert pt.vid_ids.tolist() == [int(im["vid_id"]) for im in images] == [12834, 9473, 3418]
+    assert np.isnan(pt.crowd_index).all()
+    for row, im in enumerate(images):
+        want = [np.c_[x, y] for x, y in zip(im["ignore_regions_x"], im["ignore_regions_y"],
+                                           strict=True)]
+        got = pt.ignore_regions(row)
+        assert len(got) == len(want) and all((g == w).all() for g, w in zip(got, want,
+                                                                            strict=True))
+    s = summarize(pt)
+    assert (s["videos"], s["frames"], s["ignore_regions"]) == (3, 3, 4 + 2 + 9)
+    assert "crowd_index" not in s
+    coco = summarize(load_dataset(f"coco:{data_dir}/coco/test_coco.json"))
+    assert set(coco) == {"images", "instances", "keypoints"}
+
+
+def test_ignore_region_containment_matches_opencv(data_dir):
+    """Centres of the 278 sample detections against the frames' polygons: the same answer as
+    cv2.pointPolygonTest (strictly inside); most of the sample's boxes are in the crowds."""
+    import cv2
+
+    pt = load_dataset(f"posetrack18:{data_dir}/posetrack18/test_posetrack18_val.json")
+    dets = json.loads((data_dir / "posetrack18/test_posetrack18_human_detections.json")
+                      .read_text())
+    inside = 0
+    for row, image_id in enumerate(pt.image_ids.tolist()):
+        boxes = np.array([d["bbox"] for d in dets if d["image_id"] == image_id])
+        centres = boxes[:, :2] + boxes[:, 2:] / 2
+        polys = [p.astype(np.float32) for p in pt.ignore_regions(row)]
+        want = [any(cv2.pointPolygonTest(p, (float(x), float(y)), False) > 0 for p in polys)
+                for x, y in centres]
+        got = pt.in_ignore_region(row, centres)
+        assert got.tolist() == want
+        inside += int(got.sum())
+    assert inside == 182  # of 278
+    assert not load_dataset(f"coco:{data_dir}/coco/test_coco.json").in_ignore_region(
+        0, [[100.0, 100.0]]).any()
+
+
+def test_image_level_fields_survive_the_cache(tmp_path, monkeypatch, data_dir):
+    from uniskel.pipeline import dataset_cache
+    from uniskel.pipeline import datasets as datasets_module
+
+    monkeypatch.setenv("UNI_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(dataset_cache, "MIN_INSTANCES", 0)
+    spec = f"posetrack18:{data_dir}/posetrack18/test_posetrack18_val.json"
+    first = load_dataset(spec)
+    monkeypatch.setattr(datasets_module, "coco_columns", lambda *_: 1 / 0)  # must not parse
+    again = load_dataset(spec)
+    for name in ("crowd_index", "frame_ids", "vid_ids", "ignore_image", "ignore_offsets",
+                 "ignore_xy"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(first, name))
+        assert getattr(again, name).dtype == getattr(first, name).dtype
+    assert summarize(again) == summarize(first)
+
+
+def _pt_changed(tmp_path, data_dir, **image0) -> str:
+    raw = json.loads((data_dir / "posetrack18/test_posetrack18_val.json").read_text())
+    for key, value in image0.items():
+        if value is None:
+            del raw["images"][0][key]
+        else:
+            raw["images"][0][key] = value
+    path = tmp_path / "pt.json"
+    path.write_text(json.dumps(raw))
+    return f"posetrack18:{path}"
+
+
+BAD_IMAGE_FIELDS = {  # case: (fields of the first image, fragments of the one line)
+    "x and y polygon counts": ({"ignore_regions_y": [[1, 2, 3]]},
+                               ["'ignore_regions_y'", "1 polygons", "has 4"]),
+    "x and y lengths": ({"ignore_regions_x": [[1, 2, 3]], "ignore_regions_y": [[1, 2]]},
+                        ["'ignore_regions_y'", "polygon 0 has 2", "has 3"]),
+    "not a number": ({"ignore_regions_x": [[1, "a", 3]], "ignore_regions_y": [[1, 2, 3]]},
+                     ["'ignore_regions_x' polygon 0", "expected a finite number"]),
+    "flat list": ({"ignore_regions_x": [1, 2, 3], "ignore_regions_y": [1, 2, 3]},
+                  ["'ignore_regions_x'", "list of polygons"]),
+    "one of the two": ({"ignore_regions_y": None}, ["missing field 'ignore_regions_y'"]),
+    "video id": ({"vid_id": "01a"}, ["'vid_id'", "non-negative integer"]),
+    "frame id": ({"frame_id": -3}, ["'frame_id'", "non-negative integer"]),
+    "crowd index": ({"crowdIndex": "high"}, ["'crowdIndex'", "finite number"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_IMAGE_FIELDS))
+def test_bad_image_fields_are_one_line(case, tmp_path, data_dir):
+    fields, fragments = BAD_IMAGE_FIELDS[case]
+    spec = _pt_changed(tmp_path, data_dir, **fields)
+    _one_line_error(_cli(["inspect-data", spec, "--json"]), "pt.json", "image id 10128340000",
+                    *fragments)
+
+
+def test_inspect_data_reports_videos_and_crowd_classes(tmp_path, data_dir):
+    pt = data_dir / "posetrack18/test_posetrack18_val.json"
+    r = _cli(["inspect-data", f"posetrack18:{pt}", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert (out["videos"], out["frames"], out["ignore_regions"], out["images"]) == (3, 3, 15, 3)
+    # two frames of one video: 2 videos, 3 frames
+    spec = _pt_changed(tmp_path, data_dir, vid_id="009473", frame_id=10094730001)
+    out = json.loads(_cli(["inspect-data", spec, "--json"]).stdout)
+    assert (out["videos"], out["frames"]) == (2, 3)
+    table = _cli(["inspect-data", f"posetrack18:{pt}"]).stdout.splitlines()
+    assert {"videos     3", "frames     3", "ignore     15 polygons"} <= set(table)
+    table = _cli(["inspect-data", f"crowdpose:{data_dir}/crowdpose/test_crowdpose.json"]).stdout
+    assert "crowd      easy 0, medium 2, hard 0 images" in table.splitlines()
+
+
 # ------------------------------------------------------------------ a user's skeleton file
 
 USER = """

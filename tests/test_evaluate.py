@@ -572,6 +572,72 @@ def test_jittered_ground_truth_on_every_kind(kind, data_dir, tmp_path):
         assert _stats(r) == pytest.approx(_direct_on_copy(ds, records, tmp_path), abs=1e-9)
 
 
+def test_crowdpose_ap_by_crowd_index(data_dir, tmp_path):
+    """CrowdPose's easy / medium / hard AP (crowdposetools: crowd index < 0.2, < 0.8, else):
+    pycocotools on each class's images alone. The sample's two images (0.33, 0.39) are both
+    medium; set to 0.05 and 0.9 they split into one easy and one hard image."""
+    spec = KINDS["crowdpose"][0].format(d=data_dir)
+    ds = load_dataset(spec)
+    records = _gt_records(ds, jitter=10.0, seed=4)
+    r = evaluate([spec], predictions=_write(tmp_path / "p.json", records))[spec]
+    assert r["crowd_images"] == {"easy": 0, "medium": 2, "hard": 0}
+    assert r["AP-medium"] == pytest.approx(r["AP"], abs=1e-9) and 0 < r["AP"] < 100
+    assert r["AP-easy"] is None and r["AP-hard"] is None
+    assert "AP-medium" in ev_mod.format_results({spec: r})
+    raw = json.loads(ds.spec.annotations.read_text())
+    for im, ci in zip(raw["images"], (0.05, 0.9), strict=True):
+        im["crowdIndex"] = ci
+    path = tmp_path / "cp.json"
+    path.write_text(json.dumps(raw))
+    split = f"crowdpose:{path}:{data_dir}/crowdpose/images"
+    r = evaluate([split], predictions=_write(tmp_path / "p.json", records))[split]
+    assert r["crowd_images"] == {"easy": 1, "medium": 0, "hard": 1} and r["AP-medium"] is None
+    for cls, image in (("AP-easy", raw["images"][0]), ("AP-hard", raw["images"][1])):
+        one = {**raw, "images": [image],
+               "annotations": [a for a in raw["annotations"] if a["image_id"] == image["id"]]}
+        alone = load_dataset(f"crowdpose:{_write(tmp_path / 'one.json', one)}:"
+                             f"{data_dir}/crowdpose/images")
+        mine = [x for x in records if x["image_id"] == image["id"]]
+        assert r[cls] == pytest.approx(_direct_on_copy(alone, mine, tmp_path)[0], abs=1e-9)
+    assert r["AP-easy"] != r["AP-hard"]
+    line = next(x for x in ev_mod.format_results({split: r}).splitlines()
+                if "by crowd index" in x)
+    assert "AP-medium — (0 images)" in line and "AP-easy" in line
+
+
+def test_posetrack_detections_in_ignore_regions_are_dropped(data_dir, tmp_path, monkeypatch):
+    """The real PoseTrack18 detections at --box-threshold 0.3: 119 boxes, of which 71 have
+    their centre inside an ignore polygon of their frame (cv2.pointPolygonTest here); only the
+    48 others reach the model and the results."""
+    import cv2
+
+    spec = KINDS["posetrack18"][0].format(d=data_dir)
+    dets_path = data_dir / "posetrack18/test_posetrack18_human_detections.json"
+    raw = json.loads((data_dir / "posetrack18/test_posetrack18_val.json").read_text())
+    polys = {im["id"]: [np.c_[x, y].astype(np.float32) for x, y in zip(
+        im["ignore_regions_x"], im["ignore_regions_y"], strict=True)] for im in raw["images"]}
+    outside = []
+    for d in json.loads(dets_path.read_text()):
+        x, y, w, h = d["bbox"]
+        if d["score"] >= 0.3 and not any(cv2.pointPolygonTest(
+                p, (x + w / 2, y + h / 2), False) > 0 for p in polys[d["image_id"]]):
+            outside.append([round(v, 2) for v in d["bbox"]])
+    seen = []
+
+    def fake(_predictor, items, *a, **k):
+        seen.extend(np.asarray(b).tolist() for _, b in items)
+        return np.zeros((len(items), 21, 3))
+
+    monkeypatch.setattr(ev_mod, "predict_boxes", fake)
+    saved = tmp_path / "pred.json"
+    r = evaluate([spec], model=_Stub(), boxes=dets_path, box_threshold=0.3, save_to=saved,
+                 progress=False)[spec]
+    assert len(seen) == len(outside) == 48
+    records = json.loads(saved.read_text())
+    assert {tuple(rec["box"]) for rec in records} <= {tuple(b) for b in outside}
+    assert r["boxes"] == "detector" and r["AP"] == 0.0
+
+
 def test_unified27_student_scores_halpe_feet(tmp_path, data_dir):
     """A student of unified27 (21 + 6 feet): on Halpe it is scored on the feet too (24 of
     halpe26: this sample never labels neck or hip), on COCO on the 17; its predictions file
