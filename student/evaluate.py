@@ -348,7 +348,8 @@ def evaluate(specs: list[str], model: Path | Predictor | None = None,
         raise UniError("--boxes needs a MODEL to run (a predictions file is scored as it is)")
     if not specs:
         raise UniError("--data is required (KIND:ANNOTATIONS[:IMAGES]; repeat for more)")
-    datasets = load_datasets(list(specs), head_boxes)
+    specs = list(dict.fromkeys(specs))  # a spec given twice is one dataset, scored once
+    datasets = load_datasets(specs, head_boxes)
     if predictions is not None:
         per_ds = read_results(predictions, datasets)
     else:

@@ -88,6 +88,8 @@ def test_ground_truth_scores_100(coco, tmp_path):
     assert r["metric"] == "AP" and r["value"] == pytest.approx(100.0)
     assert r["scored_keypoints"] == COCO_NAMES and r["scored"] == "17 of coco17"
     assert all(v == pytest.approx(100.0) for v in r["per_keypoint"].values())
+    twice = evaluate([spec, spec], predictions=tmp_path / "p.json")  # the same spec twice
+    assert list(twice) == [spec] and twice[spec]["value"] == pytest.approx(100.0)
 
 
 @pytest.mark.parametrize("jitter,seed", [(2.0, 0), (6.0, 1), (15.0, 2)])
