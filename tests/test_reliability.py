@@ -34,6 +34,7 @@ from test_store import _corrupt_chunk
 from uniskel.cli import uni
 from uniskel.pipeline.cache import cache_teachers
 from uniskel.pipeline.datasets import load_dataset
+from uniskel.pipeline.skeletons import get_skeleton
 from uniskel.stores import create as store_create
 from uniskel.stores import heatmap_store as hs
 from uniskel.stores import lock as store_lock
@@ -664,7 +665,12 @@ def _stamp(src: Path, dst: Path, **fields) -> Path:
 
 
 @pytest.mark.parametrize("fields,fragment", [
-    ({"skeleton": "halpe26", "num_keypoints": 26}, "17 channels, fewer than the 26 keypoints"),
+    ({"skeleton": "halpe26", "num_keypoints": 26,
+      "skeleton_def": get_skeleton("halpe26").to_json()},
+     "17 channels, fewer than the 26 keypoints"),
+    # A definition that contradicts the skeleton's name is caught before anything runs.
+    ({"skeleton": "halpe26", "num_keypoints": 26},
+     "field 'skeleton_def': defines 'coco17', not the skeleton 'halpe26'"),
     ({"head": "simcc", "activation": "softmax"}, "has rank 4, expected 3"),
 ])
 def test_teacher_outputs_not_matching_its_description(fields, fragment, heatmap_teacher,
