@@ -35,7 +35,7 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"show_default": True})
-@click.version_option(package_name="uni")
+@click.version_option(package_name="uniskel")
 @click.option("--skeletons", "skeleton_files", multiple=True,
               type=click.Path(dir_okay=False, path_type=Path),
               help="A TOML file of skeletons, unified skeletons and dataset kinds to add "

@@ -41,7 +41,7 @@ def now() -> str:
 
 def _software_version() -> str:
     try:
-        return version("uni")
+        return version("uniskel")
     except PackageNotFoundError:
         return "unknown"
 

@@ -59,6 +59,8 @@ def test_uni_survives_installing_and_removing_a_package_with_the_same_top_level_
 
     out = _run([str(env_dir / "bin" / "uni"), "--help"], env=env, cwd=tmp_path).stdout
     assert "cache-teachers" in out and "train-student" in out
+    version = _run([str(env_dir / "bin" / "uni"), "--version"], env=env, cwd=tmp_path).stdout
+    assert version.strip() == f"uni, version {uni_wheel.name.split('-')[1]}", version
     # Nothing of uni's was taken away with the other package, and it left no `cli` behind.
     assert (site / "uniskel" / "cli.py").is_file()
     assert not (site / "cli.py").exists() and not (site / "pipeline").exists()
