@@ -40,16 +40,16 @@ def _columns(specs: list[str], metrics: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def _spec_columns(results: dict[str, dict[str, dict]]) -> tuple[list[str], dict[str, str]]:
+    """Specs in first-seen order over all models, and each one's column label."""
+    specs = list(dict.fromkeys(s for per_spec in results.values() for s in per_spec))
+    metrics = {s: next(per[s]["metric"] for per in results.values() if s in per) for s in specs}
+    return specs, _columns(specs, metrics)
+
+
 def scored_notes(results: dict[str, dict[str, dict]]) -> list[str]:
     """{model: {spec: evaluate result}} → one line per column: the keypoints it scored."""
-    specs: list[str] = []
-    metrics: dict[str, str] = {}
-    for per_spec in results.values():
-        for s, r in per_spec.items():
-            if s not in metrics:
-                specs.append(s)
-                metrics[s] = r["metric"]
-    cols = _columns(specs, metrics)
+    specs, cols = _spec_columns(results)
     lines = []
     for s in specs:
         by_model = {name: per[s]["scored"] for name, per in results.items() if s in per}
@@ -68,14 +68,7 @@ def notes_text(notes: list[str]) -> str:
 def report_rows(results: dict[str, dict[str, dict]]) -> list[dict]:
     """{model name: {spec: evaluate result}} → rows [{"model": name, column: value | None, …,
     "Average": value | None}] in a fixed column order (specs in first-seen order)."""
-    specs: list[str] = []
-    metrics: dict[str, str] = {}
-    for per_spec in results.values():
-        for s, r in per_spec.items():
-            if s not in metrics:
-                specs.append(s)
-                metrics[s] = r["metric"]
-    cols = _columns(specs, metrics)
+    specs, cols = _spec_columns(results)
     averaged = [s for s in specs if parse_spec(s).format in AVERAGED_FORMATS]
     with_average = {parse_spec(s).format for s in averaged} == set(AVERAGED_FORMATS)
     rows = []
