@@ -11,6 +11,18 @@ DATA = REPO / "samples"  # real sample annotations + images (samples/README.md)
 MODELS = DATA / "models"  # a real pretrained teacher (samples/models/README.md)
 
 
+def one_line_error(result, *fragments: str) -> str:
+    """A CliRunner result: exit 2, one 'uni: error:' line on stderr holding every fragment, no
+    traceback. Returns the line."""
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip()
+    assert err.count("\n") == 0 and err.startswith("uni: error:"), err
+    assert "Traceback" not in result.output
+    for f in fragments:
+        assert f in err, (f, err)
+    return err
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """Real sample annotations and images (read-only; copy before changing)."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import one_line_error
 
 from uniskel.pipeline.datasets import load_dataset, parse_spec, summarize
 from uniskel.pipeline.errors import UniError
@@ -32,16 +33,6 @@ def _cli(args: list[str]):
     from uniskel.cli import uni
 
     return CliRunner().invoke(uni, args)
-
-
-def _one_line_error(result, *fragments: str) -> str:
-    assert result.exit_code == 2, result.output
-    err = result.stderr.strip()
-    assert err.count("\n") == 0 and err.startswith("uni: error:"), err
-    assert "Traceback" not in result.output
-    for f in fragments:
-        assert f in err, (f, err)
-    return err
 
 
 def _expected_counts(path: Path) -> dict[str, int]:
@@ -136,10 +127,10 @@ def test_coco_family_kinds_and_wholebody_feet(tmp_path, data_dir):
 
 def test_file_and_skeleton_k_mismatch_is_one_line(data_dir):
     cp = data_dir / "crowdpose/test_crowdpose.json"
-    _one_line_error(_cli(["inspect-data", f"coco:{cp}"]), "test_crowdpose.json",
-                    "annotation id", "'keypoints'", "expected 51 numbers", "coco17", "got 42")
-    _one_line_error(_cli(["inspect-data", f"crowdpose:{data_dir}/coco/test_coco.json"]),
-                    "test_coco.json", "annotation id", "expected 42 numbers", "got 51")
+    one_line_error(_cli(["inspect-data", f"coco:{cp}"]), "test_crowdpose.json",
+                   "annotation id", "'keypoints'", "expected 51 numbers", "coco17", "got 42")
+    one_line_error(_cli(["inspect-data", f"crowdpose:{data_dir}/coco/test_coco.json"]),
+                   "test_coco.json", "annotation id", "expected 42 numbers", "got 51")
     halpe = data_dir / "halpe/test_halpe.json"
     ds = load_dataset(f"halpe:{halpe}:{data_dir}/coco/images")  # 136 in the file, 26 used
     assert ds.keypoints.shape[1] == 26
@@ -249,8 +240,8 @@ BAD_IMAGE_FIELDS = {  # case: (fields of the first image, fragments of the one l
 def test_bad_image_fields_are_one_line(case, tmp_path, data_dir):
     fields, fragments = BAD_IMAGE_FIELDS[case]
     spec = _pt_changed(tmp_path, data_dir, **fields)
-    _one_line_error(_cli(["inspect-data", spec, "--json"]), "pt.json", "image id 10128340000",
-                    *fragments)
+    one_line_error(_cli(["inspect-data", spec, "--json"]), "pt.json", "image id 10128340000",
+                   *fragments)
 
 
 def test_inspect_data_reports_videos_and_crowd_classes(tmp_path, data_dir):
@@ -355,7 +346,7 @@ def test_bad_skeleton_file_is_one_line_and_writes_nothing(case, tmp_path, data_d
     out = tmp_path / "drawn"
     r = _cli(["--skeletons", str(f), "inspect-data", f"coco:{data_dir}/coco/test_coco.json",
               "--draw", "1", "--out", str(out)])
-    _one_line_error(r, "bad.toml", *fragments)
+    one_line_error(r, "bad.toml", *fragments)
     assert not out.exists()
     assert (skeleton_registry.SKELETONS, skeleton_registry.known_kinds()) == before  # all or none
 
@@ -366,9 +357,9 @@ def test_user_kind_file_k_mismatch_names_record(tmp_path, data_dir, skeleton_reg
     # Readers go by shape: AIC's 14 keypoints read as any 14-keypoint kind (wrongly named).
     assert _cli(["--skeletons", str(f), "inspect-data",
                  f"mykind:{data_dir}/aic/test_aic.json:{data_dir}/aic/images"]).exit_code == 0
-    _one_line_error(_cli(["--skeletons", str(f), "inspect-data",
-                          f"mykind:{data_dir}/jhmdb/test_jhmdb_sub1.json"]),
-                    "test_jhmdb_sub1.json", "annotation id 1000", "expected 42 numbers",
-                    "cp_renamed", "got 45")
-    _one_line_error(_cli(["--skeletons", str(tmp_path / "none.toml"), "skeletons"]),
-                    "none.toml", "not found")
+    one_line_error(_cli(["--skeletons", str(f), "inspect-data",
+                         f"mykind:{data_dir}/jhmdb/test_jhmdb_sub1.json"]),
+                   "test_jhmdb_sub1.json", "annotation id 1000", "expected 42 numbers",
+                   "cp_renamed", "got 45")
+    one_line_error(_cli(["--skeletons", str(tmp_path / "none.toml"), "skeletons"]),
+                   "none.toml", "not found")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import one_line_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -210,29 +211,20 @@ BAD_COCO = {
 }
 
 
-def _assert_one_line_error(result, *fragments: str):
-    assert result.exit_code == 2, result.output
-    err = result.stderr.strip()
-    assert err.count("\n") == 0 and err.startswith("uni: error:"), err
-    assert "Traceback" not in result.output
-    for f in fragments:
-        assert f in err, (f, err)
-
-
 @pytest.mark.parametrize("case", sorted(BAD_COCO))
 def test_bad_coco_input_one_line_exit_2(case, tmp_path, data_dir):
     edit, fragments = BAD_COCO[case]
-    _assert_one_line_error(_cli(["inspect-data", _coco_copy(tmp_path, data_dir, edit)]),
-                           *fragments)
+    one_line_error(_cli(["inspect-data", _coco_copy(tmp_path, data_dir, edit)]),
+                   *fragments)
 
 
 def test_missing_file_invalid_json_unknown_format(tmp_path):
-    _assert_one_line_error(_cli(["inspect-data", f"coco:{tmp_path}/none.json"]),
-                           "none.json", "not found")
+    one_line_error(_cli(["inspect-data", f"coco:{tmp_path}/none.json"]),
+                   "none.json", "not found")
     bad = tmp_path / "bad.json"
     bad.write_text("{ not json")
-    _assert_one_line_error(_cli(["inspect-data", f"coco:{bad}"]), "bad.json", "not valid JSON")
-    _assert_one_line_error(_cli(["inspect-data", f"openpose:{bad}"]), "openpose", "dataset kind")
+    one_line_error(_cli(["inspect-data", f"coco:{bad}"]), "bad.json", "not valid JSON")
+    one_line_error(_cli(["inspect-data", f"openpose:{bad}"]), "openpose", "dataset kind")
 
 
 def test_bad_mpii_record_names_record_and_field(tmp_path, data_dir):
@@ -240,17 +232,17 @@ def test_bad_mpii_record_names_record_and_field(tmp_path, data_dir):
     raw[2]["joints"] = raw[2]["joints"][:15]
     ann = tmp_path / "m.json"
     ann.write_text(json.dumps(raw))
-    _assert_one_line_error(_cli(["inspect-data", f"mpii:{ann}"]),
-                           "m.json", "record 2", "'joints'", "expected 32")
+    one_line_error(_cli(["inspect-data", f"mpii:{ann}"]),
+                   "m.json", "record 2", "'joints'", "expected 32")
     raw = _raw(data_dir / "mpii" / "test_mpii.json")
     raw[1]["scale"] = float("nan")
     ann.write_text(json.dumps(raw))
-    _assert_one_line_error(_cli(["inspect-data", f"mpii:{ann}"]), "record 1", "'scale'", "NaN")
+    one_line_error(_cli(["inspect-data", f"mpii:{ann}"]), "record 1", "'scale'", "NaN")
 
 
 def test_missing_head_box_file(tmp_path, data_dir):
-    _assert_one_line_error(_cli(["inspect-data", f"mpii:{data_dir}/mpii/test_mpii.json",
-                                 "--head-boxes", str(tmp_path / "no.mat")]), "no.mat")
+    one_line_error(_cli(["inspect-data", f"mpii:{data_dir}/mpii/test_mpii.json",
+                         "--head-boxes", str(tmp_path / "no.mat")]), "no.mat")
 
 
 # ---------------------------------------------------------------- fuzzing the readers
