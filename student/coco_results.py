@@ -32,7 +32,12 @@ import numpy as np
 from uniskel.pipeline.datasets import Dataset
 from uniskel.pipeline.errors import UniError
 from uniskel.pipeline.files import json_int, read_json, write_json
-from uniskel.pipeline.skeletons import Skeleton, get_skeleton, known_unified
+from uniskel.pipeline.skeletons import (
+    Skeleton,
+    get_skeleton,
+    known_unified,
+    unified_to_native,
+)
 
 PERSON = 1  # COCO's person category id
 
@@ -220,22 +225,12 @@ def _skeleton(name: object, native: Skeleton, unified: Skeleton | None,
     return cache[name]
 
 
-def canonical(skeleton: Skeleton) -> tuple[str | None, ...]:
-    """Each keypoint's name in the unified vocabulary (None: no counterpart)."""
-    return tuple(skeleton.canonical)
-
-
 def reorder(kp: np.ndarray, src: Skeleton, dst: Skeleton) -> np.ndarray:
     """(..., K_src, C) in src's order → (..., K_dst, C) in dst's, matched by canonical name
     (unified → native when src is a unified skeleton); keypoints src lacks are 0."""
     if src is dst or src.name == dst.name:
-        return kp
-    where = {c: i for i, c in enumerate(canonical(src)) if c is not None}
-    out = np.zeros(kp.shape[:-2] + (dst.num_keypoints, kp.shape[-1]), kp.dtype)
-    for j, c in enumerate(canonical(dst)):
-        if c in where:
-            out[..., j, :] = kp[..., where[c], :]
-    return out
+        return kp  # as it is, keypoints without a unified name included
+    return unified_to_native(kp, dst, src)  # by canonical name, between any two skeletons
 
 
 def _floats(value: object, where: str, what: str) -> np.ndarray:

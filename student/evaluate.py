@@ -40,7 +40,6 @@ from uniskel.pipeline.geometry import bbox_to_center_size
 from uniskel.pipeline.skeletons import UNIFIED_NAMES, UNIFIED_SIGMAS, Skeleton, get_kind
 from uniskel.student.coco_results import (
     Results,
-    canonical,
     parse_results,
     read_detections,
     read_results,
@@ -80,15 +79,14 @@ def dataset_sigmas(skeleton: Skeleton) -> np.ndarray:
     if skeleton.sigmas is not None:
         return np.asarray(skeleton.sigmas, np.float64)
     return np.array([UNIFIED_SIGMAS[UNIFIED_NAMES.index(c)] if c in UNIFIED_NAMES else 0.08
-                     for c in canonical(skeleton)])
+                     for c in skeleton.canonical])
 
 
 def model_mask(skeleton: Skeleton, unified: Skeleton | None) -> np.ndarray:
     """(K,) bool: native keypoints the model's unified skeleton has (None: all of them)."""
     if unified is None:
         return np.ones(skeleton.num_keypoints, bool)
-    have = {c for c in canonical(unified) if c is not None}
-    return np.array([c in have for c in canonical(skeleton)], bool)
+    return np.array([u is not None for u in skeleton.to(unified)], bool)
 
 
 def scored_mask(ds: Dataset, unified: Skeleton | None) -> np.ndarray:
@@ -98,7 +96,7 @@ def scored_mask(ds: Dataset, unified: Skeleton | None) -> np.ndarray:
 
 def keypoint_names(skeleton: Skeleton) -> list[str]:
     """Names a report uses: the unified-vocabulary name, else the native one."""
-    return [c or n for c, n in zip(canonical(skeleton), skeleton.keypoints, strict=True)]
+    return [c or n for c, n in zip(skeleton.canonical, skeleton.keypoints, strict=True)]
 
 
 def _named(values: np.ndarray, names: list[str]) -> dict[str, float | None]:
