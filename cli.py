@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.files import check_output_path
+from uniskel.core.errors import UniError
+from uniskel.core.files import check_output_path
 
 
 class _Group(click.Group):
@@ -43,7 +43,7 @@ class _Group(click.Group):
 def uni(skeleton_files: tuple[Path, ...]) -> None:
     """Train one human-pose student from many datasets and many teachers."""
     if skeleton_files:
-        from uniskel.pipeline.skeletons import load_skeleton_file
+        from uniskel.core.skeletons import load_skeleton_file
 
         for path in skeleton_files:
             load_skeleton_file(path)
@@ -148,8 +148,8 @@ def describe_teacher(model: Path, skeleton: str, head: str, name: str | None, me
                      padding: float, out: Path | None, in_place: bool) -> None:
     """Stamp how to run MODEL (a pose ONNX model) into the metadata of a copy of it (or of MODEL
     itself with --in-place), making it a teacher."""
-    from uniskel.pipeline.crops import DEFAULT_MEAN, DEFAULT_STD
-    from uniskel.pipeline.geometry import parse_input_size
+    from uniskel.core.crops import DEFAULT_MEAN, DEFAULT_STD
+    from uniskel.core.geometry import parse_input_size
     from uniskel.pipeline.teachers import TeacherInfo, describe_model, model_input_wh, read_info
 
     if in_place and out:
@@ -230,7 +230,7 @@ def cache_teachers(data: tuple[str, ...], teachers: tuple[Path, ...], out: Path,
 @click.option("--overwrite", is_flag=True, help="Replace existing coco/, mpii/, halpe/ in OUT.")
 def synth(out: Path, persons: int, seed: int, overwrite: bool) -> None:
     """Write synthetic COCO / MPII / Halpe datasets of stick people (real file formats)."""
-    from uniskel.pipeline.synth import generate
+    from uniskel.app.synth import generate
 
     for key, path in generate(out, persons, seed, overwrite).items():
         fmt = key.split("/")[0]
@@ -248,7 +248,7 @@ def synth(out: Path, persons: int, seed: int, overwrite: bool) -> None:
 def inspect_data(spec: str, as_json: bool, draw: int, out: Path | None,
                  head_boxes: Path | None) -> None:
     """Count images, instances and labeled unified keypoints of SPEC (FORMAT:ANN[:IMAGES])."""
-    from uniskel.pipeline.datasets import load_dataset, missing_images, summarize
+    from uniskel.core.datasets import load_dataset, missing_images, summarize
 
     if draw and out is None:
         raise UniError("--draw needs --out DIR")
@@ -273,7 +273,7 @@ def inspect_data(spec: str, as_json: bool, draw: int, out: Path | None,
         for name, count in summary["keypoints"].items():
             click.echo(f"{name:<16}{count:>8}")
     if draw:
-        from uniskel.pipeline.draw import draw_dataset
+        from uniskel.core.draw import draw_dataset
 
         for path in draw_dataset(ds, draw, out):
             click.echo(f"wrote {path}", err=as_json)
@@ -283,7 +283,7 @@ def inspect_data(spec: str, as_json: bool, draw: int, out: Path | None,
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def skeletons_cmd(as_json: bool) -> None:
     """List the known skeletons (keypoints, mapping to unified names) and dataset kinds."""
-    from uniskel.pipeline.skeletons import summary, summary_lines
+    from uniskel.core.skeletons import summary, summary_lines
 
     click.echo(json.dumps(summary()) if as_json else "\n".join(summary_lines()))
 
@@ -354,8 +354,8 @@ def train_student(config_file: Path | None, input_size: str | None, **options) -
               help="Folder for the --draw PNGs.")
 def inspect_store(store: Path, as_json: bool, verify: bool, draw: int, out: Path | None) -> None:
     """Show a soft-label STORE's provenance and size; optionally verify or draw it."""
+    from uniskel.app.inspect_store import draw_store, format_store_summary, summary_json
     from uniskel.stores.heatmap_store import open_store
-    from uniskel.stores.inspect import draw_store, format_store_summary, summary_json
 
     if draw and out is None:
         raise UniError("--draw needs --out DIR")
@@ -407,7 +407,7 @@ def evaluate_cmd(model: Path | None, data: tuple[str, ...], predictions: Path | 
                  head_boxes: Path | None, flip_test: bool, batch_size: int, device: str,
                  as_json: bool) -> None:
     """Score MODEL (run dir, .pt or described .onnx) by each dataset's metric: AP, PCKh, PCK."""
-    from uniskel.student.evaluate import evaluate, format_results
+    from uniskel.evaluation.evaluate import evaluate, format_results
 
     if save_predictions and predictions:
         raise UniError("--save-predictions needs a MODEL, not --predictions")
@@ -432,7 +432,7 @@ def evaluate_cmd(model: Path | None, data: tuple[str, ...], predictions: Path | 
 def report_cmd(runs: tuple[Path, ...], data: tuple[str, ...], out: Path | None,
                names: str | None, head_boxes: Path | None, flip_test: bool) -> None:
     """The cross-dataset table: every RUN (model) on every dataset, plus the paper's Average."""
-    from uniskel.student.report import report
+    from uniskel.evaluation.report import report
 
     table, written = report(list(runs), list(data), out, names.split(",") if names else None,
                             head_boxes, flip_test)
@@ -450,7 +450,7 @@ def report_cmd(runs: tuple[Path, ...], data: tuple[str, ...], out: Path | None,
               "COCO-only teacher).", show_default="all of the student's unified skeleton")
 def export_cmd(run: Path, out: Path, name: str | None, skeleton: str | None) -> None:
     """Export a student to ONNX (dynamic batch), checked against PyTorch, teacher-described."""
-    from uniskel.student.export import export_onnx
+    from uniskel.evaluation.export import export_onnx
 
     path, diff = export_onnx(run, out, name, skeleton)
     click.echo(f"{path}: onnxruntime vs torch max |diff| {diff:.2e}")
@@ -475,7 +475,7 @@ def predict_cmd(model: Path, images: tuple[Path, ...], out: Path, boxes: Path | 
                 score_threshold: float, keypoint_threshold: float, flip_test: bool,
                 device: str) -> None:
     """Draw MODEL's 21 keypoints on IMAGEs → OUT/<image>.png and OUT/predictions.json."""
-    from uniskel.student.predict import predict_images
+    from uniskel.evaluation.predict import predict_images
 
     for path in predict_images(model, list(images), out, boxes, score_threshold,
                                keypoint_threshold, flip_test, device=device):
@@ -490,7 +490,7 @@ def predict_cmd(model: Path, images: tuple[Path, ...], out: Path, boxes: Path | 
 @click.option("--seed", default=0, show_default=True)
 def demo_cmd(out: Path, quick: bool, seed: int) -> None:
     """The whole method on synthetic data: teachers, caches, four students, the paper's table."""
-    from uniskel.student.demo import run_demo
+    from uniskel.app.demo import run_demo
 
     run_demo(out, quick, seed)
 

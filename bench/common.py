@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-TEACHER_NAMES = ("coco_teacher", "mpii_teacher")  # student.demo.TEACHERS
+TEACHER_NAMES = ("coco_teacher", "mpii_teacher")  # app.demo.TEACHERS
 DEFAULT_WORK = Path(os.environ.get("TMPDIR", "/tmp")) / "uni-bench"
 
 
@@ -96,7 +96,7 @@ def demo_dir(args: argparse.Namespace) -> Path:
         return REPO / "demo_out"
     out = args.work / "demo"
     if not _has_teachers(out):
-        from uniskel.student.demo import run_demo
+        from uniskel.app.demo import run_demo
 
         say(f"no demo output given: running the quick demo in {out}")
         run_demo(out, quick=True)

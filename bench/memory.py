@@ -28,7 +28,7 @@ from uniskel.pipeline.teachers import read_info
 
 _LOAD = """
 import sys
-from uniskel.pipeline.datasets import load_dataset
+from uniskel.core.datasets import load_dataset
 load_dataset(sys.argv[1])
 """
 
@@ -99,7 +99,7 @@ Peak resident memory (MB) of fresh processes, {load_before} before, {load_after}
 Stage one = `uni cache-teachers --workers 1 --no-flip-test` with {teacher.stem} (store written to
 completion); stage two = `train()` for {args.train_steps} steps from that store (tiny student,
 batch 32, 1 DataLoader worker; tree = PSS of trainer + worker). "annotations" = a process that
-only loads the dataset (pipeline.datasets.load_dataset): the part of the growth that is the
+only loads the dataset (core.datasets.load_dataset): the part of the growth that is the
 annotation file itself, which both stages must hold.
 
 {common.table(["instances", "annotations alone peak MB", "stage one peak MB", "stage one s",
@@ -111,7 +111,7 @@ annotation file itself, which both stages must hold.
 - Stage two (trainer + worker), {lo:,} → {hi:,} instances: **{g2:+.0f} MB**
   (goal < +50 MB: {common.verdict(g2 < 50)}); without the trainer's copy of the annotations
   (forked workers share it): **{g2 - ga:+.0f} MB** ({common.verdict(g2 - ga < 50)}).
-- What grows is the annotations, held as numpy columns (pipeline/datasets.py, streamed from the
+- What grows is the annotations, held as numpy columns (core/datasets.py, streamed from the
   file without parsing it whole); the stores, batches in flight and DataLoader queues do not grow
   with the dataset. Section 6 takes this to 150,000 persons.
 """

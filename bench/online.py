@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 import uniskel.student.run_data as student_train  # where train() calls match_stores
-from uniskel.pipeline.crops import crop_person, read_image
-from uniskel.pipeline.datasets import Dataset
-from uniskel.pipeline.geometry import compose, crop_to_heatmap
+from uniskel.core.crops import crop_person, read_image
+from uniskel.core.datasets import Dataset
+from uniskel.core.geometry import compose, crop_to_heatmap
 from uniskel.pipeline.teachers import Teacher, read_info
 from uniskel.stores.verify import StoreCheck
 from uniskel.student.data import TeacherSource

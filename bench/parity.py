@@ -20,9 +20,9 @@ import common
 import numpy as np
 import online
 
+from uniskel.evaluation.evaluate import evaluate
 from uniskel.pipeline.cache import cache_teachers
 from uniskel.pipeline.teachers import read_info
-from uniskel.student.evaluate import evaluate
 from uniskel.student.train import train
 
 

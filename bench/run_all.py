@@ -22,7 +22,7 @@ import stage_one
 import stage_two
 import store
 
-from uniskel.pipeline.files import write_text
+from uniskel.core.files import write_text
 
 # The store's design measurements, from earlier runs: appended as they are.
 DESIGN = Path(__file__).with_name("store_design.md")

@@ -5,7 +5,7 @@ process-tree PSS and time to the first optimiser step, at a small and a large in
 
 Data: `uni synth` COCO training persons repeated with fresh annotation and image ids to each
 size (image records grow with persons, as in real files; their files repeat). Every figure comes
-from a fresh process with its own dataset cache folder (pipeline/dataset_cache.py; emptied first):
+from a fresh process with its own dataset cache folder (core/dataset_cache.py; emptied first):
 inspect-data runs twice, parsing the file and then reading the cached columns, and its peak RSS
 is the kernel's maximum (wait4). train-student (tiny student, 2 DataLoader workers, no stores)
 runs with the cache warm (and the large size once more with it empty, a first start); its process
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from uniskel.pipeline import dataset_cache
+from uniskel.core import dataset_cache
 
 DEFAULT_WORK = Path(os.environ.get("TMPDIR", "/tmp")) / "uni-bench"
 
@@ -227,7 +227,7 @@ def run(args: argparse.Namespace) -> str:
     lo, hi = min(args.sizes), max(args.sizes)
     lines = [f"## Datasets at scale ({lo:,} → {hi:,} instances)", "",
              f"Synthetic COCO files (`uni synth` persons repeated); the dataset cache is "
-             f"used from {dataset_cache.MIN_INSTANCES:,} persons (pipeline/dataset_cache.py). "
+             f"used from {dataset_cache.MIN_INSTANCES:,} persons (core/dataset_cache.py). "
              f"train-student: tiny, {args.workers} DataLoader workers, no stores, dataset "
              f"cache warm; memory over {args.at - 15:.0f}–{args.at:.0f} s after the start "
              "(≥ 10 s, after the first step).", "",

@@ -27,11 +27,11 @@ from pathlib import Path
 import common
 import numpy as np
 
+from uniskel.core.crops import crop_person, normalize, read_image
+from uniskel.core.datasets import load_dataset
+from uniskel.core.geometry import compose, crop_to_heatmap
 from uniskel.pipeline.cache import cache_teachers, dataset_items, plan_tasks
 from uniskel.pipeline.cache_tasks import TeacherSpec, local_results
-from uniskel.pipeline.crops import crop_person, normalize, read_image
-from uniskel.pipeline.datasets import load_dataset
-from uniskel.pipeline.geometry import compose, crop_to_heatmap
 from uniskel.pipeline.teachers import Teacher
 from uniskel.stores import heatmap_store as hs
 from uniskel.stores import writer as sw

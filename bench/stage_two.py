@@ -26,9 +26,9 @@ import numpy as np
 import online
 import torch
 
+from uniskel.core.datasets import load_dataset
+from uniskel.core.skeletons import NUM_UNIFIED
 from uniskel.pipeline.cache import cache_teachers
-from uniskel.pipeline.datasets import load_dataset
-from uniskel.pipeline.skeletons import NUM_UNIFIED
 from uniskel.pipeline.teachers import read_info
 from uniskel.student.data import Augment, PoseSamples, collate, match_stores
 from uniskel.student.losses import total_loss
@@ -95,7 +95,7 @@ def model_seconds(batch: dict, teachers: list[str], skeletons: dict, args, steps
 def big_teachers(demo_paths: list[Path], arch: str, work: Path) -> list[Path]:
     """The demo's two teachers' interfaces (name, skeleton, input) on an `arch` student network
     with random weights: for timing online KD with teachers far bigger than the student."""
-    from uniskel.student.export import export_model
+    from uniskel.evaluation.export import export_model
     from uniskel.student.models import build_model
 
     out = []

@@ -23,10 +23,10 @@ import hdf5plugin
 import numpy as np
 import torch
 
-from uniskel.pipeline.crops import crop_person, read_image
-from uniskel.pipeline.datasets import load_dataset
-from uniskel.pipeline.geometry import compose, crop_to_heatmap
-from uniskel.pipeline.heatmaps import decode_heatmaps
+from uniskel.core.crops import crop_person, read_image
+from uniskel.core.datasets import load_dataset
+from uniskel.core.geometry import compose, crop_to_heatmap
+from uniskel.core.heatmaps import decode_heatmaps
 from uniskel.pipeline.teachers import Teacher
 from uniskel.stores import heatmap_store as hs
 from uniskel.stores import writer as sw
@@ -293,7 +293,7 @@ def _error_cells(e: dict) -> list[str]:
 
 def _verdict_shift(errors: list[list[str]]) -> str:
     worst = max(float(r[5].split(" / ")[0]) for r in errors)
-    return (f"Argmax shift (heatmap px, the refined decode of pipeline.heatmaps): worst mean "
+    return (f"Argmax shift (heatmap px, the refined decode of core.heatmaps): worst mean "
             f"{worst:.4f} px (goal ≤ 0.05: {common.verdict(worst <= 0.05)}).")
 
 

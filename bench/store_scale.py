@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from uniskel.pipeline.heatmaps import gaussian_heatmaps
+from uniskel.core.heatmaps import gaussian_heatmaps
 from uniskel.stores.encode import encode_rows
 from uniskel.stores.heatmap_store import StoreMeta, open_store
 from uniskel.stores.writer import StoreWriter, create_store

@@ -28,6 +28,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from uniskel.core.datasets import Dataset, load_dataset, missing_images
+from uniskel.core.errors import UniError, io_reason
+from uniskel.core.files import atomic_write
+from uniskel.core.killpoints import kill_point
 from uniskel.pipeline.cache_tasks import (
     Item,
     Task,
@@ -38,11 +42,7 @@ from uniskel.pipeline.cache_tasks import (
     local_results,
     start_client,
 )
-from uniskel.pipeline.datasets import Dataset, load_dataset, missing_images
 from uniskel.pipeline.devices import cuda_device_count, parse_device, resolve_device
-from uniskel.pipeline.errors import UniError, io_reason
-from uniskel.pipeline.faults import fault
-from uniskel.pipeline.files import atomic_write
 from uniskel.pipeline.teachers import Teacher
 from uniskel.stores.heatmap_store import CODEC, THRESHOLD, StoreMeta, check_compatible, open_store
 from uniskel.stores.writer import StoreWriteFailed, StoreWriter, create_store, repair_store
@@ -225,7 +225,7 @@ def _run_dataset(jobs: list[_Job], run: Runner, spec_for: Callable[[_Job, dict],
             total=len(ids) * len(jobs), initial=int(sum(d.sum() for d in dones)), unit="crop",
             desc=f"{names} × {jobs[0].dataset.format}", file=sys.stderr, dynamic_ncols=True,
             disable=not progress, smoothing=0.1))
-        fault("cache-start")  # test hook (pipeline/faults.py); so are the fault() calls below
+        kill_point("cache-start")  # test hook (core/killpoints.py), as every kill_point() is
         for result in run(specs, tasks):
             for writer, s, part, known in zip(writers, summaries, result.parts, providers,
                                               strict=True):
@@ -243,7 +243,7 @@ def _run_dataset(jobs: list[_Job], run: Runner, spec_for: Callable[[_Job, dict],
                     if part.provider not in known:  # the store records what computed it
                         known.append(part.provider)
                         writer.set_attr("providers", json.dumps(sorted(known)))
-                    fault("cache-batch")
+                    kill_point("cache-batch")
                 s.skipped.update(part.skipped)
                 s.computed += len(part.rows)
                 bar.update(len(part.rows) + len(part.skipped))

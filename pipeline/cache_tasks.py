@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from uniskel.pipeline.crops import crop_person, read_image
+from uniskel.core.crops import crop_person, read_image
+from uniskel.core.errors import UniError
+from uniskel.core.geometry import compose, crop_to_heatmap
+from uniskel.core.killpoints import kill_point
 from uniskel.pipeline.devices import CPU, cuda_device_count, worker_slot
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.faults import fault
-from uniskel.pipeline.geometry import compose, crop_to_heatmap
 from uniskel.pipeline.teachers import Teacher
 from uniskel.stores.encode import EncodedRows, encode_rows
 
@@ -249,7 +249,7 @@ def _infer_encode(cropped: Cropped, specs: list[TeacherSpec]) -> TaskResult:
 
 def run_task(specs: list[TeacherSpec], task: Task) -> TaskResult:
     """One dask task: decode and crop (in the pool on a GPU), infer, encode."""
-    fault("cache-task")  # test hook (pipeline/faults.py): a worker killed inside a task
+    kill_point("cache-task")  # test hook (core/killpoints.py): a worker killed inside a task
     teachers = [teacher(s) for s in specs]
     return _infer_encode(Cropped(task, teachers, decode_pool(teachers)), specs)
 

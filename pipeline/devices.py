@@ -15,7 +15,7 @@ import ctypes
 import functools
 import re
 
-from uniskel.pipeline.errors import UniError
+from uniskel.core.errors import UniError
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 CPU = "CPUExecutionProvider"

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from uniskel.pipeline.crops import DEFAULT_MEAN, DEFAULT_STD, normalize
+from uniskel.core.crops import DEFAULT_MEAN, DEFAULT_STD, normalize
+from uniskel.core.errors import UniError
+from uniskel.core.files import atomic_write, file_sha256
+from uniskel.core.geometry import PADDING
+from uniskel.core.heatmaps import merge_flipped
+from uniskel.core.skeletons import SKELETONS, Skeleton
 from uniskel.pipeline.devices import CUDA, provider_used, resolve_device, session_providers
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.files import atomic_write, file_sha256
-from uniskel.pipeline.geometry import PADDING
-from uniskel.pipeline.heatmaps import merge_flipped
-from uniskel.pipeline.skeletons import SKELETONS, Skeleton
 
 HEADS = ("heatmap", "simcc")
 ACTIVATIONS = ("none", "sigmoid", "softmax")
@@ -360,7 +360,7 @@ class Teacher:
     def predict(self, crops: np.ndarray, flip_test: bool = True) -> np.ndarray:
         """crops: (N, H, W, 3) uint8 RGB → (N, K, h, w) float32 soft heatmaps, native order.
 
-        Flip test: pipeline.heatmaps.merge_flipped of the crop's and its mirror's maps.
+        Flip test: core.heatmaps.merge_flipped of the crop's and its mirror's maps.
         """
         w, h = self.info.input_wh
         if crops.ndim != 4 or crops.shape[1:] != (h, w, 3):

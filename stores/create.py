@@ -12,8 +12,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from uniskel.pipeline.errors import UniError, io_reason
-from uniskel.pipeline.files import atomic_write
+from uniskel.core.errors import UniError, io_reason
+from uniskel.core.files import atomic_write
 from uniskel.stores.encode import CODEC, CODECS, THRESHOLD, heatmap_dataset_kwargs
 from uniskel.stores.heatmap_store import FORMAT_VERSION, StoreMeta, meta_to_attrs
 

@@ -17,7 +17,7 @@ import h5py
 import hdf5plugin
 import numpy as np
 
-from uniskel.pipeline.errors import UniError
+from uniskel.core.errors import UniError
 
 THRESHOLD = 4.0 / 255.0  # default × channel max under which values are zeroed
 # Compression filters for the heatmaps (hdf5plugin); stores record the name in attr "codec".

@@ -11,7 +11,7 @@ H×W heatmap grid:
                                       fletcher32 checksum on every chunk.
   scales        (N, K) float32        value = uint8 × scale; scale = channel max / 255 (0 for an
                                       all-zero channel), so each channel's peak is stored as 255.
-  affines       (N, 2, 3) float64     image pixels → heatmap grid pixels (pipeline.geometry
+  affines       (N, 2, 3) float64     image pixels → heatmap grid pixels (core.geometry
                                       conventions); a target is only valid for this view.
   instance_ids  (N,) int64            the dataset's instance ids; row r holds instance_ids[r].
   done          (N,) uint8            1 = row r is written (data flushed before done is set).
@@ -21,7 +21,7 @@ H×W heatmap grid:
   attributes    format_version (int), every StoreMeta field (dicts and tuples as JSON strings,
                 flip_test as a bool; stores written before its rename hold it as "flip"),
                 skeleton_def (JSON: the teacher's whole skeleton definition,
-                pipeline.skeletons Skeleton.to_json; stores written before it have none and
+                core.skeletons Skeleton.to_json; stores written before it have none and
                 read the known skeleton of that name), to_unified (JSON list: native channel
                 → unified21 index or null, kept for older readers), software_version,
                 created / updated / completed (UTC ISO 8601, completed "" until finished),
@@ -68,8 +68,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.skeletons import SKELETONS, Skeleton
+from uniskel.core.errors import UniError
+from uniskel.core.skeletons import SKELETONS, Skeleton
 from uniskel.stores.encode import (  # noqa: F401  (re-exported: the store's public names)
     CODEC,
     CODECS,
@@ -331,7 +331,7 @@ class StoreReader:
         return self.check(progress).damaged
 
     def summary(self) -> dict:
-        """Provenance, counts and sizes (JSON-able; stores.inspect formats it)."""
+        """Provenance, counts and sizes (JSON-able; app.inspect_store formats it)."""
         self._open()
         meta = self.meta
         k, h, w = meta.heatmap_shape

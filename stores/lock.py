@@ -9,7 +9,7 @@ import socket
 import time
 from pathlib import Path
 
-from uniskel.pipeline.errors import UniError, io_reason
+from uniskel.core.errors import UniError, io_reason
 
 log = logging.getLogger(__name__)
 

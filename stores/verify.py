@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.files import atomic_write
+from uniskel.core.errors import UniError
+from uniskel.core.files import atomic_write
 from uniskel.stores.encode import row_crcs
 from uniskel.stores.lock import held_by_live_writer
 

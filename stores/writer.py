@@ -40,8 +40,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.faults import fault
+from uniskel.core.errors import UniError
+from uniskel.core.killpoints import kill_point
 from uniskel.stores.create import (  # noqa: F401  (create_store, StoreWriteFailed: re-exported)
     META_CHUNK,
     StoreWriteFailed,
@@ -59,7 +59,6 @@ from uniskel.stores.encode import (
     row_crcs,
     twin_filters,
 )
-from uniskel.stores.guard import WRITE_ERRORS, WriteGuard
 from uniskel.stores.heatmap_store import (
     FORMAT_VERSION,
     StoreMeta,
@@ -70,6 +69,7 @@ from uniskel.stores.heatmap_store import (
 )
 from uniskel.stores.lock import release_lock, take_lock
 from uniskel.stores.verify import WriterRecord
+from uniskel.stores.write_guard import WRITE_ERRORS, WriteGuard
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ class StoreWriter:
             for j, r in enumerate(rows):  # ascending; order[j]: its place in `encoded`
                 write_chunk((int(r), 0, 0, 0), encoded.chunks[order[j]], int(masks[j]))
                 if j == 0:
-                    fault("store-chunk")  # test hook: a failure here lands mid-batch
+                    kill_point("store-chunk")  # test hook: a failure here lands mid-batch
             _write_runs(self._scales, runs, scales)
             _write_runs(self._affines, runs, affines)
             _write_runs(self._crc, runs, crcs)
@@ -339,7 +339,7 @@ class StoreWriter:
             self._attrs_set = True
             a = self._f.attrs
             a["skipped"] = json.dumps({str(k): v for k, v in sorted(skipped.items())})
-            fault("store-finalize")
+            kill_point("store-finalize")
             if not skipped:
                 a["complete"] = 1
                 a["completed"] = a["updated"] = now()

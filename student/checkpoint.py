@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from uniskel.pipeline.errors import UniError, io_reason
-from uniskel.pipeline.faults import fault
-from uniskel.pipeline.files import atomic_write
-from uniskel.pipeline.skeletons import UNIFIED, Skeleton
+from uniskel.core.errors import UniError, io_reason
+from uniskel.core.files import atomic_write
+from uniskel.core.killpoints import kill_point
+from uniskel.core.skeletons import UNIFIED, Skeleton
 from uniskel.student.models import build_model
 
 CHECKPOINT_NAMES = ("best.pt", "last.pt")  # what a run directory offers, in order of preference
@@ -157,7 +157,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
 
     def write(tmp: Path) -> None:
         torch.save(ckpt, tmp)
-        fault("checkpoint")  # test hook: written, not yet renamed over the old one
+        kill_point("checkpoint")  # test hook: written, not yet renamed over the old one
 
     try:
         atomic_write(path, write)

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import tomli_w
 
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.files import write_text
-from uniskel.pipeline.geometry import parse_input_size
+from uniskel.core.errors import UniError
+from uniskel.core.files import write_text
+from uniskel.core.geometry import parse_input_size
 from uniskel.student.losses import KD_DECAYS, KD_LOSSES
 from uniskel.student.models import MODELS
 

@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from uniskel.pipeline.crops import crop_person, normalize, read_image
-from uniskel.pipeline.datasets import Dataset
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.geometry import (
+from uniskel.core.crops import crop_person, normalize, read_image
+from uniskel.core.datasets import Dataset
+from uniskel.core.errors import UniError
+from uniskel.core.geometry import (
     PADDING,
     apply,
     compose,
@@ -43,8 +43,8 @@ from uniskel.pipeline.geometry import (
     visible_mask,
     warp_heatmaps,
 )
-from uniskel.pipeline.heatmaps import SIGMA, gaussian_heatmaps
-from uniskel.pipeline.skeletons import UNIFIED, Skeleton, get_skeleton, native_to_unified
+from uniskel.core.heatmaps import SIGMA, gaussian_heatmaps
+from uniskel.core.skeletons import UNIFIED, Skeleton, get_skeleton, native_to_unified
 from uniskel.stores.heatmap_store import StoreReader, missing_instances, open_store
 
 _PEAK_EPS = 1e-6  # a cached map with a lower peak is empty: the teacher saw nothing there

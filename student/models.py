@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.skeletons import UNIFIED
+from uniskel.core.errors import UniError
+from uniskel.core.skeletons import UNIFIED
 
 # name → (stem width, widths of the stride 8 / 16 / 32 stages, blocks per stage, expansion,
 #         decoder width). Parameter counts are checked in tests/test_student_models.py.

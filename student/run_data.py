@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from uniskel.pipeline.datasets import Dataset, load_dataset
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.skeletons import Skeleton, load_skeleton_file, unified_skeleton
+from uniskel.core.datasets import Dataset, load_dataset
+from uniskel.core.errors import UniError
+from uniskel.core.skeletons import Skeleton, load_skeleton_file, unified_skeleton
 from uniskel.student import ddp
 from uniskel.student.checkpoint import student_unified
 from uniskel.student.config import teacher_weights

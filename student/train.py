@@ -5,7 +5,7 @@ The same code runs single-process or under ``torchrun --nproc-per-node N`` (stud
 rank 0 alone writes files).
 
 Run directory: config.toml (the resolved config), metrics.csv, tb/ (TensorBoard),
-loss_curves.png (student/metrics.py), last.pt and best.pt (lowest validation loss;
+loss_curves.png (student/runlog.py), last.pt and best.pt (lowest validation loss;
 student/checkpoint.py). last.pt is written at every epoch end, and mid-epoch every save_every
 steps and every save_every_s seconds (default 600: a kill loses at most ~10 minutes of work).
 `resume` continues exactly where last.pt left off, mid-epoch too: an epoch's sample order is a
@@ -35,8 +35,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.faults import fault
+from uniskel.core.errors import UniError
+from uniskel.core.killpoints import kill_point
 from uniskel.student import ddp
 from uniskel.student.checkpoint import (
     Position,
@@ -47,9 +47,9 @@ from uniskel.student.checkpoint import (
 )
 from uniskel.student.config import read_run_config, resolve_config, write_config
 from uniskel.student.losses import heatmap_mse, total_loss
-from uniskel.student.metrics import RunLog
 from uniskel.student.models import build_model
 from uniskel.student.run_data import Data, build_data, loader_generator, say
+from uniskel.student.runlog import RunLog
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -210,7 +210,7 @@ def _epoch(r: Run, world: int, progress: bool) -> float:
             r.log.scalars(pos.step, means, r.lr(pos.step), rate)
             if not end:  # the epoch's last row comes with its validation loss
                 r.log.row(pos.epoch, pos.step, means, r.lr(pos.step), rate)
-        fault("train-step")  # test hook: a step taken, not yet checkpointed
+        kill_point("train-step")  # test hook: a step taken, not yet checkpointed
         if end:
             break
         if due or (cfg["save_every"] and pos.step % cfg["save_every"] == 0):

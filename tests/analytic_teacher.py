@@ -12,15 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from uniskel.pipeline.datasets import Dataset
-from uniskel.pipeline.geometry import (
+from uniskel.core.datasets import Dataset
+from uniskel.core.geometry import (
     apply,
     bbox_to_center_size,
     compose,
     crop_affine,
     crop_to_heatmap,
 )
-from uniskel.pipeline.skeletons import (
+from uniskel.core.skeletons import (
     SKELETONS,
     native_to_unified,
     unified_skeleton,

@@ -36,7 +36,7 @@ def synth_dir(tmp_path_factory) -> Path:
     Layout: coco/{train,val}.json, mpii/{train,val}.json, halpe/val.json, <fmt>/images/.
     Read-only for tests: copy before changing.
     """
-    from uniskel.pipeline.synth import generate
+    from uniskel.app.synth import generate
 
     out = tmp_path_factory.mktemp("synth")
     generate(out, persons=60, seed=0, progress=False)
@@ -126,8 +126,8 @@ def coco_crops():
     """(12, 64, 48, 3) uint8: every labelled person of the real COCO sample, cropped."""
     import numpy as np
 
-    from uniskel.pipeline.crops import crop_person, read_image
-    from uniskel.pipeline.datasets import load_dataset
+    from uniskel.core.crops import crop_person, read_image
+    from uniskel.core.datasets import load_dataset
 
     ds = load_dataset(COCO_SPEC)
     return np.stack([crop_person(read_image(i.image_path), i.bbox, (48, 64))[0]
@@ -159,7 +159,7 @@ def tiny_student_run(tmp_path_factory) -> Path:
 def skeleton_registry():
     """Whatever a test adds to the known skeletons, unified skeletons and dataset kinds
     (load_skeleton_file, `uni --skeletons` run in-process) is forgotten after it."""
-    from uniskel.pipeline import skeletons
+    from uniskel.core import skeletons
 
     tables = (skeletons.SKELETONS, skeletons._UNIFIED_KNOWN, skeletons._KINDS,
               skeletons._ORIGIN)

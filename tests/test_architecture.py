@@ -1,11 +1,9 @@
 """The import picture of README "Architecture", checked on the source (an AST walk, no imports).
 
-Layers, each importing only itself and the layers before it:
-  foundation (pipeline's small modules) ← stores ← pipeline/cache.py + cache_tasks.py ← student
-  ← cli.py
-student/demo.py is the one student module that may import pipeline.cache (the demo runs stage
-one). Project imports sit at the top of each module; a function may import lazily only a heavy
-third-party package, so that importing a module stays cheap for those who never call it.
+Layers are folders (LAYERS below): core ← stores ← pipeline; core ← stores ← student;
+pipeline + student ← evaluation ← app ← cli.py. Project imports sit at the top of each module;
+a function may import lazily only a heavy third-party package, so that importing a module
+stays cheap for those who never call it.
 """
 
 from __future__ import annotations
@@ -15,25 +13,21 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-NAMESPACE = "uniskel"  # the repository root, installed as one package (pyproject.toml)
-PACKAGES = ("pipeline", "stores", "student")
-PROJECT = PACKAGES + ("cli",)
-
-FOUNDATION = {"pipeline", *(f"pipeline.{m}" for m in (
-    "errors", "files", "faults", "skeleton_defs", "skeletons", "geometry", "heatmaps", "crops",
-    "json_stream", "image_fields", "annotations", "mpii_reader", "dataset_cache", "datasets",
-    "synth", "draw", "devices", "teachers"))}
-STAGE_ONE = {"pipeline.cache", "pipeline.cache_tasks"}  # its top: client and worker side
-MAY_IMPORT = {
-    "foundation": {"foundation"},
-    "stores": {"foundation", "stores"},
-    "pipeline.cache": {"foundation", "stores", "pipeline.cache"},
-    "student": {"foundation", "stores", "student"},
+NAMESPACE = "uniskel"  # the repository root, installed as one package (setup.py)
+# The layers, as folder rules: each package of the repository may import itself and the packages
+# named here, nothing else. cli.py and __main__.py sit on top and may import anything.
+LAYERS: dict[str, set[str]] = {
+    "core": set(),                                  # the foundation every layer uses
+    "stores": {"core"},                             # the soft-label store
+    "pipeline": {"core", "stores"},                 # stage one: teachers write stores
+    "student": {"core", "stores"},                  # stage two: reads stores, never runs teachers
+    "evaluation": {"core", "pipeline", "student"},  # runs students and ONNX teachers, scores them
+    "app": {"core", "stores", "pipeline", "student", "evaluation"},  # demo, synth, inspection
 }
-EXCEPTIONS = {("student.demo", "pipeline.cache")}  # the demo runs stage one
+TOP = ("cli", "__main__")
 # Imported inside the functions that need them, for what importing them costs (measured after
 # numpy: torch.utils.tensorboard 1.8 s, onnx 1.2 s, matplotlib 0.7 s, distributed 0.5 s, scipy.io
-# 0.25 s, more than pipeline.datasets itself) or because one path alone needs them (onnxruntime:
+# 0.25 s, more than core.datasets itself) or because one path alone needs them (onnxruntime:
 # teachers; pycocotools: COCO AP).
 HEAVY = ("onnxruntime", "onnx", "distributed", "dask.distributed", "matplotlib", "pycocotools",
          "torch.utils.tensorboard", "scipy.io")
@@ -42,19 +36,20 @@ SECTION = re.compile(r'docs/conventions\.md "([A-Z][^"]*)"')
 DEAD_REFERENCE = re.compile(r'\bSPEC(\.md\b| ")|\.\./shared/')
 
 
+def _packages() -> list[str]:
+    """Every folder of the repository that is a package (has an __init__.py)."""
+    return sorted(p.parent.name for p in REPO.glob("*/__init__.py"))
+
+
 def _layer(module: str) -> str | None:
-    if module in FOUNDATION:
-        return "foundation"
-    if module in STAGE_ONE:
-        return "pipeline.cache"
     top = module.split(".")[0]
-    return top if top in ("stores", "student") else None
+    return top if top in LAYERS else None
 
 
 def _modules() -> dict[str, Path]:
     """Dotted name → file, for every module of the packages."""
     out = {}
-    for package in PACKAGES:
+    for package in _packages():
         for path in sorted((REPO / package).glob("*.py")):
             name = package if path.stem == "__init__" else f"{package}.{path.stem}"
             out[name] = path
@@ -78,7 +73,7 @@ def _imports(module: str, path: Path) -> list[tuple[int, str, bool]]:
             if node.level:  # relative: from . import x, from .x import y
                 parts = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(parts + ([base] if base else []))
-            # `from uniskel.pipeline import crops` imports the module pipeline.crops.
+            # `from uniskel.pipeline import crops` imports the module core.crops.
             base = _in_repo(base)
             folder = REPO / base.replace(".", "/")
             names = [f"{base}.{a.name}" if (folder / f"{a.name}.py").is_file() else base
@@ -99,19 +94,26 @@ def _where(path: Path, line: int) -> str:
 
 
 def _project(name: str) -> bool:
-    return name.split(".")[0] in PROJECT
+    return name.split(".")[0] in (*LAYERS, *TOP)
 
 
-def test_every_module_has_a_layer():
-    unknown = [str(p.relative_to(REPO)) for m, p in _modules().items() if _layer(m) is None]
-    assert not unknown, (f"{unknown}: not in the layer picture; add them to FOUNDATION in "
+def test_every_package_has_a_layer():
+    unknown = [p for p in _packages() if p not in LAYERS and p not in ("tests", "bench")]
+    assert not unknown, (f"{unknown}: a package with no layer; add its folder rule to LAYERS in "
                          "tests/test_architecture.py and to README \"Architecture\"")
+
+
+def test_no_modules_beside_the_packages():
+    """The repository root holds only the top (cli.py, __main__.py) and setup.py."""
+    extra = sorted(p.name for p in REPO.glob("*.py")
+                   if p.stem not in TOP + ("__init__", "setup"))
+    assert not extra, f"{extra}: modules at the top level; put each in the package of its layer"
 
 
 def test_project_modules_are_imported_through_the_namespace():
     """`import pipeline` works only from the repository root; installed, it is uniskel.pipeline
     (and a bare `pipeline` may be another package's)."""
-    files = [p for d in PACKAGES + ("tests", "bench") for p in sorted((REPO / d).glob("*.py"))]
+    files = [p for d in (*_packages(), "bench") for p in sorted((REPO / d).glob("*.py"))]
     bad = []
     for path in files + [REPO / "cli.py"]:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -119,7 +121,7 @@ def test_project_modules_are_imported_through_the_namespace():
                      [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
                      else [])
             bad += [f"{_where(path, node.lineno)}: imports {n}; write {NAMESPACE}.{n}"
-                    for n in names if n.split(".")[0] in PROJECT]
+                    for n in names if _project(n)]
     assert not bad, "\n".join(bad)
 
 
@@ -139,11 +141,11 @@ def test_imports_follow_the_layers():
             if not _project(name):
                 continue
             target = _layer(name)
-            if target in MAY_IMPORT[layer] or (module, name) in EXCEPTIONS:
+            if target == layer or target in LAYERS[layer]:
                 continue
-            bad.append(f"{_where(path, line)}: {module} ({layer}) imports {name} "
-                       f"({target or 'the top'}) (rule: {layer} may import only "
-                       f"{', '.join(sorted(MAY_IMPORT[layer]))})")
+            allowed = ", ".join(sorted(LAYERS[layer] | {layer}))
+            bad.append(f"{_where(path, line)}: {module} imports {name} "
+                       f"(rule: {layer}/ may import only {allowed})")
     assert not bad, "\n".join(bad)
 
 
@@ -181,7 +183,7 @@ def test_lazy_imports_are_heavy_packages_only():
 def test_comments_cite_real_sections_of_the_conventions():
     sections = {line[3:].strip() for line in (REPO / "docs" / "conventions.md").read_text()
                 .splitlines() if line.startswith("## ")}
-    files = [p for d in PACKAGES + ("tests", "bench") for p in sorted((REPO / d).glob("*.py"))]
+    files = [p for d in (*_packages(), "bench") for p in sorted((REPO / d).glob("*.py"))]
     files += [REPO / "cli.py", REPO / "README.md", REPO / "BENCHMARKS.md"]
     bad = []
     for path in files:

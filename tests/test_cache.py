@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 from conftest import DATA
 
+from uniskel.core.crops import crop_person, read_image
+from uniskel.core.datasets import load_dataset
+from uniskel.core.errors import UniError
+from uniskel.core.geometry import compose, crop_to_heatmap
+from uniskel.core.heatmaps import decode_heatmaps
 from uniskel.pipeline.cache import cache_teachers, format_run_summary, store_name
 from uniskel.pipeline.cache_tasks import TeacherSpec, dask_results, local_results, start_client
-from uniskel.pipeline.crops import crop_person, read_image
-from uniskel.pipeline.datasets import load_dataset
 from uniskel.pipeline.devices import worker_slot
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.geometry import compose, crop_to_heatmap
-from uniskel.pipeline.heatmaps import decode_heatmaps
 from uniskel.pipeline.teachers import Teacher
 from uniskel.stores.heatmap_store import CODEC, THRESHOLD, open_store
 from uniskel.stores.writer import StoreWriter
@@ -442,7 +442,7 @@ def test_killed_between_stores_then_a_teacher_added(three_teachers, tmp_path):
     base = [*UNI, "cache-teachers", "--data", spec, "--out", str(out),
             "--workers", "1", "--batch-size", "5", "--device", "cpu"]
     two = base + ["--teacher", str(teachers[0]), "--teacher", str(teachers[2])]
-    env = {**os.environ, "UNI_FAULT": "cache-batch:3"}
+    env = {**os.environ, "UNI_KILL_AT": "cache-batch:3"}
     killed = subprocess.run(two, cwd=REPO, env=env, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     done = {p.name: int(open_store(p).done.sum()) for p in out.glob("*.h5")}

@@ -42,12 +42,12 @@ def _spec(tmp: Path, times: int = TIMES) -> str:
 @pytest.fixture
 def cluster(tmp_path):
     """(scheduler file, victim worker, other worker, scheduler): a scheduler and two one-thread
-    workers, no nannies (a killed worker stays dead); the victim carries the UNI_FAULT kill
+    workers, no nannies (a killed worker stays dead); the victim carries the UNI_KILL_AT kill
     hook. Every process is killed in teardown, whatever happened."""
     from distributed import Client
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    env.pop("UNI_FAULT", None)
+    env.pop("UNI_KILL_AT", None)
     sched_file = tmp_path / "scheduler.json"
     procs: list[subprocess.Popen] = []
 
@@ -67,7 +67,7 @@ def cluster(tmp_path):
         while not sched_file.is_file() and time.time() < deadline:
             time.sleep(0.1)
         assert sched_file.is_file(), (tmp_path / "dask0.log").read_text()
-        victim = start(*worker, UNI_FAULT=f"cache-task:{KILL_AT}")
+        victim = start(*worker, UNI_KILL_AT=f"cache-task:{KILL_AT}")
         other = start(*worker)
         with Client(scheduler_file=str(sched_file), timeout="20s") as client:
             client.wait_for_workers(2, timeout=30)
@@ -140,7 +140,7 @@ def test_killed_scheduler_stops_the_run_and_a_new_cluster_finishes_it(cluster, h
 
     # A fresh scheduler and worker: the same command completes the store.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    env.pop("UNI_FAULT", None)
+    env.pop("UNI_KILL_AT", None)
     new_file = tmp_path / "scheduler2.json"
     procs = [subprocess.Popen([str(DASK), "scheduler", "--scheduler-file", str(new_file),
                                "--host", "127.0.0.1", "--port", "0", "--no-dashboard"],

@@ -1,4 +1,4 @@
-"""Datasets as columns (pipeline/datasets.py, annotations.py, json_stream.py, dataset_cache.py):
+"""Datasets as columns (core/datasets.py, annotations.py, json_stream.py, dataset_cache.py):
 the streamed parse equals json.load, problems are found in the documented order, loading holds
 arrays rather than per-person objects, and the on-disk cache of parsed columns."""
 
@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from uniskel.pipeline import annotations, dataset_cache
-from uniskel.pipeline import datasets as datasets_module
-from uniskel.pipeline.datasets import Instance, load_dataset, summarize
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.files import read_json
-from uniskel.pipeline.json_stream import Streamed, read_json_stream
+from uniskel.core import annotations, dataset_cache
+from uniskel.core import datasets as datasets_module
+from uniskel.core.datasets import Instance, load_dataset, summarize
+from uniskel.core.errors import UniError
+from uniskel.core.files import read_json
+from uniskel.core.json_stream import Streamed, read_json_stream
 
 json_any = st.recursive(
     st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)

@@ -1,5 +1,5 @@
 """Dataset kinds on their real samples, readers by shape, and skeletons added by a user's TOML
-(pipeline/skeletons.toml, pipeline/annotations.py, README "Dataset kinds")."""
+(core/skeletons.toml, core/annotations.py, README "Dataset kinds")."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import one_line_error
 
-from uniskel.pipeline.datasets import load_dataset, parse_spec, summarize
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.skeletons import UNIFIED_NAMES, get_skeleton, known_unified
+from uniskel.core.datasets import load_dataset, parse_spec, summarize
+from uniskel.core.errors import UniError
+from uniskel.core.skeletons import UNIFIED_NAMES, get_skeleton, known_unified
 
 # docs/conventions.md "Dataset mappings", written out again: a native name (as the file's
 # category spells it, lower case, spaces as _) → unified name; not listed = the same name.
@@ -192,8 +192,8 @@ def test_ignore_region_containment_matches_opencv(data_dir):
 
 
 def test_image_level_fields_survive_the_cache(tmp_path, monkeypatch, data_dir):
-    from uniskel.pipeline import dataset_cache
-    from uniskel.pipeline import datasets as datasets_module
+    from uniskel.core import dataset_cache
+    from uniskel.core import datasets as datasets_module
 
     monkeypatch.setenv("UNI_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(dataset_cache, "MIN_INSTANCES", 0)

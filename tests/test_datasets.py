@@ -1,4 +1,4 @@
-"""Dataset readers on the real sample files, head boxes, and bad input (pipeline/datasets.py)."""
+"""Dataset readers on the real sample files, head boxes, and bad input (core/datasets.py)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ from conftest import one_line_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from uniskel.pipeline.datasets import (
+from uniskel.core.datasets import (
     head_size,
     load_dataset,
     load_mpii_head_boxes,
     parse_spec,
     summarize,
 )
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.skeletons import UNIFIED_NAMES
+from uniskel.core.errors import UniError
+from uniskel.core.skeletons import UNIFIED_NAMES
 
 U = {n: i for i, n in enumerate(UNIFIED_NAMES)}
 

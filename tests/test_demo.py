@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from uniskel.student.demo import DemoSettings, _run_tasks, _Task, run_demo
+from uniskel.app.demo import DemoSettings, _run_tasks, _Task, run_demo
 
 # The pipeline, not the quality: every step runs, on data and sizes too small to learn.
 SMOKE = DemoSettings(persons=24, input_wh=(32, 32), teacher_model="tiny", student_model="tiny",

@@ -13,15 +13,15 @@ import pytest
 from click.testing import CliRunner
 
 from uniskel.cli import uni
-from uniskel.pipeline.datasets import load_dataset
-from uniskel.pipeline.skeletons import UNIFIED, UNIFIED_NAMES, get_skeleton, native_to_unified
-from uniskel.student import evaluate as ev_mod
-from uniskel.student.evaluate import evaluate
-from uniskel.student.metrics_oks import oks_nms
-from uniskel.student.predict import Predictor
+from uniskel.core.datasets import load_dataset
+from uniskel.core.skeletons import UNIFIED, UNIFIED_NAMES, get_skeleton, native_to_unified
+from uniskel.evaluation import evaluate as ev_mod
+from uniskel.evaluation.evaluate import evaluate
+from uniskel.evaluation.oks import oks_nms
+from uniskel.evaluation.predict import Predictor
 
 # docs/conventions.md "Metrics", written out here so the test does not lean on
-# pipeline.skeletons.
+# core.skeletons.
 COCO_SIGMAS = [.026, .025, .025, .035, .035, .079, .079, .072, .072, .062, .062,
                .107, .107, .087, .087, .089, .089]
 COCO_NAMES = list(UNIFIED_NAMES[:17])
@@ -646,7 +646,7 @@ def test_unified27_student_scores_halpe_feet(tmp_path, data_dir):
     names unified27 and reads back to the same numbers."""
     import torch
 
-    from uniskel.pipeline.skeletons import known_unified
+    from uniskel.core.skeletons import known_unified
     from uniskel.student.models import build_model
 
     u27 = known_unified()["unified27"]

@@ -14,10 +14,10 @@ from click.testing import CliRunner
 from torch import nn
 
 from uniskel.cli import uni
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.skeletons import NUM_UNIFIED, UNIFIED_NAMES
-from uniskel.student.export import export_model
-from uniskel.student.predict import OnnxPredictor, Predictor, StudentPredictor, predict_boxes
+from uniskel.core.errors import UniError
+from uniskel.core.skeletons import NUM_UNIFIED, UNIFIED_NAMES
+from uniskel.evaluation.export import export_model
+from uniskel.evaluation.predict import OnnxPredictor, Predictor, StudentPredictor, predict_boxes
 
 
 def _run(*args):
@@ -118,7 +118,7 @@ def test_export_matches_torch_and_is_a_teacher(tmp_path, crops, tiny_student_run
 
 
 def test_export_to_a_native_skeleton_keeps_its_channels(tmp_path, crops, tiny_student_run):
-    from uniskel.pipeline.skeletons import SKELETONS
+    from uniskel.core.skeletons import SKELETONS
     from uniskel.pipeline.teachers import Teacher, read_info
     from uniskel.student.checkpoint import load_student
 
@@ -137,7 +137,7 @@ def test_export_to_a_native_skeleton_keeps_its_channels(tmp_path, crops, tiny_st
 
 
 def test_export_refuses_a_mismatch(tmp_path, monkeypatch):
-    import uniskel.student.export as ex
+    import uniskel.evaluation.export as ex
 
     monkeypatch.setattr(ex, "TOLERANCE", -1.0)  # nothing can agree within a negative bound
     with pytest.raises(UniError, match="differ"):

@@ -1,4 +1,4 @@
-"""Crop geometry: affines, round trips, heatmap grids and warps (pipeline/geometry.py)."""
+"""Crop geometry: affines, round trips, heatmap grids and warps (core/geometry.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from uniskel.pipeline.geometry import (
+from uniskel.core.geometry import (
     PADDING,
     apply,
     bbox_to_center_size,

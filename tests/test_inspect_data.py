@@ -1,4 +1,4 @@
-"""`uni inspect-data` and the drawing helpers it uses (pipeline/draw.py)."""
+"""`uni inspect-data` and the drawing helpers it uses (core/draw.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from uniskel.cli import uni
-from uniskel.pipeline.datasets import load_dataset, summarize
-from uniskel.pipeline.draw import LEFT, LIMBS, MIDLINE, RIGHT, draw_box, draw_skeleton
-from uniskel.pipeline.skeletons import SKELETONS, UNIFIED_NAMES, unified_to_native
+from uniskel.core.datasets import load_dataset, summarize
+from uniskel.core.draw import LEFT, LIMBS, MIDLINE, RIGHT, draw_box, draw_skeleton
+from uniskel.core.skeletons import SKELETONS, UNIFIED_NAMES, unified_to_native
 
 
 def _run(*args: str):

@@ -17,17 +17,17 @@ from analytic_teacher import plain_view, write_analytic_store
 from click.testing import CliRunner
 
 from uniskel.cli import uni
-from uniskel.pipeline.datasets import load_dataset
-from uniskel.pipeline.geometry import apply
-from uniskel.pipeline.skeletons import (
+from uniskel.core.datasets import load_dataset
+from uniskel.core.geometry import apply
+from uniskel.core.skeletons import (
     get_skeleton,
     load_skeleton_file,
     unified_skeleton,
 )
+from uniskel.evaluation.export import export_onnx
 from uniskel.pipeline.teachers import read_info
 from uniskel.student.checkpoint import load_checkpoint, load_student, student_unified
 from uniskel.student.data import PoseSamples, match_stores
-from uniskel.student.export import export_onnx
 from uniskel.student.train import train
 
 DATA = Path(__file__).resolve().parents[1] / "samples"
@@ -45,7 +45,7 @@ SPECS = {
 HALPE = f"halpe:{DATA / 'halpe/test_halpe.json'}:{DATA / 'coco/images'}"
 
 # Each COCO-style file's native keypoints → unified names, written out here from samples/README.md
-# (not taken from pipeline/skeletons.py, so a wrong mapping there fails).
+# (not taken from core/skeletons.py, so a wrong mapping there fails).
 _COCO = ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
          "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip",
          "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle"]

@@ -1,7 +1,7 @@
 """Reliability (issue 8): jobs killed at named moments, damaged stores, full or read-only disks,
 and bad input — each ends in one line and exit 2, or in a store equal to an uninterrupted run's.
 
-Kills use the UNI_FAULT test hook (pipeline/faults.py): the job SIGKILLs itself at a named point,
+Kills use the UNI_KILL_AT test hook (core/killpoints.py): the job SIGKILLs itself at a named point,
 in a subprocess, so the kill is real and lands at the same place every time.
 """
 
@@ -32,9 +32,9 @@ from conftest import DATA
 from test_store import _corrupt_chunk
 
 from uniskel.cli import uni
+from uniskel.core.datasets import load_dataset
+from uniskel.core.skeletons import get_skeleton
 from uniskel.pipeline.cache import cache_teachers
-from uniskel.pipeline.datasets import load_dataset
-from uniskel.pipeline.skeletons import get_skeleton
 from uniskel.stores import create as store_create
 from uniskel.stores import heatmap_store as hs
 from uniskel.stores import lock as store_lock
@@ -119,7 +119,7 @@ def _cache_cmd(spec: str, teacher: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _run(cmd: list[str], fault: str | None = None, **kw) -> subprocess.CompletedProcess:
-    env = {**ENV, "UNI_FAULT": fault} if fault else ENV
+    env = {**ENV, "UNI_KILL_AT": fault} if fault else ENV
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
                           **kw)
 
@@ -262,7 +262,7 @@ def _reserve(self, n):  # remember the writer's guard
     state["guard"] = self
     return reserve(self, n)
 
-def fault(point):  # HDF5's descriptor turns read-only after batch {at}'s first chunk
+def kill_point(point):  # HDF5's descriptor turns read-only after batch {at}'s first chunk
     state["chunks"] += point == "store-chunk"
     if point == "store-chunk" and state["chunks"] == {at}:
         g = state["guard"]

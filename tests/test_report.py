@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from uniskel.cli import uni
-from uniskel.student.report import markdown_table, report_rows, scored_notes, write_report
+from uniskel.evaluation.report import markdown_table, report_rows, scored_notes, write_report
 
 COCO, MPII, HALPE = "coco:a/val.json", "mpii:b/val.json", "halpe:c/val.json"
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.skeletons import (
+from uniskel.core.errors import UniError
+from uniskel.core.skeletons import (
     NUM_UNIFIED,
     SKELETONS,
     UNIFIED_NAMES,
@@ -216,7 +216,7 @@ def test_new_skeletons_against_samples_readme(name):
 
 
 def test_unified27_and_union():
-    from uniskel.pipeline.skeletons import UNIFIED, known_unified, unified_skeleton
+    from uniskel.core.skeletons import UNIFIED, known_unified, unified_skeleton
 
     u27 = unified_skeleton("unified27")
     assert u27.keypoints[:21] == UNIFIED.keypoints and u27.num_keypoints == 27
@@ -243,7 +243,7 @@ def test_unified27_and_union():
 
 @pytest.mark.parametrize("name", sorted(SKELETONS))
 def test_definition_json_round_trip(name):
-    from uniskel.pipeline.skeletons import Skeleton
+    from uniskel.core.skeletons import Skeleton
 
     sk = SKELETONS[name]
     back = Skeleton.from_json(json.loads(json.dumps(sk.to_json())), "x")
@@ -337,7 +337,7 @@ _files = st.fixed_dictionaries({}, optional={
 @given(_files)
 def test_fuzz_definitions_load_or_raise_one_line(data):
     """Any TOML-shaped data either gives checked definitions or one line of UniError."""
-    from uniskel.pipeline.skeleton_defs import parse_definitions
+    from uniskel.core.skeleton_defs import parse_definitions
 
     try:
         defs = parse_definitions(data, "f.toml", dict(SKELETONS))

@@ -23,8 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from uniskel.cli import uni
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.heatmaps import gaussian_heatmaps
+from uniskel.core.errors import UniError
+from uniskel.core.heatmaps import gaussian_heatmaps
 from uniskel.stores import heatmap_store as hs
 from uniskel.stores import writer as sw
 
@@ -756,7 +756,7 @@ def test_inspect_store_cli(store):
 def test_inspect_store_draws_on_real_crops(tmp_path, data_dir):
     import cv2
 
-    from uniskel.pipeline.datasets import load_dataset
+    from uniskel.core.datasets import load_dataset
 
     spec = f"coco:{data_dir / 'coco/test_coco.json'}"
     ds = load_dataset(spec)

@@ -11,8 +11,8 @@ import torch
 from click.testing import CliRunner
 
 from uniskel.cli import uni
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.skeletons import UNIFIED, Skeleton, unified_skeleton
+from uniskel.core.errors import UniError
+from uniskel.core.skeletons import UNIFIED, Skeleton, unified_skeleton
 from uniskel.student.checkpoint import (
     Position,
     load_checkpoint,

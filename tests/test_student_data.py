@@ -10,17 +10,17 @@ from analytic_teacher import render, teacher_points, write_analytic_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from uniskel.pipeline.datasets import load_dataset
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.geometry import (
+from uniskel.core.datasets import load_dataset
+from uniskel.core.errors import UniError
+from uniskel.core.geometry import (
     apply,
     bbox_to_center_size,
     compose,
     crop_affine,
     crop_to_heatmap,
 )
-from uniskel.pipeline.heatmaps import decode_heatmaps
-from uniskel.pipeline.skeletons import SKELETONS
+from uniskel.core.heatmaps import decode_heatmaps
+from uniskel.core.skeletons import SKELETONS
 from uniskel.student.data import Augment, PoseSamples, View, collate, match_stores
 
 TEACHERS = {"coco_t": "coco17", "mpii_t": "mpii16"}
@@ -198,7 +198,7 @@ def test_a_numerically_empty_teacher_map_is_stored_empty():
 def test_teacher_keypoints_without_a_slot_are_dropped():
     """Halpe-26's feet have no slot in unified21 (dropped) but have one in unified27; a teacher
     with no keypoint in the run's skeleton teaches nothing (and does not fail)."""
-    from uniskel.pipeline.skeletons import Skeleton, get_skeleton
+    from uniskel.core.skeletons import Skeleton, get_skeleton
     from uniskel.student.data import teacher_targets
 
     maps = np.zeros((26, 8, 6), np.float32)

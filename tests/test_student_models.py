@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from uniskel.pipeline.errors import UniError
+from uniskel.core.errors import UniError
 from uniskel.student.losses import heatmap_kl, heatmap_mse, kd_weight_at, total_loss
 from uniskel.student.models import build_model, count_parameters
 

@@ -17,8 +17,8 @@ from analytic_teacher import write_analytic_store
 from click.testing import CliRunner
 
 from uniskel.cli import uni
-from uniskel.pipeline.datasets import load_dataset
-from uniskel.pipeline.errors import UniError
+from uniskel.core.datasets import load_dataset
+from uniskel.core.errors import UniError
 from uniskel.student.checkpoint import load_checkpoint, load_student
 from uniskel.student.config import read_config_file, resolve_config, teacher_weights
 from uniskel.student.data import PoseSamples, collate, match_stores

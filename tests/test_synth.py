@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-from uniskel.pipeline.datasets import load_dataset, summarize
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.skeletons import SKELETONS, UNIFIED_NAMES
-from uniskel.pipeline.synth import dot_colour, generate
+from uniskel.app.synth import dot_colour, generate
+from uniskel.core.datasets import load_dataset, summarize
+from uniskel.core.errors import UniError
+from uniskel.core.skeletons import SKELETONS, UNIFIED_NAMES
 
 FILES = ["coco/train.json", "coco/val.json", "mpii/train.json", "mpii/val.json", "halpe/val.json"]
 

@@ -15,10 +15,10 @@ from conftest import make_heatmap_teacher, make_simcc_teacher
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from uniskel.core.crops import normalize
+from uniskel.core.errors import UniError
+from uniskel.core.skeletons import SKELETONS
 from uniskel.pipeline import devices
-from uniskel.pipeline.crops import normalize
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.skeletons import SKELETONS
 from uniskel.pipeline.teachers import Teacher, TeacherInfo, describe_model, read_info, simcc_to_grid
 
 UNI = [sys.executable, "-m", "uniskel.cli"]  # this venv's uni command
@@ -302,7 +302,7 @@ def test_cli_describe_teacher_writes_a_copy_unless_in_place(tmp_path):
     from click.testing import CliRunner
 
     from uniskel.cli import uni
-    from uniskel.pipeline.files import file_sha256
+    from uniskel.core.files import file_sha256
 
     bare = make_simcc_teacher(tmp_path / "s.onnx", k=16)
     before = file_sha256(bare)

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from uniskel.pipeline.datasets import parse_spec
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.files import atomic_write, write_text
-from uniskel.student.coco_results import parse_results
-from uniskel.student.evaluate import evaluate_dataset, load_datasets, model_records
-from uniskel.student.predict import load_predictor
+from uniskel.core.datasets import parse_spec
+from uniskel.core.errors import UniError
+from uniskel.core.files import atomic_write, write_text
+from uniskel.evaluation.coco_results import parse_results
+from uniskel.evaluation.evaluate import evaluate_dataset, load_datasets, model_records
+from uniskel.evaluation.predict import load_predictor
 
 AVERAGE = "Average"
 AVERAGED_FORMATS = ("coco", "mpii")

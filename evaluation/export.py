@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from uniskel.pipeline.crops import DEFAULT_MEAN, DEFAULT_STD
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.geometry import PADDING
-from uniskel.pipeline.skeletons import UNIFIED, Skeleton, get_skeleton
+from uniskel.core.crops import DEFAULT_MEAN, DEFAULT_STD
+from uniskel.core.errors import UniError
+from uniskel.core.geometry import PADDING
+from uniskel.core.skeletons import UNIFIED, Skeleton, get_skeleton
 from uniskel.pipeline.teachers import TeacherInfo, describe_model
 from uniskel.student.checkpoint import load_student, run_name, student_unified
 

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from uniskel.pipeline.errors import UniError
+from uniskel.core.errors import UniError
 
 
 def _fsync_dir(path: Path) -> None:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from uniskel.pipeline.annotations import Columns
-from uniskel.pipeline.files import atomic_write
+from uniskel.core.annotations import Columns
+from uniskel.core.files import atomic_write
 
-READER_VERSION = 2  # bump when pipeline/annotations.py gives different columns for a file
+READER_VERSION = 2  # bump when core/annotations.py gives different columns for a file
 # 2: image-level columns (crowd index, frame and video ids, ignore regions)
 MIN_INSTANCES = 20_000  # below this a parse costs well under a second
 

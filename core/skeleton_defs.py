@@ -1,6 +1,6 @@
 """Skeleton and dataset-kind definitions: the two dataclasses, and the checks that turn a
-definitions file (TOML, the tables of pipeline/skeletons.toml) or a definition carried as JSON
-by a store or a model into them. pipeline/skeletons.py holds what is known."""
+definitions file (TOML, the tables of core/skeletons.toml) or a definition carried as JSON
+by a store or a model into them. core/skeletons.py holds what is known."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from uniskel.pipeline.errors import UniError, io_reason
+from uniskel.core.errors import UniError, io_reason
 
 _SIDES = {"left": "right", "l": "r", "right": "left", "r": "l"}  # a name's side word, swapped
 _NAME = re.compile(r"[a-z][a-z0-9_]*")  # skeleton and kind names: in data specs and file names
 READERS = ("coco", "mpii")
 METRICS = ("coco_ap", "pckh", "pck_bbox")
-# The skeleton `Skeleton.to_unified` maps to (unified21), set by pipeline/skeletons.py once
+# The skeleton `Skeleton.to_unified` maps to (unified21), set by core/skeletons.py once
 # the built-in definitions are read.
 DEFAULT_UNIFIED: list[Skeleton] = []
 

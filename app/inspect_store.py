@@ -8,11 +8,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from uniskel.pipeline.crops import crop_person, read_image
-from uniskel.pipeline.datasets import load_dataset
-from uniskel.pipeline.draw import save_rgb
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.geometry import crop_to_heatmap, invert, warp_heatmaps
+from uniskel.core.crops import crop_person, read_image
+from uniskel.core.datasets import load_dataset
+from uniskel.core.draw import save_rgb
+from uniskel.core.errors import UniError
+from uniskel.core.geometry import crop_to_heatmap, invert, warp_heatmaps
 from uniskel.stores.heatmap_store import StoreReader
 
 

@@ -1,13 +1,13 @@
 """Datasets: data specs, and a loaded dataset as numpy columns of persons.
 
 A data spec names a dataset everywhere: ``KIND:ANNOTATIONS[:IMAGE_ROOT]`` with KIND a dataset
-kind (pipeline/skeletons.toml: coco, mpii, halpe, aic, crowdpose, … or a user's) and IMAGE_ROOT
+kind (core/skeletons.toml: coco, mpii, halpe, aic, crowdpose, … or a user's) and IMAGE_ROOT
 defaulting to the kind's folder beside the annotation file (``images/``; PoseTrack18: the folder
 itself).
 An instance is addressed by (dataset id = sha256 of the annotation file, instance id).
 Image-level fields some kinds carry (CrowdPose's crowd index, PoseTrack's frame and video ids and
 ignore regions) are columns too, one value per image, wherever a file has them.
-A loaded dataset holds arrays, not one Python object per person (pipeline/annotations.py reads
+A loaded dataset holds arrays, not one Python object per person (core/annotations.py reads
 the files): at COCO-train size (150k persons) that is ~75 MB instead of ~600 MB, and forked
 DataLoader workers read the same pages instead of copying objects whose reference counts they
 touch. `Dataset.instances` still gives `Instance` objects, made on demand.
@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from uniskel.pipeline.annotations import coco_columns
-from uniskel.pipeline.dataset_cache import cache_key, load_columns, save_columns
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.files import file_sha256, read_json
-from uniskel.pipeline.mpii_reader import mpii_columns
-from uniskel.pipeline.skeletons import (
+from uniskel.core.annotations import coco_columns
+from uniskel.core.dataset_cache import cache_key, load_columns, save_columns
+from uniskel.core.errors import UniError
+from uniskel.core.files import file_sha256, read_json
+from uniskel.core.mpii_reader import mpii_columns
+from uniskel.core.skeletons import (
     UNIFIED,
     UNIFIED_NAMES,
     DatasetKind,
@@ -295,7 +295,7 @@ def load_dataset(spec: str | DataSpec, head_boxes: Path | None = None) -> Datase
         key = cache_key(file_sha256(spec.annotations),
                         f"{kind.name}:{hashlib.sha256(definition.encode()).hexdigest()[:16]}",
                         spec.image_root, file_sha256(head_boxes) if head_boxes else None)
-        cols = load_columns(key)  # pipeline/dataset_cache.py: parsed once, read back after
+        cols = load_columns(key)  # core/dataset_cache.py: parsed once, read back after
     if cols is None:
         if kind.reader == "mpii":
             hb = load_mpii_head_boxes(head_boxes) if head_boxes else None

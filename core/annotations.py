@@ -1,7 +1,7 @@
 """Annotation readers: COCO-style JSON → numpy columns, one record at a time (MPII's list:
-pipeline/mpii_reader.py, with the helpers here).
+core/mpii_reader.py, with the helpers here).
 
-The file is streamed (pipeline/json_stream.py): each record is checked and copied into typed
+The file is streamed (core/json_stream.py): each record is checked and copied into typed
 columns as it is parsed, then dropped, so a dataset costs its arrays (~0.5 KB a COCO person) and
 never a Python object per person. Problems are collected while streaming and the one raised is
 the one a whole-file reader checking in this order would meet first (the order the tests pin):
@@ -10,12 +10,12 @@ image's own fields (file order); every annotation id (file order); then each ann
 order — its keypoints, box, image id, that the image exists, its area. A bad record never stops
 the parse, so a file that is not JSON further on still says so.
 
-The COCO-style reader reads any skeleton by shape: a dataset kind (pipeline/skeletons.toml) names
+The COCO-style reader reads any skeleton by shape: a dataset kind (core/skeletons.toml) names
 the annotation fields holding its K keypoints (COCO-WholeBody: "keypoints" + "foot_kpts"), and
 other counts a field may carry (Halpe: 136, of which the first 26). A person is kept when a
 keypoint has v > 0, whatever `num_keypoints` says (CrowdPose's counts only 12 of its 14).
 Image-level fields (CrowdPose's crowd index, PoseTrack's frame and video ids and ignore regions)
-are read wherever a file has them, whatever the kind: pipeline/image_fields.py.
+are read wherever a file has them, whatever the kind: core/image_fields.py.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.files import json_int
-from uniskel.pipeline.image_fields import ImageFields
-from uniskel.pipeline.json_stream import Streamed, read_json_stream
-from uniskel.pipeline.skeletons import DatasetKind, Skeleton
+from uniskel.core.errors import UniError
+from uniskel.core.files import json_int
+from uniskel.core.image_fields import ImageFields
+from uniskel.core.json_stream import Streamed, read_json_stream
+from uniskel.core.skeletons import DatasetKind, Skeleton
 
 _INT64 = (-(2**63), 2**63 - 1)
 _MISSING = object()  # an image record without 'file_name'

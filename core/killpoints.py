@@ -1,5 +1,5 @@
-"""Test hook: ``UNI_FAULT=POINT[:N]`` SIGKILLs this process the N-th time (default: first) it
-reaches ``fault(POINT)``, so tests can kill a job at a named moment. Unset, it does nothing.
+"""Test hook: ``UNI_KILL_AT=POINT[:N]`` SIGKILLs this process the N-th time (default: first) it
+reaches ``kill_point(POINT)``, so tests can kill a job at a named moment. Unset, it does nothing.
 
 Points: cache-start (store created and locked, nothing written), cache-batch (after a batch is
 written), cache-task (a worker starting a task: kills that worker), store-chunk (after a
@@ -16,8 +16,8 @@ import signal
 _hits: dict[str, int] = {}
 
 
-def fault(point: str) -> None:
-    spec = os.environ.get("UNI_FAULT")
+def kill_point(point: str) -> None:
+    spec = os.environ.get("UNI_KILL_AT")
     if not spec:
         return
     name, _, n = spec.partition(":")

@@ -2,7 +2,7 @@
 CrowdPose's `crowdIndex`, PoseTrack's `frame_id`, `vid_id` and ignore regions
 (`ignore_regions_x` / `ignore_regions_y`: per image a list of polygons, x and y apart).
 
-pipeline/annotations.py feeds each image record here as it streams; the result is a few flat
+core/annotations.py feeds each image record here as it streams; the result is a few flat
 columns, one value per image, and the polygons as offsets into one vertex array (a PoseTrack
 video frame has up to a few hundred vertices; no Python object per polygon is kept).
 """
@@ -14,7 +14,7 @@ from array import array
 
 import numpy as np
 
-from uniskel.pipeline.errors import UniError
+from uniskel.core.errors import UniError
 
 FIELDS = frozenset({"crowdIndex", "frame_id", "vid_id", "ignore_regions_x", "ignore_regions_y"})
 _REGIONS = ("ignore_regions_x", "ignore_regions_y")

@@ -1,6 +1,6 @@
 """`uni demo`: the whole method on synthetic data, on a CPU, in minutes.
 
-1. synthetic COCO-, MPII- and Halpe-format datasets (pipeline.synth);
+1. synthetic COCO-, MPII- and Halpe-format datasets (app.synth);
 2. a COCO-only and an MPII-only teacher (ground truth only, bigger than the students; --quick:
    the COCO-only and MPII-only students themselves), exported to ONNX with their own skeleton
    (coco17, mpii16): each knows only its dataset's keypoints;
@@ -29,18 +29,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from uniskel.app.synth import generate
+from uniskel.core.crops import crop_person, read_image
+from uniskel.core.datasets import load_dataset
+from uniskel.core.draw import draw_skeleton
+from uniskel.core.files import atomic_write, write_json, write_text
+from uniskel.core.geometry import apply
+from uniskel.evaluation.evaluate import evaluate
+from uniskel.evaluation.export import export_onnx
+from uniskel.evaluation.predict import load_predictor, predict_boxes
+from uniskel.evaluation.report import AVERAGE, markdown_table, report_rows, write_report
 from uniskel.pipeline.cache import StoreSummary, cache_teachers, format_run_summary
-from uniskel.pipeline.crops import crop_person, read_image
-from uniskel.pipeline.datasets import load_dataset
-from uniskel.pipeline.draw import draw_skeleton
-from uniskel.pipeline.files import atomic_write, write_json, write_text
-from uniskel.pipeline.geometry import apply
-from uniskel.pipeline.synth import generate
 from uniskel.student.checkpoint import load_checkpoint
-from uniskel.student.evaluate import evaluate
-from uniskel.student.export import export_onnx
-from uniskel.student.predict import load_predictor, predict_boxes
-from uniskel.student.report import AVERAGE, markdown_table, report_rows, write_report
 from uniskel.student.train import train
 
 

@@ -1,4 +1,4 @@
-"""MMPose's MPII JSON → numpy columns (pipeline/annotations.py: the columns, the checks, the
+"""MMPose's MPII JSON → numpy columns (core/annotations.py: the columns, the checks, the
 streaming), one record at a time; the first bad record is the one raised."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from uniskel.pipeline.annotations import Columns, _column, _fed, _field, _floats, _Paths
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.geometry import mpii_bbox
-from uniskel.pipeline.json_stream import Streamed, read_json_stream
+from uniskel.core.annotations import Columns, _column, _fed, _field, _floats, _Paths
+from uniskel.core.errors import UniError
+from uniskel.core.geometry import mpii_bbox
+from uniskel.core.json_stream import Streamed, read_json_stream
 
 
 class _MpiiRecords:

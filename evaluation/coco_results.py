@@ -18,7 +18,7 @@ plus uni's fields alongside, all optional when reading:
   box results and size them by it, not by their keypoints), "box_score" its detector score;
   "dataset_id" (sha256 of the annotation file) routes a record to its --data spec when a file
   holds several; "image" (predict) the image file name.
-"score" is the instance score (student/predict.py: box score × mean keypoint score above 0.2).
+"score" is the instance score (evaluation/predict.py: box score × mean keypoint score above 0.2).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from uniskel.pipeline.datasets import Dataset
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.files import json_int, read_json, write_json
-from uniskel.pipeline.skeletons import (
+from uniskel.core.datasets import Dataset
+from uniskel.core.errors import UniError
+from uniskel.core.files import json_int, read_json, write_json
+from uniskel.core.skeletons import (
     Skeleton,
     get_skeleton,
     known_unified,

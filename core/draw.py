@@ -11,11 +11,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from uniskel.pipeline.crops import read_image
-from uniskel.pipeline.datasets import Dataset
-from uniskel.pipeline.errors import UniError, io_reason
-from uniskel.pipeline.files import atomic_write
-from uniskel.pipeline.skeletons import UNIFIED, UNIFIED_NAMES, Skeleton, native_to_unified
+from uniskel.core.crops import read_image
+from uniskel.core.datasets import Dataset
+from uniskel.core.errors import UniError, io_reason
+from uniskel.core.files import atomic_write
+from uniskel.core.skeletons import UNIFIED, UNIFIED_NAMES, Skeleton, native_to_unified
 
 _LIMB_NAMES = [
     ("nose", "left_eye"), ("nose", "right_eye"), ("left_eye", "left_ear"),

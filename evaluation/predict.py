@@ -6,16 +6,16 @@ unified skeleton (a student's: the one it was trained with, from its checkpoint;
 unified21, or its own when that holds all of unified21) plus the mask of those keypoints the
 model knows; a teacher's missing keypoints get score 0 at (0, 0).
 
-Top-down on given boxes: crop (pipeline.crops, the model's padding), run with the flip test,
-decode peaks (pipeline.heatmaps), map heatmap pixels back through the inverse of
+Top-down on given boxes: crop (core.crops, the model's padding), run with the flip test,
+decode peaks (core.heatmaps), map heatmap pixels back through the inverse of
 crop → heatmap ∘ image → crop. Keypoint score = heatmap peak value.
 Instance score (MMPose "bbox_keypoint" rescoring): box score × mean of the keypoint scores
 above KEYPOINT_SCORE_THRESHOLD among the keypoints the model knows (0 when none is).
 
-`uni predict` boxes: a COCO detection results JSON (student/coco_results.py); an image matches
+`uni predict` boxes: a COCO detection results JSON (evaluation/coco_results.py); an image matches
 the image_id equal to the number formed by the digits of its file name (COCO style:
 000000000785.jpg → 785). Without --boxes the whole image is one box. Its predictions.json is
-COCO keypoint results in the model's unified order (student/coco_results.py).
+COCO keypoint results in the model's unified order (evaluation/coco_results.py).
 """
 
 from __future__ import annotations
@@ -29,16 +29,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from uniskel.pipeline.crops import DEFAULT_MEAN, DEFAULT_STD, crop_person, normalize, read_image
+from uniskel.core.crops import DEFAULT_MEAN, DEFAULT_STD, crop_person, normalize, read_image
+from uniskel.core.draw import draw_box, draw_skeleton, save_rgb
+from uniskel.core.errors import UniError
+from uniskel.core.geometry import PADDING, apply, compose, crop_to_heatmap, invert
+from uniskel.core.heatmaps import decode_heatmaps, merge_flipped
+from uniskel.core.skeletons import UNIFIED, Skeleton, native_to_unified
+from uniskel.evaluation.coco_results import read_detections, result_record, write_results
 from uniskel.pipeline.devices import parse_device
-from uniskel.pipeline.draw import draw_box, draw_skeleton, save_rgb
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.geometry import PADDING, apply, compose, crop_to_heatmap, invert
-from uniskel.pipeline.heatmaps import decode_heatmaps, merge_flipped
-from uniskel.pipeline.skeletons import UNIFIED, Skeleton, native_to_unified
 from uniskel.pipeline.teachers import Teacher
 from uniskel.student.checkpoint import load_student, run_name, student_unified
-from uniskel.student.coco_results import read_detections, result_record, write_results
 
 KEYPOINT_SCORE_THRESHOLD = 0.2  # MMPose's keypoint_score_thr for instance rescoring
 
@@ -190,7 +190,7 @@ def predict_images(model: Path, images: Iterable[Path], out_dir: Path,
                    progress: bool = True, device: str = "auto") -> list[Path]:
     """Draw the skeleton of every person on each image → DIR/<image>.png, and
     DIR/predictions.json: COCO keypoint results in the model's unified order, with 'image',
-    'bbox' and 'box_score' (student/coco_results.py)."""
+    'bbox' and 'box_score' (evaluation/coco_results.py)."""
     images = [Path(p) for p in images]
     stems = [p.stem for p in images]
     dup = next((s for s in stems if stems.count(s) > 1), None)

@@ -7,8 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.geometry import PADDING, bbox_to_center_size, crop_affine, warp_image
+from uniskel.core.errors import UniError
+from uniskel.core.geometry import PADDING, bbox_to_center_size, crop_affine, warp_image
 
 # RGB, ImageNet statistics in 0–255 units (docs/conventions.md "Crop and heatmap conventions").
 DEFAULT_MEAN = (123.675, 116.28, 103.53)

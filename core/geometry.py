@@ -10,6 +10,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+# OpenCV's thread pool does not survive fork(): a forked DataLoader worker that touches it after
+# the parent used it deadlocks. uni parallelises with processes (DataLoader, dask) instead. The
+# modules that read and warp images (crops, draw, predict, the student's data) import this one.
+cv2.setNumThreads(1)
+
 PADDING = 1.25  # crop box = person box × 1.25 (docs/conventions.md "Crop and heatmap conventions")
 
 

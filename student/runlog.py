@@ -11,7 +11,7 @@ import csv
 import io
 from pathlib import Path
 
-from uniskel.pipeline.files import atomic_write, write_text
+from uniskel.core.files import atomic_write, write_text
 
 
 class RunLog:

@@ -1,7 +1,7 @@
 """OKS metrics (docs/conventions.md "Metrics"): pycocotools' COCOeval, OKS-NMS, OKS accuracy.
 
 The COCO top-down protocol as MMPose and HRNet run it on detector boxes: each box's keypoints
-are rescored (instance score = box score × mean keypoint score above 0.2, student/predict.py
+are rescored (instance score = box score × mean keypoint score above 0.2, evaluation/predict.py
 `instance_score`), then per image a greedy OKS-NMS at 0.9 drops a result whose OKS with a
 better-scored kept one exceeds 0.9 (MMPose `oks_nms`: every keypoint, the dataset's sigmas, the
 mean of the two crop-box areas), then COCOeval scores what is left.

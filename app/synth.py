@@ -28,9 +28,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.files import check_output_path
-from uniskel.pipeline.skeletons import SKELETONS, UNIFIED_NAMES, unified_to_native
+from uniskel.core.errors import UniError
+from uniskel.core.files import check_output_path
+from uniskel.core.skeletons import SKELETONS, UNIFIED_NAMES, unified_to_native
 
 DEFAULT_PERSONS = 600  # per dataset (COCO-style and MPII-style); Halpe val gets 15 % of it
 VAL_FRACTION = 0.15

@@ -1,8 +1,8 @@
 """Skeletons as data: native keypoint orders, their names in the unified vocabulary, OKS sigmas,
 flip pairs, the unified skeletons, and dataset kinds.
 
-The definitions live in pipeline/skeletons.toml (built in) and in users' TOML files
-(`load_skeleton_file`, parsed and checked by pipeline/skeleton_defs.py); this module holds what
+The definitions live in core/skeletons.toml (built in) and in users' TOML files
+(`load_skeleton_file`, parsed and checked by core/skeleton_defs.py); this module holds what
 is known and maps keypoints between skeletons by name (facts: docs/conventions.md "Unified
 skeleton", "Dataset mappings" and "Metrics").
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.skeleton_defs import (
+from uniskel.core.errors import UniError
+from uniskel.core.skeleton_defs import (
     DEFAULT_UNIFIED,
     DatasetKind,
     Definitions,
@@ -68,7 +68,7 @@ NUM_UNIFIED = UNIFIED.num_keypoints
 
 def load_skeleton_file(path: Path) -> None:
     """Add a user's skeletons, unified skeletons and dataset kinds (TOML, the tables of
-    pipeline/skeletons.toml); UniError naming the file and the field, nothing added then."""
+    core/skeletons.toml); UniError naming the file and the field, nothing added then."""
     src = str(path)
     defs = parse_definitions(read_toml(Path(path), src), src, SKELETONS)
     _register(defs, src)

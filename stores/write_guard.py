@@ -12,8 +12,8 @@ from pathlib import Path
 
 import h5py
 
-from uniskel.pipeline.errors import UniError, io_reason
-from uniskel.pipeline.faults import fault
+from uniskel.core.errors import UniError, io_reason
+from uniskel.core.killpoints import kill_point
 from uniskel.stores.create import write_failed
 
 log = logging.getLogger("uniskel.stores.writer")  # its messages are the writer's
@@ -53,7 +53,7 @@ class WriteGuard:
         # (a hole), and a hole is no room.
         offset = min(start, os.fstat(self.fd).st_size)
         try:
-            fault("store-reserve")
+            kill_point("store-reserve")
             os.posix_fallocate(self.fd, offset, start + nbytes - offset)
         except OSError as e:
             self.short = True

@@ -1,8 +1,8 @@
 """`uni evaluate`: every dataset scored by its kind's metric, on ground-truth or detector boxes.
 
 MODEL runs top-down on each dataset's ground-truth person boxes, or with --boxes on a COCO
-detection results file (student/metrics_oks.py: rescoring, OKS-NMS 0.9); its keypoints go into
-the dataset's native order by name and become COCO keypoint results (student/coco_results.py),
+detection results file (evaluation/oks.py: rescoring, OKS-NMS 0.9); its keypoints go into
+the dataset's native order by name and become COCO keypoint results (evaluation/coco_results.py),
 which --save-predictions writes and --predictions reads back. Scored keypoints: those the
 dataset labels (at least once in the file) and the model's unified skeleton has; keypoints a
 model knows but does not predict (a teacher's missing ones, at (0, 0) with score 0) are misses.
@@ -15,7 +15,7 @@ Metrics (docs/conventions.md "Metrics"), by the dataset kind's metric:
   the share of labelled keypoints whose keypoint similarity exp(-d² / (2 · area · (2σ)²))
   reaches t, averaged over t = 0.50, 0.55, …, 0.95; a missing prediction is a miss.
   Where the images carry a crowd index (CrowdPose) also AP-easy / AP-medium / AP-hard: AP on the
-  images of each crowd class alone (pipeline/datasets.py CROWD_CLASSES), None for an empty one.
+  images of each crowd class alone (core/datasets.py CROWD_CLASSES), None for an empty one.
   With --boxes, a detection whose box centre lies in an ignore region of its frame (PoseTrack)
   is dropped before the model runs.
 - pckh (MPII): PCKh@0.5 per joint; "Mean" pools all joints but pelvis and thorax.
@@ -28,17 +28,17 @@ from pathlib import Path
 
 import numpy as np
 
-from uniskel.pipeline.datasets import (
+from uniskel.core.datasets import (
     Dataset,
     crowd_classes,
     head_size,
     load_dataset,
     parse_spec,
 )
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.geometry import bbox_to_center_size
-from uniskel.pipeline.skeletons import UNIFIED_NAMES, UNIFIED_SIGMAS, Skeleton, get_kind
-from uniskel.student.coco_results import (
+from uniskel.core.errors import UniError
+from uniskel.core.geometry import bbox_to_center_size
+from uniskel.core.skeletons import UNIFIED_NAMES, UNIFIED_SIGMAS, Skeleton, get_kind
+from uniskel.evaluation.coco_results import (
     Results,
     parse_results,
     read_detections,
@@ -47,9 +47,9 @@ from uniskel.student.coco_results import (
     result_record,
     write_results,
 )
-from uniskel.student.metrics_oks import coco_eval, oks_accuracy, oks_nms
-from uniskel.student.metrics_pck import pck_bbox, pckh, pooled_mean
-from uniskel.student.predict import Predictor, instance_score, load_predictor, predict_boxes
+from uniskel.evaluation.oks import coco_eval, oks_accuracy, oks_nms
+from uniskel.evaluation.pck import pck_bbox, pckh, pooled_mean
+from uniskel.evaluation.predict import Predictor, instance_score, load_predictor, predict_boxes
 
 BOX_THRESHOLD = 0.0  # --box-threshold default: MMPose's det_bbox_thr for COCO val (all boxes)
 PER_KEYPOINT_AP = ("OKS accuracy: % of labelled keypoints with keypoint similarity >= t, "
@@ -281,7 +281,7 @@ def detection_records(predictor: Predictor, ds: Dataset, dets: dict[int, list[tu
                       flip_test: bool = True, batch_size: int = 32, progress: bool = True
                       ) -> list[dict]:
     """MODEL on the detector's person boxes of the dataset's images → rescored, OKS-NMS'd
-    results records (student/metrics_oks.py), each image's best first."""
+    results records (evaluation/oks.py), each image's best first."""
     items, extra, box_scores, areas, image_of = [], [], [], [], []
     aspect = predictor.input_wh[0] / predictor.input_wh[1]
     for im, image_id in enumerate(ds.image_ids.tolist()):

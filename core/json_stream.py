@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from uniskel.pipeline.errors import UniError
-from uniskel.pipeline.files import read_json
+from uniskel.core.errors import UniError
+from uniskel.core.files import read_json
 
 BLOCK = 1 << 20  # bytes read and decoded at a time; doubled while one value does not fit
 _WHITESPACE = " \t\n\r"  # JSON's four

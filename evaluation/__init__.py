@@ -1,0 +1,1 @@
+"""Running and scoring any model: evaluate, predict, report, export, COCO results, OKS and PCK."""
