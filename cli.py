@@ -177,7 +177,7 @@ def describe_teacher(model: Path, skeleton: str, head: str, name: str | None, me
 
 @uni.command("cache-teachers")
 @click.option("--data", "data", multiple=True, required=True,
-              help="FORMAT:ANNOTATIONS[:IMAGE_ROOT]; repeat for more datasets.")
+              help="KIND:ANNOTATIONS[:IMAGE_ROOT]; repeat for more datasets.")
 @click.option("--teacher", "teachers", multiple=True, required=True,
               type=click.Path(dir_okay=False, path_type=Path),
               help="A described ONNX teacher; repeat for more.")
@@ -233,8 +233,8 @@ def synth(out: Path, persons: int, seed: int, overwrite: bool) -> None:
     from uniskel.app.synth import generate
 
     for key, path in generate(out, persons, seed, overwrite).items():
-        fmt = key.split("/")[0]
-        click.echo(f"{key}: {fmt}:{path}")
+        kind = key.split("/")[0]
+        click.echo(f"{key}: {kind}:{path}")
 
 
 @uni.command("inspect-data")
@@ -247,7 +247,7 @@ def synth(out: Path, persons: int, seed: int, overwrite: bool) -> None:
               help="MPII head boxes (mpii_gt_val.mat).")
 def inspect_data(spec: str, as_json: bool, draw: int, out: Path | None,
                  head_boxes: Path | None) -> None:
-    """Count images, instances and labeled unified keypoints of SPEC (FORMAT:ANN[:IMAGES])."""
+    """Count images, instances and labeled unified keypoints of SPEC (KIND:ANN[:IMAGES])."""
     from uniskel.core.datasets import load_dataset, missing_images, summarize
 
     if draw and out is None:
@@ -289,7 +289,7 @@ def skeletons_cmd(as_json: bool) -> None:
 
 
 @uni.command("train-student", cls=TrainCommand)
-@click.option("--data", "data", multiple=True, help="FORMAT:ANN[:IMAGES] training data; repeat.")
+@click.option("--data", "data", multiple=True, help="KIND:ANN[:IMAGES] training data; repeat.")
 @click.option("--stores", "stores", multiple=True, type=click.Path(path_type=Path),
               help="Teacher stores (folders of *.h5 or files); none = ground truth only.")
 @click.option("--out", type=OutPath(file_okay=False, path_type=Path), help="Run directory.")
@@ -339,7 +339,7 @@ def train_student(config_file: Path | None, input_size: str | None, **options) -
         raise UniError("--out RUN_DIR is required")
     check_output_path(Path(str(cfg["out"])), "out")  # also when it came from --config
     if not cfg.get("data") and not options.get("resume"):
-        raise UniError("--data is required (FORMAT:ANNOTATIONS[:IMAGES]; repeat for more)")
+        raise UniError("--data is required (KIND:ANNOTATIONS[:IMAGES]; repeat for more)")
     run = train(cfg)
     click.echo(f"{run}: done")
 

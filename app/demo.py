@@ -233,7 +233,7 @@ def _tasks(out: Path, spec: dict[str, str], s: DemoSettings, seed: int,
     models: dict[str, Path] = {}
     made_by: dict[str, str] = {}  # table row → the task that trains its model
     caches = []
-    for name, (fmt, skeleton, student) in TEACHERS.items():
+    for name, (kind, skeleton, student) in TEACHERS.items():
         onnx = out / "teachers" / f"{name}.onnx"
         if s.teacher_model is None:
             run, model, epochs = out / "runs" / student, s.student_model, s.student_epochs
@@ -247,7 +247,7 @@ def _tasks(out: Path, spec: dict[str, str], s: DemoSettings, seed: int,
             _say(f"reusing teacher {onnx}")
             made_by = {k: v for k, v in made_by.items() if v != name}
         else:
-            cfg = _config(run, [spec[f"{fmt}/train"]], [], model, s, epochs, seed)
+            cfg = _config(run, [spec[f"{kind}/train"]], [], model, s, epochs, seed)
             tasks.append(_Task(name, (), lambda _, c=cfg, o=(onnx, name, skeleton):
                                (_train_job, c, threads, o)))
         caches.append(f"cache {name}")
@@ -317,8 +317,8 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0,
         _say(f"reusing synthetic data in {data_dir}")
     else:
         generate(data_dir, persons=s.persons, seed=seed, overwrite=True)
-    spec = {f"{fmt}/{split}": f"{fmt}:{data_dir / fmt / f'{split}.json'}"
-            for fmt, split in (("coco", "train"), ("coco", "val"), ("mpii", "train"),
+    spec = {f"{kind}/{split}": f"{kind}:{data_dir / kind / f'{split}.json'}"
+            for kind, split in (("coco", "train"), ("coco", "val"), ("mpii", "train"),
                                ("mpii", "val"), ("halpe", "val"))}
     times["data"] = time.perf_counter() - t0
 

@@ -364,19 +364,19 @@ def generate(out_dir: Path, persons: int = DEFAULT_PERSONS, seed: int = 0,
     with tempfile.TemporaryDirectory(prefix=".synth-", dir=out_dir) as tmp, \
             tqdm(total=total, desc="synth", unit="person", disable=not progress) as bar:
         tmp = Path(tmp)
-        for fmt in ("coco", "mpii", "halpe"):
-            (tmp / fmt / "images").mkdir(parents=True)
+        for kind in ("coco", "mpii", "halpe"):
+            (tmp / kind / "images").mkdir(parents=True)
         jobs = [("coco", "train"), ("coco", "val"), ("mpii", "train"), ("mpii", "val"),
                 ("halpe", "val")]
-        for j, (fmt, split) in enumerate(jobs):
+        for j, (kind, split) in enumerate(jobs):
             rng = np.random.default_rng([seed, j])  # each split independent of the others
-            n = halpe if fmt == "halpe" else sizes[split]
-            if fmt == "mpii":
-                _write_mpii(tmp / fmt, split, STYLES[fmt], n, rng, bar)
+            n = halpe if kind == "halpe" else sizes[split]
+            if kind == "mpii":
+                _write_mpii(tmp / kind, split, STYLES[kind], n, rng, bar)
             else:
-                sk = "coco17" if fmt == "coco" else "halpe26"
-                _write_coco_like(tmp / fmt, split, STYLES[fmt], sk, n, rng, bar)
-            paths[f"{fmt}/{split}"] = out_dir / fmt / f"{split}.json"
+                sk = "coco17" if kind == "coco" else "halpe26"
+                _write_coco_like(tmp / kind, split, STYLES[kind], sk, n, rng, bar)
+            paths[f"{kind}/{split}"] = out_dir / kind / f"{split}.json"
         for t in targets:
             if t.exists():
                 shutil.rmtree(t)

@@ -130,20 +130,20 @@ def teachers(demo: Path) -> list[Path]:
     return [demo / "teachers" / f"{n}.onnx" for n in TEACHER_NAMES]
 
 
-def spec(demo: Path, fmt: str, split: str) -> str:
-    return f"{fmt}:{demo / 'data' / fmt / f'{split}.json'}"
+def spec(demo: Path, kind: str, split: str) -> str:
+    return f"{kind}:{demo / 'data' / kind / f'{split}.json'}"
 
 
-def repeat_dataset(demo: Path, fmt: str, n: int, out: Path) -> str:
-    """A `fmt` ('coco' | 'mpii') training set of exactly n persons, cycling the demo's train
+def repeat_dataset(demo: Path, kind: str, n: int, out: Path) -> str:
+    """A `kind` ('coco' | 'mpii') training set of exactly n persons, cycling the demo's train
     persons with fresh instance ids; each copy of an image is a hard link (a copy across file
     systems) under its own name, so every copy is decoded like a distinct image (readers refuse
     symlinks leaving the image root). Returns its data spec."""
     out = Path(out)
     ann = out / "train.json"
     if ann.is_file():
-        return f"{fmt}:{ann}"
-    src = demo / "data" / fmt
+        return f"{kind}:{ann}"
+    src = demo / "data" / kind
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     raw = json.loads((src / "train.json").read_text())
@@ -158,7 +158,7 @@ def repeat_dataset(demo: Path, fmt: str, n: int, out: Path) -> str:
                 shutil.copyfile(src / "images" / name, dst)
         return new
 
-    if fmt == "coco":
+    if kind == "coco":
         by_image = {im["id"]: im for im in raw["images"]}
         anns = raw["annotations"]
         new_images, new_anns = {}, []
@@ -170,15 +170,15 @@ def repeat_dataset(demo: Path, fmt: str, n: int, out: Path) -> str:
                 new_images[new_id] = {**im, "id": new_id, "file_name": link(im["file_name"], copy)}
             new_anns.append({**a, "id": j + 1, "image_id": new_id})
         data = {**raw, "images": list(new_images.values()), "annotations": new_anns}
-    elif fmt == "mpii":
+    elif kind == "mpii":
         data = [{**raw[j % len(raw)], "image": link(raw[j % len(raw)]["image"], j // len(raw))}
                 for j in range(n)]
     else:
-        raise ValueError(fmt)
+        raise ValueError(kind)
     tmp = ann.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
     tmp.replace(ann)
-    return f"{fmt}:{ann}"
+    return f"{kind}:{ann}"
 
 
 # --------------------------------------------------------------------------- FLOPs

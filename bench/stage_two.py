@@ -113,8 +113,8 @@ def big_teachers(demo_paths: list[Path], arch: str, work: Path) -> list[Path]:
 def run(args: argparse.Namespace) -> str:
     demo = common.demo_dir(args)
     n = args.steps * args.batch_size
-    specs = [common.repeat_dataset(demo, fmt, (n + 1) // 2, args.work / f"{fmt}_x{(n + 1) // 2}")
-             for fmt in ("coco", "mpii")]
+    specs = [common.repeat_dataset(demo, kind, (n + 1) // 2, args.work / f"{kind}_x{(n + 1) // 2}")
+             for kind in ("coco", "mpii")]
     paths = common.teachers(demo)
     input_wh = tuple(read_info(paths[0]).input_wh)  # the demo trains students at its input
     common.say(f"stage two: caching the teachers over {n} persons (reused when present)")

@@ -183,8 +183,8 @@ def fp16_size(maps: np.ndarray, path: Path) -> float:
 def run(args: argparse.Namespace) -> str:
     demo = common.demo_dir(args)
     instances = []
-    for fmt in ("coco", "mpii"):
-        instances += load_dataset(common.spec(demo, fmt, "train")).instances
+    for kind in ("coco", "mpii"):
+        instances += load_dataset(common.spec(demo, kind, "train")).instances
     instances = sorted(instances, key=lambda i: str(i.image_path))
     if len(instances) > args.instances:
         keep = np.random.default_rng(0).choice(len(instances), args.instances, replace=False)

@@ -3,7 +3,7 @@
 Streaming a 150k-person COCO file into columns takes seconds (bench/scale_data.py), every start of
 every process (each DDP rank, each `uni` command); reading its columns back from an .npz takes a
 tenth of a second. An entry is named and checked by everything the columns depend on: the
-annotation file's sha256 (the dataset id), the format, the resolved image root, the head-box
+annotation file's sha256 (the dataset id), the dataset kind, the resolved image root, the head-box
 file's sha256, and READER_VERSION. It trusts that symlinks under the image root did not change
 (image paths are stored resolved). Small datasets parse faster than an entry would save and are
 never cached. Entries are written atomically; one that cannot be read is ignored and rewritten;
@@ -49,9 +49,9 @@ def _entry(key: dict) -> tuple[Path | None, str]:
     return (None if folder is None else folder / name), text
 
 
-def cache_key(dataset_id: str, fmt: str, image_root: Path, head_boxes_sha256: str | None
+def cache_key(dataset_id: str, kind: str, image_root: Path, head_boxes_sha256: str | None
               ) -> dict:
-    return {"dataset_id": dataset_id, "format": fmt, "image_root": str(image_root.resolve()),
+    return {"dataset_id": dataset_id, "kind": kind, "image_root": str(image_root.resolve()),
             "head_boxes": head_boxes_sha256, "reader": READER_VERSION}
 
 

@@ -50,12 +50,12 @@ CROWD_CLASSES = (("easy", -math.inf, 0.2), ("medium", 0.2, 0.8), ("hard", 0.8, m
 
 @dataclass(frozen=True)
 class DataSpec:
-    format: str  # the dataset kind's name
+    kind: str  # the dataset kind's name
     annotations: Path
     image_root: Path
 
     def __str__(self) -> str:
-        return f"{self.format}:{self.annotations}:{self.image_root}"
+        return f"{self.kind}:{self.annotations}:{self.image_root}"
 
 
 def parse_spec(spec: str | DataSpec) -> DataSpec:
@@ -65,14 +65,14 @@ def parse_spec(spec: str | DataSpec) -> DataSpec:
     parts = spec.split(":")
     if len(parts) not in (2, 3) or not all(parts):
         raise UniError(f"data spec {spec!r}: expected KIND:ANNOTATIONS[:IMAGE_ROOT]")
-    fmt = parts[0].lower()
+    kind = parts[0].lower()
     kinds = known_kinds()
-    if fmt not in kinds:
+    if kind not in kinds:
         raise UniError(f"data spec {spec!r}: unknown dataset kind {parts[0]!r}; "
                        f"use one of {', '.join(kinds)}")
     ann = Path(parts[1])
-    root = Path(parts[2]) if len(parts) == 3 else ann.parent / kinds[fmt].image_root
-    return DataSpec(fmt, ann, root)
+    root = Path(parts[2]) if len(parts) == 3 else ann.parent / kinds[kind].image_root
+    return DataSpec(kind, ann, root)
 
 
 @dataclass(slots=True)
@@ -170,10 +170,6 @@ class Dataset:
                   self.frame_ids, self.vid_ids, self.ignore_image, self.ignore_offsets,
                   self.ignore_xy):
             a.flags.writeable = False  # shared by every Instance view and forked worker
-
-    @property
-    def format(self) -> str:
-        return self.spec.format
 
     @property
     def num_images(self) -> int:
@@ -286,7 +282,7 @@ def load_dataset(spec: str | DataSpec, head_boxes: Path | None = None) -> Datase
     if spec.image_root.exists() and not spec.image_root.is_dir():  # a missing one is counted
         raise UniError(f"{spec.image_root}: the IMAGE_ROOT of {spec.annotations} is a file, "
                        "not a folder")
-    kind = get_kind(spec.format)
+    kind = get_kind(spec.kind)
     skeleton = get_skeleton(kind.skeleton)
     cols = key = None
     if spec.annotations.is_file() and (not head_boxes or Path(head_boxes).is_file()):

@@ -121,7 +121,7 @@ def draw_dataset(dataset: Dataset, n_images: int, out_dir: Path) -> list[Path]:
         for inst in insts:
             draw_box(img, inst.bbox, label=str(inst.instance_id), copy=False)
             draw_skeleton(img, inst.unified, copy=False)
-        path = Path(out_dir) / f"{dataset.format}_{image_id}.png"
+        path = Path(out_dir) / f"{dataset.kind.name}_{image_id}.png"
         save_rgb(path, img)
         written.append(path)
     return written

@@ -230,7 +230,7 @@ def evaluate_dataset(ds: Dataset, res: Results) -> dict:
 def load_datasets(specs: list[str], head_boxes: Path | None = None) -> list[Dataset]:
     """--data specs → datasets (head boxes go to the MPII ones), checked before a model runs."""
     parsed = [parse_spec(s) for s in specs]
-    mpii = [get_kind(p.format).reader == "mpii" for p in parsed]
+    mpii = [get_kind(p.kind).reader == "mpii" for p in parsed]
     if head_boxes is not None and not any(mpii):
         raise UniError("--head-boxes given but no MPII-style dataset (mpii:…) in --data")
     out = []

@@ -25,15 +25,15 @@ from uniskel.evaluation.evaluate import evaluate_dataset, load_datasets, model_r
 from uniskel.evaluation.predict import load_predictor
 
 AVERAGE = "Average"
-AVERAGED_FORMATS = ("coco", "mpii")
+AVERAGED_KINDS = ("coco", "mpii")
 
 
 def _columns(specs: list[str], metrics: dict[str, str]) -> dict[str, str]:
     """spec → column label: 'FORMAT METRIC', plus the annotation stem when FORMAT repeats."""
-    formats = [parse_spec(s).format for s in specs]
+    kinds = [parse_spec(s).kind for s in specs]
     out = {}
-    for s, fmt in zip(specs, formats, strict=True):
-        label = fmt if formats.count(fmt) == 1 else f"{fmt}:{parse_spec(s).annotations.stem}"
+    for s, kind in zip(specs, kinds, strict=True):
+        label = kind if kinds.count(kind) == 1 else f"{kind}:{parse_spec(s).annotations.stem}"
         if label in out.values():
             label = s  # same format and stem twice: only the full spec tells them apart
         out[s] = f"{label} {metrics[s]}"
@@ -69,8 +69,8 @@ def report_rows(results: dict[str, dict[str, dict]]) -> list[dict]:
     """{model name: {spec: evaluate result}} → rows [{"model": name, column: value | None, …,
     "Average": value | None}] in a fixed column order (specs in first-seen order)."""
     specs, cols = _spec_columns(results)
-    averaged = [s for s in specs if parse_spec(s).format in AVERAGED_FORMATS]
-    with_average = {parse_spec(s).format for s in averaged} == set(AVERAGED_FORMATS)
+    averaged = [s for s in specs if parse_spec(s).kind in AVERAGED_KINDS]
+    with_average = {parse_spec(s).kind for s in averaged} == set(AVERAGED_KINDS)
     rows = []
     for name, per_spec in results.items():
         row: dict = {"model": name}

@@ -54,7 +54,7 @@ Runner = Callable[[list[TeacherSpec], list[Task]], Iterator[TaskResult]]
 
 
 def store_name(teacher_name: str, dataset: Dataset) -> str:
-    return f"{teacher_name}__{dataset.format}-{dataset.dataset_id[:12]}.h5"
+    return f"{teacher_name}__{dataset.kind.name}-{dataset.dataset_id[:12]}.h5"
 
 
 @dataclass
@@ -186,7 +186,7 @@ def check_images(dataset: Dataset) -> None:
         raise UniError(f"{dataset.spec.image_root}: {len(gone)} of {used} images of "
                        f"{dataset.spec.annotations} are missing (more than half, found before "
                        f"running any teacher; first: {gone[0]}): is the image folder right? "
-                       "(FORMAT:ANNOTATIONS:IMAGE_ROOT)")
+                       "(KIND:ANNOTATIONS:IMAGE_ROOT)")
 
 
 def _open_jobs(jobs: list[_Job], spec_for: Callable[[_Job, dict], TeacherSpec]
@@ -223,7 +223,7 @@ def _run_dataset(jobs: list[_Job], run: Runner, spec_for: Callable[[_Job, dict],
         writers = [stack.enter_context(StoreWriter(j.work_path)) for j in jobs]
         bar = stack.enter_context(tqdm(
             total=len(ids) * len(jobs), initial=int(sum(d.sum() for d in dones)), unit="crop",
-            desc=f"{names} × {jobs[0].dataset.format}", file=sys.stderr, dynamic_ncols=True,
+            desc=f"{names} × {jobs[0].dataset.kind.name}", file=sys.stderr, dynamic_ncols=True,
             disable=not progress, smoothing=0.1))
         kill_point("cache-start")  # test hook (core/killpoints.py), as every kill_point() is
         for result in run(specs, tasks):

@@ -127,7 +127,7 @@ def resolve_config(config: dict) -> dict:
         raise UniError(f"config: unified must be a skeleton name or 'union', "
                        f"got {cfg['unified']!r}")
     if not cfg["data"]:
-        raise UniError("config: 'data' needs at least one FORMAT:ANNOTATIONS spec")
+        raise UniError("config: 'data' needs at least one KIND:ANNOTATIONS spec")
     if not cfg["out"]:
         raise UniError("config: 'out' (the run directory) is required")
     cfg["out"] = str(cfg["out"])

@@ -211,7 +211,7 @@ class PoseSamples(torch.utils.data.Dataset):
         try:
             image = read_image(inst.image_path)
         except UniError as e:
-            return {"skipped": f"{e} ({ds.format} instance {inst.instance_id})"}
+            return {"skipped": f"{e} ({ds.kind.name} instance {inst.instance_id})"}
         v = self.view(index)
         crop, a_crop = crop_person(image, inst.bbox, self.input_wh, self.padding, v.rotation,
                                    v.scale, v.shift, v.flip)

@@ -33,7 +33,7 @@ def data_dir() -> Path:
 def synth_dir(tmp_path_factory) -> Path:
     """A small synthetic dataset (60 persons per dataset, seed 0), generated once per session.
 
-    Layout: coco/{train,val}.json, mpii/{train,val}.json, halpe/val.json, <fmt>/images/.
+    Layout: coco/{train,val}.json, mpii/{train,val}.json, halpe/val.json, <kind>/images/.
     Read-only for tests: copy before changing.
     """
     from uniskel.app.synth import generate

@@ -295,11 +295,11 @@ def _loads_or_raises_unierror(spec: str) -> None:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
-@given(fmt=st.sampled_from(["coco", "halpe", "mpii"]), coco_data=coco_like, mpii_data=mpii_like)
-def test_fuzz_readers_load_or_raise_unierror(tmp_path, fmt, coco_data, mpii_data):
+@given(kind=st.sampled_from(["coco", "halpe", "mpii"]), coco_data=coco_like, mpii_data=mpii_like)
+def test_fuzz_readers_load_or_raise_unierror(tmp_path, kind, coco_data, mpii_data):
     ann = tmp_path / "fuzz.json"
-    ann.write_text(json.dumps(mpii_data if fmt == "mpii" else coco_data))
-    _loads_or_raises_unierror(f"{fmt}:{ann}:{tmp_path}")
+    ann.write_text(json.dumps(mpii_data if kind == "mpii" else coco_data))
+    _loads_or_raises_unierror(f"{kind}:{ann}:{tmp_path}")
 
 
 def _paths(obj, prefix=()):
@@ -311,10 +311,10 @@ def _paths(obj, prefix=()):
         yield from _paths(v, prefix + (k,))
 
 
-def _sample(fmt: str, data_dir: Path):
-    if fmt == "mpii":
+def _sample(kind: str, data_dir: Path):
+    if kind == "mpii":
         return _raw(data_dir / "mpii" / "test_mpii.json")[:2]
-    raw = _raw(data_dir / fmt / f"test_{fmt}.json")
+    raw = _raw(data_dir / kind / f"test_{kind}.json")
     raw["images"] = raw["images"][:2]
     ids = {im["id"] for im in raw["images"]}
     raw["annotations"] = [a for a in raw["annotations"] if a["image_id"] in ids][:3]
@@ -323,10 +323,10 @@ def _sample(fmt: str, data_dir: Path):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
-@given(fmt=st.sampled_from(["coco", "halpe", "mpii"]), data=st.data())
-def test_fuzz_mutated_real_files_load_or_raise_unierror(tmp_path, data_dir, fmt, data):
+@given(kind=st.sampled_from(["coco", "halpe", "mpii"]), data=st.data())
+def test_fuzz_mutated_real_files_load_or_raise_unierror(tmp_path, data_dir, kind, data):
     """Real files with a few fields replaced by random JSON or deleted: deep fields get hit."""
-    raw = _sample(fmt, data_dir)
+    raw = _sample(kind, data_dir)
     for _ in range(data.draw(st.integers(1, 3))):
         paths = [p for p in _paths(raw) if p]
         if not paths:
@@ -343,5 +343,5 @@ def test_fuzz_mutated_real_files_load_or_raise_unierror(tmp_path, data_dir, fmt,
             parent.pop(path[-1])
     ann = tmp_path / "fuzz.json"
     ann.write_text(json.dumps(raw))
-    root = data_dir / ("mpii" if fmt == "mpii" else "coco") / "images"
-    _loads_or_raises_unierror(f"{fmt}:{ann}:{root}")
+    root = data_dir / ("mpii" if kind == "mpii" else "coco") / "images"
+    _loads_or_raises_unierror(f"{kind}:{ann}:{root}")

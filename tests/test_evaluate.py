@@ -494,7 +494,7 @@ def test_boxes_refused_for_pck_datasets(tmp_path, data_dir, tiny_student_run):
 
 def test_synthetic_sets_ground_truth_is_perfect(synth_dir, tmp_path):
     """The synthetic val sets (real formats) evaluate end to end: GT as predictions → 100."""
-    specs = [f"{fmt}:{synth_dir}/{fmt}/val.json" for fmt in ("coco", "mpii", "halpe")]
+    specs = [f"{kind}:{synth_dir}/{kind}/val.json" for kind in ("coco", "mpii", "halpe")]
     records = []
     for ds in ev_mod.load_datasets(specs):
         records += _gt_records(ds, dataset_id=ds.dataset_id)

@@ -181,7 +181,7 @@ def feet(tmp_path_factory):
     sets = [load_dataset(s) for s in specs]
     for name, skel in (("coco_t", "coco17"), ("halpe_t", "halpe26")):
         for ds in sets:
-            write_analytic_store(out / f"{name}__{ds.format}.h5", ds, skel, name,
+            write_analytic_store(out / f"{name}__{ds.kind.name}.h5", ds, skel, name,
                                  input_wh=INPUT_WH)
     return specs, sets, out
 

@@ -34,7 +34,7 @@ def setup(synth_dir, tmp_path_factory):
             load_dataset(f"mpii:{synth_dir / 'mpii/train.json'}")]
     for name, skel in TEACHERS.items():
         for ds in sets:
-            write_analytic_store(out / f"{name}__{ds.format}.h5", ds, skel, name)
+            write_analytic_store(out / f"{name}__{ds.kind.name}.h5", ds, skel, name)
     return sets, out
 
 

@@ -38,7 +38,7 @@ def synth(synth_dir, tmp_path_factory):
     sets = [load_dataset(s) for s in specs]
     for name, skel in (("coco_t", "coco17"), ("mpii_t", "mpii16")):
         for ds in sets:
-            write_analytic_store(out / f"{name}__{ds.format}.h5", ds, skel, name)
+            write_analytic_store(out / f"{name}__{ds.kind.name}.h5", ds, skel, name)
     return specs, out
 
 

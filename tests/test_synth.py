@@ -27,8 +27,8 @@ def _all_files(root: Path) -> dict[str, bytes]:
 def test_layout(synth_dir):
     for f in FILES:
         assert (synth_dir / f).is_file(), f
-    for fmt in ("coco", "mpii", "halpe"):
-        assert any((synth_dir / fmt / "images").glob("*.jpg"))
+    for kind in ("coco", "mpii", "halpe"):
+        assert any((synth_dir / kind / "images").glob("*.jpg"))
     assert not list(synth_dir.glob(".synth-*"))  # the temporary build folder is gone
 
 
@@ -54,9 +54,9 @@ def test_refuses_to_overwrite_unless_asked(tmp_path):
 
 def test_counts_and_split(synth_dir):
     persons = {"train": 51, "val": 9}  # 60 persons, 15 % val
-    for fmt in ("coco", "mpii"):
+    for kind in ("coco", "mpii"):
         for split, n in persons.items():
-            ds = load_dataset(f"{fmt}:{synth_dir}/{fmt}/{split}.json")
+            ds = load_dataset(f"{kind}:{synth_dir}/{kind}/{split}.json")
             # Every figure keeps its pelvis in the image, so (almost) all get annotated.
             assert n - 2 <= len(ds.instances) <= n
             assert 1 <= ds.num_images <= n
@@ -162,8 +162,8 @@ def test_halpe_labels_head_neck_hip_not_feet(synth_dir):
 
 def test_visible_keypoints_sit_on_their_coloured_dots(synth_dir):
     """Every unified keypoint is findable from pixels: a v=2 point shows its own dot colour."""
-    for fmt, split in (("coco", "train"), ("mpii", "train"), ("halpe", "val")):
-        ds = load_dataset(f"{fmt}:{synth_dir}/{fmt}/{split}.json")
+    for kind, split in (("coco", "train"), ("mpii", "train"), ("halpe", "val")):
+        ds = load_dataset(f"{kind}:{synth_dir}/{kind}/{split}.json")
         errors: dict[str, list[float]] = {}
         images: dict[Path, np.ndarray] = {}
         for inst in ds.instances:
@@ -176,7 +176,7 @@ def test_visible_keypoints_sit_on_their_coloured_dots(synth_dir):
                     px = img[int(round(y)), int(round(x))]
                     errors.setdefault(name, []).append(np.abs(px - dot_colour(name)).max())
         for name, errs in errors.items():
-            assert np.median(errs) < 70, (fmt, name, np.median(errs))
+            assert np.median(errs) < 70, (kind, name, np.median(errs))
 
 
 def test_cli_synth(tmp_path):
