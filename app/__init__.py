@@ -1,2 +1,2 @@
-"""What the CLI drives on top of the library: the demo, synthetic datasets, inspecting data
-and stores."""
+"""What the CLI drives on top of the library: the demo (and its step runner), synthetic datasets,
+describing a teacher, inspecting data and stores."""

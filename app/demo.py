@@ -17,18 +17,16 @@ inference happens twice.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from uniskel.app.steps import Step, cpu_seconds, run_steps
 from uniskel.app.synth import generate
 from uniskel.core.crops import crop_person, read_image
 from uniskel.core.datasets import load_dataset
@@ -41,6 +39,7 @@ from uniskel.evaluation.predict import load_predictor, predict_boxes
 from uniskel.evaluation.report import AVERAGE, markdown_table, report_rows, write_report
 from uniskel.pipeline.cache import StoreSummary, cache_teachers, format_run_summary
 from uniskel.student.checkpoint import load_checkpoint
+from uniskel.student.config import TrainConfig
 from uniskel.student.train import train
 
 
@@ -105,9 +104,10 @@ def _threads(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
-def _train_job(config: dict, threads: int, onnx: tuple[Path, str, str] | None = None) -> Path:
+def _train_job(config: TrainConfig, threads: int, onnx: tuple[Path, str, str] | None = None
+               ) -> Path:
     """Train (or resume) one run, then export it when onnx = (path, name, skeleton)."""
-    run = train({**config, "workers": 1, "threads": threads}, progress=False)
+    run = train(replace(config, workers=1, threads=threads), progress=False)
     if onnx is not None:
         torch.set_num_threads(threads)
         export_onnx(run, *onnx)
@@ -123,78 +123,14 @@ def _evaluate_job(val: list[str], model: Path, threads: int) -> dict:
     return evaluate(val, model=model, progress=False)
 
 
-def _cpu_seconds() -> float:
-    """This process's CPU time and that of its finished children (DataLoader workers)."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-def _worker_init(start_method: str) -> None:
-    """A spawned worker would spawn its DataLoader workers too, each re-importing torch at every
-    epoch: give it the start method `uni train-student` has here (the platform's: fork on Linux)."""
-    multiprocessing.set_start_method(start_method, force=True)
-
-
-def _timed(fn: Callable, *args: object) -> tuple[object, float]:
-    """fn(*args) in a worker process → (its result, the CPU seconds it took there)."""
-    cpu = _cpu_seconds()
-    result = fn(*args)
-    return result, _cpu_seconds() - cpu
-
-
-@dataclass
-class _Task:
-    name: str
-    needs: tuple[str, ...]
-    call: Callable[[dict], tuple]  # finished results → (function, *arguments) to run
-
-
-def _run_tasks(tasks: list[_Task], jobs: int,
-               seconds: dict[str, dict] | None = None) -> dict[str, object]:
-    """Run tasks in list order, `jobs` processes at a time, each once the tasks it needs are
-    done; → {name: result}. A failing task stops the rest (its error is raised here).
-    seconds, when given, gets {name: {"wall": s, "cpu": s}} for each task."""
-    done: dict[str, object] = {}
-    pending = list(tasks)
-    running: dict[Future, tuple[_Task, float]] = {}
-    # Spawned, not forked: this process has torch's and OpenCV's threads running.
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_init,
-                             initargs=(multiprocessing.get_start_method(),)) as pool:
-        while pending or running:
-            for task in [t for t in pending if all(n in done for n in t.needs)]:
-                if len(running) == jobs:
-                    break
-                pending.remove(task)
-                fn, *args = task.call(done)
-                running[pool.submit(_timed, fn, *args)] = (task, time.perf_counter())
-            if not running:  # a programming error, not a user's: say which step is stuck
-                raise RuntimeError(f"{pending[0].name} needs {pending[0].needs}: not all steps")
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                task, t0 = running.pop(future)
-                if future.exception() is not None:
-                    for other in running:
-                        other.cancel()
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise future.exception()
-                done[task.name], cpu = future.result()
-                wall = time.perf_counter() - t0
-                if seconds is not None:
-                    seconds[task.name] = {"wall": round(wall, 1), "cpu": round(cpu, 1)}
-                _say(f"{task.name} done ({wall:.0f} s, CPU {cpu:.0f} s)")
-    return done
-
-
 # --------------------------------------------------------------------------- the demo
 
 
 def _config(run: Path, data: list[str], stores: list[str], model: str, s: DemoSettings,
-            epochs: int, seed: int) -> dict:
-    return {"data": data, "stores": stores, "out": str(run), "model": model,
-            "input_wh": list(s.input_wh), "epochs": epochs, "batch_size": s.batch_size,
-            "lr": s.lr, "seed": seed, "val_fraction": 0.05,
-            "resume": (run / "last.pt").is_file()}
+            epochs: int, seed: int) -> TrainConfig:
+    return TrainConfig(data=data, stores=stores, out=str(run), model=model, input_wh=s.input_wh,
+                       epochs=epochs, batch_size=s.batch_size, lr=s.lr, seed=seed,
+                       val_fraction=0.05, resume=(run / "last.pt").is_file())
 
 
 def _predictions_png(runs: dict[str, Path], spec: str, out: Path, n: int = 3) -> Path:
@@ -225,35 +161,63 @@ def _predictions_png(runs: dict[str, Path], spec: str, out: Path, n: int = 3) ->
 
 
 def _tasks(out: Path, spec: dict[str, str], s: DemoSettings, seed: int,
-           threads: int) -> tuple[list[_Task], dict[str, Path]]:
-    """The demo's steps as tasks, finished ones left out (saying so); → (tasks, {table row:
-    the model it evaluates})."""
-    train_specs = [spec["coco/train"], spec["mpii/train"]]
-    tasks: list[_Task] = []
+           threads: int) -> tuple[list[Step], dict[str, Path]]:
+    """The demo's steps, finished ones left out (saying so); → (steps, {table row: the model it
+    evaluates})."""
     models: dict[str, Path] = {}
-    made_by: dict[str, str] = {}  # table row → the task that trains its model
-    caches = []
+    made_by: dict[str, str] = {}  # table row → the step that trains its model
+    steps = _teacher_steps(out, spec, s, seed, threads, models, made_by)
+    steps += _student_steps(out, spec, s, seed, threads, models, made_by)
+    # Teachers and caches first, then the longest students first (the KD one, which also waits
+    # for both caches, then joint GT: measured 165 and 147 CPU s against 130 and 118 for the
+    # single-dataset ones), so the last two finish close together; evaluations fill the gaps.
+    order = [*TEACHERS, *(f"cache {name}" for name in TEACHERS), "joint_gt_kd", "joint_gt",
+             *STUDENTS]
+    steps.sort(key=lambda t: order.index(t.name))
+    val = [spec["coco/val"], spec["mpii/val"], spec["halpe/val"]]
+    rows = sorted(models, key=lambda m: list(STUDENTS).index(m.split(" ")[0])
+                  if m.split(" ")[0] in STUDENTS else len(STUDENTS))
+    for label in rows:
+        steps.append(Step(f"evaluate {label}", (made_by[label],) if label in made_by else (),
+                          lambda _, p=models[label]: (_evaluate_job, val, p, threads)))
+    return steps, {label: models[label] for label in rows}
+
+
+def _teacher_steps(out: Path, spec: dict[str, str], s: DemoSettings, seed: int, threads: int,
+                   models: dict[str, Path], made_by: dict[str, str]) -> list[Step]:
+    """Each teacher trained and exported (unless its ONNX file is there), then cached over both
+    training sets; adds its table row to models, and to made_by when it is trained."""
+    train_specs = [spec["coco/train"], spec["mpii/train"]]
+    steps = []
     for name, (kind, skeleton, student) in TEACHERS.items():
         onnx = out / "teachers" / f"{name}.onnx"
         if s.teacher_model is None:
             run, model, epochs = out / "runs" / student, s.student_model, s.student_epochs
-            made_by[f"{student} ({model})"] = name
-            models[f"{student} ({model})"] = run
+            label = f"{student} ({model})"
+            models[label] = run
         else:
             run, model, epochs = out / "teachers" / name, s.teacher_model, s.teacher_epochs
-            made_by[f"{name} ({model})"] = name
-            models[f"{name} ({model})"] = onnx
+            label = f"{name} ({model})"
+            models[label] = onnx
         if onnx.is_file():
             _say(f"reusing teacher {onnx}")
-            made_by = {k: v for k, v in made_by.items() if v != name}
         else:
+            made_by[label] = name
             cfg = _config(run, [spec[f"{kind}/train"]], [], model, s, epochs, seed)
-            tasks.append(_Task(name, (), lambda _, c=cfg, o=(onnx, name, skeleton):
-                               (_train_job, c, threads, o)))
-        caches.append(f"cache {name}")
-        tasks.append(_Task(caches[-1], (name,) if name in made_by.values() else (),
-                           lambda _, o=onnx: (_cache_job, train_specs, o, out / "stores",
-                                              threads)))
+            steps.append(Step(name, (), lambda _, c=cfg, o=(onnx, name, skeleton):
+                              (_train_job, c, threads, o)))
+        steps.append(Step(f"cache {name}", (name,) if label in made_by else (),
+                          lambda _, o=onnx: (_cache_job, train_specs, o, out / "stores",
+                                             threads)))
+    return steps
+
+
+def _student_steps(out: Path, spec: dict[str, str], s: DemoSettings, seed: int, threads: int,
+                   models: dict[str, Path], made_by: dict[str, str]) -> list[Step]:
+    """Each student not a teacher and not finished yet (saying so), the KD one on both caches'
+    stores of its datasets; adds its table row to models and made_by."""
+    caches = [f"cache {name}" for name in TEACHERS]
+    steps = []
     for name, (fmts, kd) in STUDENTS.items():
         label = f"{name} ({s.student_model})"
         if label in models:  # a teacher, trained above
@@ -272,19 +236,8 @@ def _tasks(out: Path, spec: dict[str, str], s: DemoSettings, seed: int,
             return (_train_job, _config(run, data, stores, s.student_model, s, epochs, seed),
                     threads)
 
-        tasks.append(_Task(name, tuple(caches) if kd else (), call))
-    # Teachers and caches first, then the longest students first (the KD one, which also waits
-    # for both caches, then joint GT: measured 165 and 147 CPU s against 130 and 118 for the
-    # single-dataset ones), so the last two finish close together; evaluations fill the gaps.
-    order = [*TEACHERS, *caches, "joint_gt_kd", "joint_gt", *STUDENTS]
-    tasks.sort(key=lambda t: order.index(t.name))
-    val = [spec["coco/val"], spec["mpii/val"], spec["halpe/val"]]
-    rows = sorted(models, key=lambda m: list(STUDENTS).index(m.split(" ")[0])
-                  if m.split(" ")[0] in STUDENTS else len(STUDENTS))
-    for label in rows:
-        tasks.append(_Task(f"evaluate {label}", (made_by[label],) if label in made_by else (),
-                           lambda _, p=models[label]: (_evaluate_job, val, p, threads)))
-    return tasks, {label: models[label] for label in rows}
+        steps.append(Step(name, tuple(caches) if kd else (), call))
+    return steps
 
 
 def _verdict(rows: list[dict], kd: str = "joint_gt_kd") -> str:
@@ -310,26 +263,18 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
-    t0, cpu0 = time.perf_counter(), _cpu_seconds()
-
-    data_dir = out / "data"
-    if (data_dir / "halpe" / "val.json").is_file():
-        _say(f"reusing synthetic data in {data_dir}")
-    else:
-        generate(data_dir, persons=s.persons, seed=seed, overwrite=True)
-    spec = {f"{kind}/{split}": f"{kind}:{data_dir / kind / f'{split}.json'}"
-            for kind, split in (("coco", "train"), ("coco", "val"), ("mpii", "train"),
-                               ("mpii", "val"), ("halpe", "val"))}
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
+    spec = _synthetic_data(out, s, seed)
     times["data"] = time.perf_counter() - t0
 
     t = time.perf_counter()
     jobs = min(2, os.cpu_count() or 1)  # the task graph is at most two wide most of the time
     threads = _threads(jobs)
-    tasks, models = _tasks(out, spec, s, seed, threads)
-    _say(f"{len(tasks)} steps, {jobs} at a time, {threads} thread(s) each (training runs log "
+    steps, models = _tasks(out, spec, s, seed, threads)
+    _say(f"{len(steps)} steps, {jobs} at a time, {threads} thread(s) each (training runs log "
          "to their metrics.csv)")
     per_task: dict[str, dict] = {}
-    done = _run_tasks(tasks, jobs, per_task)
+    done = run_steps(steps, jobs, per_task, say=_say)
     times["steps"] = time.perf_counter() - t
     summaries = [x for name in TEACHERS for x in done[f"cache {name}"]]
     for summary in summaries:
@@ -345,25 +290,43 @@ def run_demo(out_dir: Path, quick: bool = False, seed: int = 0,
     _predictions_png(students, spec["coco/val"], out / "predictions.png")
     times["report"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0
-    cpu_s = _cpu_seconds() - cpu0
+    cpu_s = cpu_seconds() - cpu0
 
     report = {"settings": {**asdict(s), "joint_epochs": s.joint_epochs}, "rows": rows,
               "seconds": times, "cpu_seconds": round(cpu_s, 1), "jobs": jobs,
               "threads": threads, "steps": per_task,
               "runs": {k: str(v) for k, v in models.items()}}
     write_json(out / "report.json", report, indent=2)
-    table = markdown_table(rows)
-    caveat = "".join(f"\n\n{line}" for line in (_verdict(rows), s.caveat) if line)
+    _tell(out, report, cpu_s, s.caveat, quick)
+    return report
+
+
+def _synthetic_data(out: Path, s: DemoSettings, seed: int) -> dict[str, str]:
+    """The synthetic datasets in out/data (made unless there) → {"coco/train": spec, ...}."""
+    data_dir = out / "data"
+    if (data_dir / "halpe" / "val.json").is_file():
+        _say(f"reusing synthetic data in {data_dir}")
+    else:
+        generate(data_dir, persons=s.persons, seed=seed, overwrite=True)
+    return {f"{kind}/{split}": f"{kind}:{data_dir / kind / f'{split}.json'}"
+            for kind, split in (("coco", "train"), ("coco", "val"), ("mpii", "train"),
+                               ("mpii", "val"), ("halpe", "val"))}
+
+
+def _tell(out: Path, report: dict, cpu_s: float, caveat: str, quick: bool) -> None:
+    """report.md (table, verdict, caveat, times per step), and the table and times on stdout."""
+    times, per_task, jobs = report["seconds"], report["steps"], report["jobs"]
+    table = markdown_table(report["rows"])
+    notes = "".join(f"\n\n{line}" for line in (_verdict(report["rows"]), caveat) if line)
     steps = "\n".join(f"- {k}: {v['wall']:.0f} s (CPU {v['cpu']:.0f} s)"
                        for k, v in per_task.items())
-    md = (f"# uni demo{' (quick)' if quick else ''}\n\n{table}{caveat}\n\n"
+    md = (f"# uni demo{' (quick)' if quick else ''}\n\n{table}{notes}\n\n"
           f"Wall time {times['total']:.0f} s, CPU time {cpu_s:.0f} s: data "
           f"{times['data']:.0f} s, then {len(per_task)} steps {jobs} at a time "
-          f"({threads} thread(s) each) {times['steps']:.0f} s, report {times['report']:.0f} s."
-          f"\n\n{steps}\n\n![predictions](predictions.png)\n")
+          f"({report['threads']} thread(s) each) {times['steps']:.0f} s, report "
+          f"{times['report']:.0f} s.\n\n{steps}\n\n![predictions](predictions.png)\n")
     write_text(out / "report.md", md)
-    print(table + caveat)
+    print(table + notes)
     print(f"\nwall time {times['total']:.0f} s, CPU time {cpu_s:.0f} s "
           f"({jobs} processes at a time)")
     print(f"wrote {out / 'report.md'}, {out / 'report.json'}, {out / 'predictions.png'}")
-    return report

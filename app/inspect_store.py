@@ -13,7 +13,7 @@ from uniskel.core.datasets import load_dataset
 from uniskel.core.draw import save_rgb
 from uniskel.core.errors import UniError
 from uniskel.core.geometry import crop_to_heatmap, invert, warp_heatmaps
-from uniskel.stores.heatmap_store import StoreReader
+from uniskel.stores.reader import StoreReader
 
 
 def format_store_summary(s: dict) -> str:
@@ -55,6 +55,23 @@ def summary_json(s: dict) -> dict:
         return v
 
     return {**s, "attrs": {k: parsed(v) for k, v in s["attrs"].items()}}
+
+
+def store_report(reader: StoreReader, as_json: bool = False,
+                 verify: bool = False) -> tuple[str, list[str]]:
+    """(the summary as text or one JSON object, the problems --verify found: reading every
+    chunk and checking the done mask; none without verify)."""
+    summary = reader.summary()
+    problems = reader.verify(progress=not as_json) if verify else []
+    if as_json:
+        if verify:
+            summary["problems"] = problems
+        return json.dumps(summary_json(summary)), problems
+    lines = [format_store_summary(summary)]
+    if verify:
+        lines += [f"problem      {p}" for p in problems]
+        lines.append(f"verify       {len(problems)} problem(s)" if problems else "verify       ok")
+    return "\n".join(lines), problems
 
 
 def _colour_map(heat: np.ndarray) -> np.ndarray:

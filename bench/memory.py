@@ -25,6 +25,7 @@ import common
 import psutil
 
 from uniskel.pipeline.teachers import read_info
+from uniskel.student.config import TrainConfig
 
 _LOAD = """
 import sys
@@ -34,8 +35,9 @@ load_dataset(sys.argv[1])
 
 _TRAIN = """
 import json, sys
+from uniskel.student.config import TrainConfig
 from uniskel.student.train import train
-train(json.loads(sys.argv[1]), progress=False)
+train(TrainConfig.from_dict(json.loads(sys.argv[1])), progress=False)
 """
 
 
@@ -80,11 +82,11 @@ def run(args: argparse.Namespace) -> str:
                         "--out", str(stores), "--workers", "1", "--no-flip-test"])
         run_dir = args.work / f"mem_run_{n}"
         shutil.rmtree(run_dir, ignore_errors=True)
-        cfg = {"data": [spec], "stores": [str(stores)], "out": str(run_dir), "model": "tiny",
-               "input_wh": list(input_wh), "epochs": 1, "batch_size": 32, "workers": 1,
-               "val_fraction": 0.0, "max_steps": args.train_steps, "log_every": 1000}
+        cfg = TrainConfig(data=[spec], stores=[str(stores)], out=str(run_dir), model="tiny",
+                          input_wh=input_wh, epochs=1, batch_size=32, workers=1,
+                          val_fraction=0.0, max_steps=args.train_steps, log_every=1000)
         common.say(f"memory: stage two over {n} persons, {args.train_steps} steps")
-        two = peak_rss([sys.executable, "-c", _TRAIN, json.dumps(cfg)])
+        two = peak_rss([sys.executable, "-c", _TRAIN, json.dumps(cfg.to_dict())])
         peaks[n] = (one, two, ann)
         rows.append([f"{n:,}", f"{ann[0]:.0f}", f"{one[0]:.0f}", f"{one[2]:.0f}",
                      f"{two[0]:.0f}", f"{two[1]:.0f}", f"{two[2]:.0f}"])

@@ -23,6 +23,7 @@ import online
 from uniskel.evaluation.evaluate import evaluate
 from uniskel.pipeline.cache import cache_teachers
 from uniskel.pipeline.teachers import read_info
+from uniskel.student.config import TrainConfig
 from uniskel.student.train import train
 
 
@@ -47,10 +48,10 @@ def run(args: argparse.Namespace) -> str:
         for kd in ("cached", "online"):
             out = args.work / f"parity_{kd}_seed{seed}"
             shutil.rmtree(out, ignore_errors=True)
-            cfg = {"data": train_specs, "stores": stores if kd == "cached" else
-                   [str(p) for p in paths], "out": str(out), "model": args.student,
-                   "input_wh": input_wh, "epochs": args.epochs, "batch_size": 32, "lr": 4e-3,
-                   "workers": 1, "seed": seed, "val_fraction": 0.0}
+            cfg = TrainConfig(data=train_specs, stores=stores if kd == "cached" else
+                              [str(p) for p in paths], out=str(out), model=args.student,
+                              input_wh=input_wh, epochs=args.epochs, batch_size=32, lr=4e-3,
+                              workers=1, seed=seed, val_fraction=0.0)
             common.say(f"parity: training {kd}, seed {seed}, {args.epochs} epochs")
             t0 = time.perf_counter()
             if kd == "online":

@@ -30,11 +30,14 @@ import numpy as np
 from uniskel.core.crops import crop_person, normalize, read_image
 from uniskel.core.datasets import load_dataset
 from uniskel.core.geometry import compose, crop_to_heatmap
-from uniskel.pipeline.cache import cache_teachers, dataset_items, plan_tasks
+from uniskel.pipeline.cache import cache_teachers
+from uniskel.pipeline.cache_plan import dataset_items, plan_tasks
 from uniskel.pipeline.cache_tasks import TeacherSpec, local_results
 from uniskel.pipeline.teachers import Teacher
-from uniskel.stores import heatmap_store as hs
-from uniskel.stores import writer as sw
+from uniskel.stores.create import create_store
+from uniskel.stores.encode import CODEC, THRESHOLD, encode_rows
+from uniskel.stores.schema import StoreMeta
+from uniskel.stores.writer import StoreWriter
 
 
 def _crops(teacher: Teacher, instances) -> np.ndarray:
@@ -67,14 +70,14 @@ def breakdown(teacher_path: Path, instances, batch: int, store_path: Path) -> di
     t = Teacher(teacher_path, threads=0)
     info = t.info
     k, (w, h) = info.num_keypoints, t.heatmap_wh
-    meta = hs.StoreMeta(info.name, t.sha256, asdict(info), info.skeleton, "bench", "bench",
-                        info.input_wh, info.padding, True, (k, h, w))
+    meta = StoreMeta(info.name, t.sha256, asdict(info), info.skeleton, "bench", "bench",
+                     info.input_wh, info.padding, True, (k, h, w))
     store_path.unlink(missing_ok=True)
-    sw.create_store(store_path, meta, [i.instance_id for i in instances])
+    create_store(store_path, meta, [i.instance_id for i in instances])
     to_grid = crop_to_heatmap(info.input_wh, t.heatmap_wh)
     timer = common.Timer()
     image, path = None, None
-    with sw.StoreWriter(store_path) as writer:
+    with StoreWriter(store_path) as writer:
         for s in range(0, len(instances), batch):
             crops, affines = [], []
             for inst in instances[s:s + batch]:
@@ -91,7 +94,7 @@ def breakdown(teacher_path: Path, instances, batch: int, store_path: Path) -> di
             with timer("infer"):  # Teacher.predict: normalise + session.run + flip merge
                 maps = t.predict(crops, flip_test=True)
             with timer("encode"):  # the worker: quantise, compress, checksum
-                encoded = hs.encode_rows(maps, writer.threshold, writer.codec)
+                encoded = encode_rows(maps, writer.threshold, writer.codec)
             with timer("write"):  # the writer: chunks as they are, scales, affines, flushes
                 writer.write_encoded(np.arange(s, s + len(crops)), encoded, np.asarray(affines))
         writer.finalize()
@@ -107,7 +110,7 @@ def shipped_bytes(spec: str, paths: list[Path], batch: int, tasks: int = 8
     ds = load_dataset(spec)
     ids = np.asarray([i.instance_id for i in ds.instances])
     specs = [TeacherSpec(str(p.resolve()), Teacher(p, threads=1).sha256, 0, True, "cpu",
-                         hs.THRESHOLD, hs.CODEC) for p in paths]
+                         THRESHOLD, CODEC) for p in paths]
     plan = plan_tasks(dataset_items(ds, ids), [np.zeros(len(ids), bool)] * len(paths), batch)
     shipped = floats = rows = 0
     for result in local_results(specs, plan[:tasks]):

@@ -30,10 +30,11 @@ from uniskel.core.datasets import load_dataset
 from uniskel.core.skeletons import NUM_UNIFIED
 from uniskel.pipeline.cache import cache_teachers
 from uniskel.pipeline.teachers import read_info
+from uniskel.student.config import TrainConfig, teacher_weights
 from uniskel.student.data import Augment, PoseSamples, collate, match_stores
 from uniskel.student.losses import total_loss
 from uniskel.student.models import build_model
-from uniskel.student.train import teacher_weights, train
+from uniskel.student.train import train
 
 
 def step_times(run: Path, batch: int, skip: int = 3) -> np.ndarray:
@@ -46,11 +47,11 @@ def step_times(run: Path, batch: int, skip: int = 3) -> np.ndarray:
     return np.diff(t[order])[skip:]
 
 
-def _config(specs, stores, out, args, input_wh) -> dict:
-    return {"data": specs, "stores": stores, "out": str(out), "model": args.student,
-            "input_wh": list(input_wh), "epochs": 1, "batch_size": args.batch_size,
-            "workers": args.workers, "seed": 0, "val_fraction": 0.0, "log_every": 1,
-            "max_steps": args.steps}
+def _config(specs, stores, out, args, input_wh, steps: int) -> TrainConfig:
+    return TrainConfig(data=specs, stores=stores, out=str(out), model=args.student,
+                       input_wh=input_wh, epochs=1, batch_size=args.batch_size,
+                       workers=args.workers, seed=0, val_fraction=0.0, log_every=1,
+                       max_steps=steps)
 
 
 def loader_seconds(ds: PoseSamples, args, batches: int) -> float:
@@ -79,7 +80,7 @@ def model_seconds(batch: dict, teachers: list[str], skeletons: dict, args, steps
     torch.manual_seed(0)
     model = build_model(args.student, NUM_UNIFIED)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    weights, decays = teacher_weights({"kd_weight": {}, "kd_decay": {}}, skeletons)
+    weights, decays = teacher_weights(skeletons)
     tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
     times = []
     for _ in range(steps + 2):
@@ -134,8 +135,7 @@ def run(args: argparse.Namespace) -> str:
         shutil.rmtree(out, ignore_errors=True)
         common.say(f"stage two: {name}, {steps} steps")
         cfg = _config(specs, stores if kd == "cached" else (
-            [str(p) for p in kd] if kd else []), out, args, input_wh)
-        cfg["max_steps"] = steps
+            [str(p) for p in kd] if kd else []), out, args, input_wh, steps)
         t0 = time.perf_counter()
         if isinstance(kd, list):
             with online.online_training(kd):

@@ -4,7 +4,7 @@
 
 Maps: the demo's two teachers (flip test on, as cache-teachers runs them) over the demo's COCO
 and MPII training persons. For each codec (quantised uint8, one instance per chunk, fletcher32
-— stores.heatmap_store): bytes per instance against raw fp32 / fp16 (goal ≤ 1/20 of fp16),
+— stores.schema): bytes per instance against raw fp32 / fp16 (goal ≤ 1/20 of fp16),
 write rate, shuffled random reads from one process (goal ≥ 50k instances/s) and from 2
 DataLoader workers. Decode error is the quantisation's (the codecs are lossless): max abs
 error, KL divergence as the KD loss sees it, argmax shift in heatmap pixels (goal ≤ 0.05 mean).
@@ -28,8 +28,11 @@ from uniskel.core.datasets import load_dataset
 from uniskel.core.geometry import compose, crop_to_heatmap
 from uniskel.core.heatmaps import decode_heatmaps
 from uniskel.pipeline.teachers import Teacher
-from uniskel.stores import heatmap_store as hs
-from uniskel.stores import writer as sw
+from uniskel.stores import encode
+from uniskel.stores.create import create_store
+from uniskel.stores.reader import open_store
+from uniskel.stores.schema import StoreMeta
+from uniskel.stores.writer import StoreWriter
 
 BETA = 10.0  # the KD loss's sharpening (student.losses)
 CODECS = ("zstd-1", "zstd-3", "zstd-9", "lz4", "blosc-lz4", "blosc-zstd", "gzip-4")
@@ -54,8 +57,8 @@ def teacher_maps(path: Path, instances, batch: int = 32) -> tuple[Teacher, np.nd
 
 def decode_error(maps: np.ndarray) -> dict[str, float]:
     """Quantise + dequantise maps (N, K, h, w) → error figures over channels with a peak."""
-    q, scales = hs.quantize(maps)
-    back = hs.dequantize(q, scales)
+    q, scales = encode.quantize(maps)
+    back = encode.dequantize(q, scales)
     n, k = maps.shape[:2]
     peak = maps.max(axis=(2, 3))  # (N, K)
     alive = peak > 1e-6
@@ -90,7 +93,7 @@ class _Rows(torch.utils.data.Dataset):
 
 def loader_rate(path: Path, workers: int, batch: int = 32, repeats: int = 3) -> float:
     """Instances/s reading every row in shuffled order through a DataLoader, `repeats` epochs."""
-    reader = hs.open_store(path)
+    reader = open_store(path)
     ds = _Rows(reader)
     loader = torch.utils.data.DataLoader(
         ds, batch, shuffle=True, num_workers=workers, persistent_workers=workers > 0,
@@ -108,17 +111,17 @@ def bench_codec(t: Teacher, maps: np.ndarray, affines: np.ndarray, codec: str, p
                 ) -> dict[str, float]:
     n = len(maps)
     k, h, w = maps.shape[1:]
-    meta = hs.StoreMeta(t.info.name, t.sha256, asdict(t.info), t.info.skeleton, "bench",
+    meta = StoreMeta(t.info.name, t.sha256, asdict(t.info), t.info.skeleton, "bench",
                         "bench", t.info.input_wh, t.info.padding, True, (k, h, w))
     path.unlink(missing_ok=True)
-    sw.create_store(path, meta, np.arange(n), codec=codec)
+    create_store(path, meta, np.arange(n), codec=codec)
     t0 = time.perf_counter()
-    with sw.StoreWriter(path) as wr:
+    with StoreWriter(path) as wr:
         for s in range(0, n, 32):
             wr.write(np.arange(s, min(s + 32, n)), maps[s:s + 32], affines[s:s + 32])
         wr.finalize()
     t_write = time.perf_counter() - t0
-    r = hs.open_store(path)
+    r = open_store(path)
     order = np.random.default_rng(0).permutation(np.tile(np.arange(n), 3))
     for row in order[:n]:  # warm: handle opened, page cache
         r.read(row)
@@ -145,7 +148,7 @@ def bench_codec(t: Teacher, maps: np.ndarray, affines: np.ndarray, codec: str, p
 def threshold_sweep(maps: np.ndarray, path: Path, thresholds=(1, 2, 4, 8, 16, 32)
                     ) -> list[list[str]]:
     """Bytes per instance (default codec, heatmaps only) and error against the zeroing threshold
-    (in 1/255 of the channel peak) — what a higher stores.heatmap_store.THRESHOLD would buy."""
+    (in 1/255 of the channel peak) — what a higher stores.encode.THRESHOLD would buy."""
     n, k = maps.shape[:2]
     peak = maps.max(axis=(2, 3))
     norm = np.where(peak > 1e-6, peak, 1.0)[:, :, None, None]
@@ -153,17 +156,17 @@ def threshold_sweep(maps: np.ndarray, path: Path, thresholds=(1, 2, 4, 8, 16, 32
     c0, _ = decode_heatmaps(maps)
     rows = []
     for thr in thresholds:
-        q, scales = hs.quantize(maps, thr / 255)
-        back = hs.dequantize(q, scales)
+        q, scales = encode.quantize(maps, thr / 255)
+        back = encode.dequantize(q, scales)
         with h5py.File(path, "w") as f:
             ds = f.create_dataset("x", data=q, chunks=(1, *q.shape[1:]), fletcher32=True,
-                                  **dict(hs.CODECS[hs.CODEC]()))
+                                  **dict(encode.CODECS[encode.CODEC]()))
             f.flush()
             size = ds.id.get_storage_size() / n
         lq = torch.log_softmax(torch.from_numpy(BETA * back / norm).reshape(n, k, -1), -1)
         kl = (lp.exp() * (lp - lq)).sum(-1).numpy()
         shift = np.linalg.norm(decode_heatmaps(back)[0] - c0, axis=-1)
-        mark = " (default)" if abs(thr / 255 - hs.THRESHOLD) < 1e-9 else ""
+        mark = " (default)" if abs(thr / 255 - encode.THRESHOLD) < 1e-9 else ""
         rows.append([f"{thr:g}/255{mark}", f"{(q > 0).mean():.1%}", f"{size:,.0f}",
                      f"{2 * maps[0].size / size:.1f}", f"{kl.mean():.1e} / {kl.max():.1e}",
                      f"{shift.mean():.4f}"])
@@ -217,11 +220,11 @@ def run(args: argparse.Namespace) -> str:
                       f"{fp32 / 2 / f16:.1f}", "—", "—", "—", "—"])
         for codec in args.codecs:
             m = bench_codec(t, maps, affines, codec, args.work / f"store_{codec}.h5")
-            if codec == hs.CODEC:
+            if codec == encode.CODEC:
                 m["dl2"] = loader_rate(args.work / f"store_{codec}.h5", 2)
                 m["dl0"] = loader_rate(args.work / f"store_{codec}.h5", 0)
                 chosen[name] = (m, fp32)
-            mark = " (default)" if codec == hs.CODEC else ""
+            mark = " (default)" if codec == encode.CODEC else ""
             sizes.append([name, codec + mark, f"{m['file']:,.0f}", f"{fp32 / 2 / m['file']:.1f}",
                           f"{m['write']:,.0f}", f"{m['read']:,.0f}", f"{m['read_raw']:,.0f}",
                           f"{m['dl2']:,.0f}" if "dl2" in m else "—"])
@@ -230,7 +233,7 @@ def run(args: argparse.Namespace) -> str:
     for name, (m, fp32) in chosen.items():
         ratio = fp32 / 2 / m["file"]
         lines.append(
-            f"- {name}, {hs.CODEC}: **{ratio:.1f}× smaller than fp16** (goal ≥ 20: "
+            f"- {name}, {encode.CODEC}: **{ratio:.1f}× smaller than fp16** (goal ≥ 20: "
             f"{common.verdict(ratio >= 20)}); **{m['read']:,.0f} random reads/s** in one process "
             f"(goal ≥ 50k: {common.verdict(m['read'] >= 5e4)}; the compressed chunk alone, "
             f"undecoded, reads at {m['direct']:,.0f}/s, so decompression and checksum are "
@@ -267,7 +270,7 @@ rates). The 2-worker DataLoader rate is lower than in-process because every floa
 pickled through shared memory between processes; reading is not the limit there.
 
 Decode error (quantisation: uint8 per keypoint scale, values under
-{hs.THRESHOLD * 255:g}/255 of the peak zeroed;
+{encode.THRESHOLD * 255:g}/255 of the peak zeroed;
 the same for every codec, which are lossless), over every keypoint channel with a peak:
 
 {common.table(["teacher", "channels", "max abs error", "max error / peak",
@@ -277,7 +280,7 @@ the same for every codec, which are lossless), over every keypoint channel with 
 {_verdict_shift(errors)}
 
 What the compression ratio is made of: the zeroing threshold against size and error
-({hs.CODEC}, heatmap bytes only, without the per-instance scales / affines / chunk index):
+({encode.CODEC}, heatmap bytes only, without the per-instance scales / affines / chunk index):
 
 {common.table(["teacher", "threshold × peak", "non-zero values", "heatmap bytes / instance",
                "× smaller than fp16", "KL mean / max (β = 10)", "argmax shift mean (px)"],
@@ -300,5 +303,5 @@ def _verdict_shift(errors: list[list[str]]) -> str:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--instances", type=int, default=1000)
-    ap.add_argument("--codecs", nargs="+", default=list(CODECS), choices=list(hs.CODECS))
+    ap.add_argument("--codecs", nargs="+", default=list(CODECS), choices=list(encode.CODECS))
     common.main(run, ap)

@@ -25,8 +25,11 @@ import hdf5plugin
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from uniskel.stores import heatmap_store as hs
-from uniskel.stores import writer as sw
+from uniskel.stores import encode
+from uniskel.stores.create import create_store
+from uniskel.stores.reader import open_store
+from uniskel.stores.schema import StoreMeta
+from uniskel.stores.writer import StoreWriter
 
 
 def _bump(xs: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
@@ -73,23 +76,23 @@ def simcc_maps(n: int, k: int = 16, h: int = 64, w: int = 64, seed: int = 1) -> 
     return (_softmax(ly)[..., :, None] * _softmax(lx)[..., None, :]).astype(np.float32)
 
 
-def _meta(maps: np.ndarray) -> hs.StoreMeta:
+def _meta(maps: np.ndarray) -> StoreMeta:
     k, h, w = maps.shape[1:]
-    return hs.StoreMeta("bench", "0" * 64, {}, "coco17" if k == 17 else "mpii16", "0" * 64,
+    return StoreMeta("bench", "0" * 64, {}, "coco17" if k == 17 else "mpii16", "0" * 64,
                         "bench", (w * 4, h * 4), 1.25, True, (k, h, w))
 
 
 def bench_codec(maps: np.ndarray, codec: str, path: Path, batch: int = 32) -> dict:
     n = len(maps)
     affines = np.tile(np.eye(2, 3), (n, 1, 1))
-    sw.create_store(path, _meta(maps), np.arange(n), codec=codec)
+    create_store(path, _meta(maps), np.arange(n), codec=codec)
     t0 = time.perf_counter()
-    with sw.StoreWriter(path) as wr:
+    with StoreWriter(path) as wr:
         for s in range(0, n, batch):
             wr.write(np.arange(s, min(s + batch, n)), maps[s:s + batch], affines[s:s + batch])
         wr.finalize()
     t_write = time.perf_counter() - t0
-    r = hs.open_store(path)
+    r = open_store(path)
     order = np.random.default_rng(0).permutation(n)
     r.read_raw(0)  # opens the handle
     t0 = time.perf_counter()
@@ -134,7 +137,7 @@ def main() -> None:
         print("\n| codec | bytes/inst (heatmaps) | file bytes/inst | × vs fp16 | × vs fp32 "
               "| write inst/s | read_raw inst/s | read inst/s |")
         print("|---|---|---|---|---|---|---|---|")
-        for codec in hs.CODECS:
+        for codec in encode.CODECS:
             m = bench_codec(maps, codec, args.out / f"{kind}_{codec}.h5")
             print(f"| {codec} | {m['bytes']:,.0f} | {m['file']:,.0f} | "
                   f"{fp32 / 2 / m['file']:.1f} | {fp32 / m['file']:.1f} | {m['write']:,.0f} | "
@@ -144,12 +147,12 @@ def main() -> None:
         print("|---|---|---|---|---|")
         peak = maps.max(axis=(2, 3), keepdims=True)
         for thr in (0.0, 0.5 / 255, 1 / 255, 2 / 255, 4 / 255):
-            q, s = hs.quantize(maps, thr)
-            back = hs.dequantize(q, s)
+            q, s = encode.quantize(maps, thr)
+            back = encode.dequantize(q, s)
             zeroed = (maps * ((q == 0) & (maps >= 0.5 * peak / 255))).sum() / maps.sum()
             err = (np.abs(back - maps) / peak).max()
             bz = _compressed_size(q, args.out / "t.h5", **hdf5plugin.Zstd(3))
-            bl = _compressed_size(q, args.out / "t.h5", **hs.CODECS["blosc-lz4-bitshuffle"]())
+            bl = _compressed_size(q, args.out / "t.h5", **encode.CODECS["blosc-lz4-bitshuffle"]())
             print(f"| {thr * 255:.1f}/255 | {bz:,.0f} | {bl:,.0f} | {zeroed:.2%} | "
                   f"{err * 255:.2f}/255 |", flush=True)
 

@@ -26,9 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from uniskel.core.heatmaps import gaussian_heatmaps
+from uniskel.stores.create import create_store
 from uniskel.stores.encode import encode_rows
-from uniskel.stores.heatmap_store import StoreMeta, open_store
-from uniskel.stores.writer import StoreWriter, create_store
+from uniskel.stores.reader import open_store
+from uniskel.stores.schema import StoreMeta
+from uniskel.stores.writer import StoreWriter
 
 SHAPE = (17, 64, 48)  # (K, H, W)
 BATCH = 32

@@ -1,5 +1,5 @@
-"""Annotation readers: COCO-style JSON → numpy columns, one record at a time (MPII's list:
-core/mpii_reader.py, with the helpers here).
+"""The COCO-style reader: JSON → numpy columns (core/columns.py), one record at a time (MPII's
+list: core/mpii_reader.py).
 
 The file is streamed (core/json_stream.py): each record is checked and copied into typed
 columns as it is parsed, then dropped, so a dataset costs its arrays (~0.5 KB a COCO person) and
@@ -20,13 +20,12 @@ are read wherever a file has them, whatever the kind: core/image_fields.py.
 
 from __future__ import annotations
 
-import os
 from array import array
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from uniskel.core.columns import Columns, ImagePaths, column, fed, floats, record_field
 from uniskel.core.errors import UniError
 from uniskel.core.files import json_int
 from uniskel.core.image_fields import ImageFields
@@ -36,103 +35,6 @@ from uniskel.core.skeletons import DatasetKind, Skeleton
 _INT64 = (-(2**63), 2**63 - 1)
 _MISSING = object()  # an image record without 'file_name'
 _BLOCK = 2048  # annotations checked at once
-
-
-@dataclass
-class Columns:
-    """A dataset's persons as arrays (row = person, ascending instance id) and its images."""
-
-    image_ids: np.ndarray  # (I,) int64: the file's image ids (MPII: order of first appearance)
-    image_paths: np.ndarray  # (I,) str: each image's resolved path, once
-    instance_ids: np.ndarray  # (N,) int64, ascending
-    image_index: np.ndarray  # (N,) int32: row into image_ids / image_paths
-    bboxes: np.ndarray  # (N, 4) float64 x, y, w, h in image pixels
-    keypoints: np.ndarray  # (N, K, 3) float64 native order [x, y, v]
-    head_boxes: np.ndarray  # (N, 4) float64 x1, y1, x2, y2; NaN where unknown
-    areas: np.ndarray  # (N,) float64
-    # Per image, where the file has them (README "Dataset kinds"); None here = none known.
-    crowd_index: np.ndarray | None = None  # (I,) float64 CrowdPose crowdIndex; NaN: absent
-    frame_ids: np.ndarray | None = None  # (I,) int64 PoseTrack frame_id; -1: absent
-    vid_ids: np.ndarray | None = None  # (I,) int64 PoseTrack vid_id ("012834" → 12834); -1
-    # Ignore regions, P polygons of V vertices in all: polygon p lies in image row
-    # ignore_image[p], its vertices are ignore_xy[ignore_offsets[p]:ignore_offsets[p + 1]].
-    ignore_image: np.ndarray | None = None  # (P,) int32 row into image_ids
-    ignore_offsets: np.ndarray | None = None  # (P + 1,) int64
-    ignore_xy: np.ndarray | None = None  # (V, 2) float64 x, y in image pixels
-
-    def __post_init__(self) -> None:
-        n = len(self.image_ids)
-        defaults = {"crowd_index": lambda: np.full(n, np.nan),
-                    "frame_ids": lambda: np.full(n, -1, np.int64),
-                    "vid_ids": lambda: np.full(n, -1, np.int64),
-                    "ignore_image": lambda: np.zeros(0, np.int32),
-                    "ignore_offsets": lambda: np.zeros(1, np.int64),
-                    "ignore_xy": lambda: np.zeros((0, 2))}
-        for name, make in defaults.items():
-            if getattr(self, name) is None:
-                setattr(self, name, make())
-
-
-def _image_path(root: Path, name: object, where: str) -> Path:
-    if not isinstance(name, str) or not name:
-        raise UniError(f"{where}: image file name must be a non-empty string")
-    try:
-        path = (root / name).resolve()
-    except (OSError, ValueError) as e:  # NUL bytes, symlink loops
-        raise UniError(f"{where}: bad image file name {name!r:.60} ({e})") from None
-    if not path.is_relative_to(root.resolve()):
-        raise UniError(f"{where}: image path {name!r} escapes the image root {root}")
-    return path
-
-
-class _Paths:
-    """Image file names → resolved paths (str), as `_image_path` gives them, with each folder
-    resolved once: Path.resolve costs ~90 µs a file (an lstat per component), ~10 s for COCO
-    train's 118k images; here a file costs one lstat, to follow it if it is a symlink. Anything
-    unusual (a symlink, '..' last, a folder outside the root) takes `_image_path` itself."""
-
-    def __init__(self, root: Path):
-        self.root, self.real_root = root, root.resolve()
-        self.folders: dict[str, tuple[str, bool] | None] = {}  # head → (prefix, inside root)
-
-    def _folder(self, head: str) -> tuple[str, bool] | None:
-        if head not in self.folders:
-            try:
-                real = (self.root / head).resolve()
-                self.folders[head] = (os.path.join(str(real), ""),
-                                      real.is_relative_to(self.real_root))
-            except (OSError, ValueError):
-                self.folders[head] = None
-        return self.folders[head]
-
-    def __call__(self, name: object, where: str) -> str:
-        if isinstance(name, str) and name and "\x00" not in name:
-            head, base = os.path.split(name)
-            folder = self._folder(head) if base not in ("", ".", "..") else None
-            if folder is not None and folder[1] and not os.path.islink(folder[0] + base):
-                return folder[0] + base
-        return str(_image_path(self.root, name, where))  # and its errors, word for word
-
-
-def _floats(value: object, n: int | None, where: str) -> np.ndarray:
-    """A flat list of finite numbers, of length n when given."""
-    try:
-        arr = np.asarray(value, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError, OverflowError):
-        raise UniError(f"{where}: expected a list of numbers") from None
-    if n is not None and arr.size != n:
-        raise UniError(f"{where}: expected {n} numbers, got {arr.size}")
-    if not np.isfinite(arr).all():
-        raise UniError(f"{where}: contains NaN or inf")
-    return arr
-
-
-def _field(record: object, key: str, where: str):
-    if not isinstance(record, dict):
-        raise UniError(f"{where}: expected an object, got {type(record).__name__}")
-    if key not in record:
-        raise UniError(f"{where}: missing field {key!r}")
-    return record[key]
 
 
 def _id(value: object, where: str) -> int:
@@ -145,20 +47,6 @@ def _id(value: object, where: str) -> int:
 def _check_box(bbox: np.ndarray, where: str) -> None:
     if bbox[2] <= 0 or bbox[3] <= 0:
         raise UniError(f"{where}: bbox width and height must be positive, got {bbox.tolist()}")
-
-
-def _fed(value: object, sink):
-    """The sink of a streamed list; a list parsed whole (json_stream's fallback) is fed now."""
-    if isinstance(value, Streamed):
-        return value.sink
-    for element in value:
-        sink(element)
-    return sink
-
-
-def _column(buf: array, dtype, shape: tuple[int, ...] = ()) -> np.ndarray:
-    return np.frombuffer(buf, dtype).reshape(-1, *shape) if len(buf) else np.zeros(
-        (0, *shape), dtype)
 
 
 class _Ids:
@@ -174,7 +62,7 @@ class _Ids:
         if self.error is not None:
             return None
         try:
-            record_id = _id(_field(record, "id", where), f"{where} field 'id'")
+            record_id = _id(record_field(record, "id", where), f"{where} field 'id'")
         except UniError as e:
             self.error = str(e)
             return None
@@ -183,7 +71,7 @@ class _Ids:
 
     def check(self, src: str) -> np.ndarray:
         """(M,) int64 ids; UniError for the first problem in file order."""
-        ids = _column(self.ids, np.int64)
+        ids = column(self.ids, np.int64)
         order = np.argsort(ids, kind="stable")
         repeats = order[np.flatnonzero(ids[order][1:] == ids[order][:-1]) + 1]
         if repeats.size:  # a repeat comes before the bad record (ids stop there)
@@ -212,7 +100,7 @@ class _CocoImages:
     def check(self, root: Path) -> tuple[np.ndarray, np.ndarray]:
         """(ids (I,) int64, paths (I,) str); UniError for the first bad id, then name."""
         ids = self.ids.check(self.src)
-        paths, resolve = [], _Paths(root)
+        paths, resolve = [], ImagePaths(root)
         for i, name in enumerate(self.names):
             where = f"{self.src}: images[{i}]"
             if name is _MISSING:
@@ -325,7 +213,7 @@ class _CocoAnnotations:
         """(3 K,) the kind's fields, each checked against its count; flagged parts unlabelled."""
         parts = []
         for name, n in self.fields:
-            kp = _floats(_field(ann, name, where), None, f"{where} field {name!r}")
+            kp = floats(record_field(ann, name, where), None, f"{where} field {name!r}")
             lengths = self.lengths if len(self.fields) == 1 else {3 * n}
             if kp.size not in lengths:
                 expected = " or ".join(str(m) for m in sorted(lengths))
@@ -352,16 +240,16 @@ class _CocoAnnotations:
         try:
             if not (kp[2::3] > 0).any():
                 return
-            bbox = _floats(_field(ann, "bbox", where), 4, f"{where} field 'bbox'")
+            bbox = floats(record_field(ann, "bbox", where), 4, f"{where} field 'bbox'")
             _check_box(bbox, f"{where} field 'bbox'")
-            image_id = _id(_field(ann, "image_id", where), f"{where} field 'image_id'")
+            image_id = _id(record_field(ann, "image_id", where), f"{where} field 'image_id'")
         except UniError as e:
             self._problem(ann_id, 0, str(e))
             return
         area = bbox[2] * bbox[3]
         if "area" in ann:
             try:
-                area = _floats(ann["area"], 1, f"{where} field 'area'")[0]
+                area = floats(ann["area"], 1, f"{where} field 'area'")[0]
             except UniError as e:  # after the image check: that one speaks first
                 self._problem(ann_id, 2, str(e))
         self._add([ann_id], [image_id], bbox, kp, [area])
@@ -373,15 +261,15 @@ def coco_columns(path: Path, image_root: Path, skeleton: Skeleton, kind: Dataset
     data = read_json_stream(path, {"images": lambda: _CocoImages(src),
                                    "annotations": lambda: _CocoAnnotations(src, skeleton, kind)})
     for key in ("images", "annotations"):
-        if not isinstance(_field(data, key, src), list | Streamed):
+        if not isinstance(record_field(data, key, src), list | Streamed):
             raise UniError(f"{src}: field {key!r} must be a list")
-    images = _fed(data["images"], _CocoImages(src))
+    images = fed(data["images"], _CocoImages(src))
     image_ids, image_paths = images.check(image_root)
-    anns = _fed(data["annotations"], _CocoAnnotations(src, skeleton, kind))
+    anns = fed(data["annotations"], _CocoAnnotations(src, skeleton, kind))
     del data
     anns.flush()
     anns.ids.check(src)
-    kept, want = _column(anns.kept, np.int64), _column(anns.image_ids, np.int64)
+    kept, want = column(anns.kept, np.int64), column(anns.image_ids, np.int64)
     order = np.argsort(image_ids, kind="stable")
     pos = np.minimum(np.searchsorted(image_ids[order], want), max(len(order) - 1, 0))
     known = image_ids[order][pos] == want if len(order) else np.zeros(len(want), bool)
@@ -396,7 +284,7 @@ def coco_columns(path: Path, image_root: Path, skeleton: Skeleton, kind: Dataset
     rows = None if (kept[1:] > kept[:-1]).all() else np.argsort(kept, kind="stable")
 
     def take(name: str, shape: tuple[int, ...] = ()) -> np.ndarray:
-        col = _column(getattr(anns, name), np.float64, shape)
+        col = column(getattr(anns, name), np.float64, shape)
         setattr(anns, name, None)
         return col if rows is None else col[rows]
 

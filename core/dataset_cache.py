@@ -1,12 +1,12 @@
 """Parsed datasets kept on disk, so that a COCO-size annotation file is parsed once.
 
-Streaming a 150k-person COCO file into columns takes seconds (bench/scale_data.py), every start of
-every process (each DDP rank, each `uni` command); reading its columns back from an .npz takes a
-tenth of a second. An entry is named and checked by everything the columns depend on: the
-annotation file's sha256 (the dataset id), the dataset kind, the resolved image root, the head-box
-file's sha256, and READER_VERSION. It trusts that symlinks under the image root did not change
-(image paths are stored resolved). Small datasets parse faster than an entry would save and are
-never cached. Entries are written atomically; one that cannot be read is ignored and rewritten;
+Streaming a COCO-size file into columns takes seconds, every start of every process (each DDP rank,
+each `uni` command); reading its columns back from an .npz takes a small part of that
+(BENCHMARKS.md "Datasets at scale"). An entry is named and checked by everything the columns depend
+on: the annotation file's sha256 (the dataset id), the dataset kind, the resolved image root, the
+head-box file's sha256, and READER_VERSION. It trusts that symlinks under the image root did not
+change (image paths are stored resolved). Small datasets parse faster than an entry would save and
+are never cached. Entries are written atomically; one that cannot be read is ignored and rewritten;
 one that cannot be written is skipped. Where: $UNI_CACHE_DIR ("off" disables it), else
 $XDG_CACHE_HOME/uni/datasets, else ~/.cache/uni/datasets.
 """
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from uniskel.core.annotations import Columns
+from uniskel.core.columns import Columns
 from uniskel.core.files import atomic_write
 
-READER_VERSION = 2  # bump when core/annotations.py gives different columns for a file
+READER_VERSION = 2  # bump when a reader (annotations.py, mpii_reader.py) gives other columns
 # 2: image-level columns (crowd index, frame and video ids, ignore regions)
 MIN_INSTANCES = 20_000  # below this a parse costs well under a second
 

@@ -7,10 +7,10 @@ itself).
 An instance is addressed by (dataset id = sha256 of the annotation file, instance id).
 Image-level fields some kinds carry (CrowdPose's crowd index, PoseTrack's frame and video ids and
 ignore regions) are columns too, one value per image, wherever a file has them.
-A loaded dataset holds arrays, not one Python object per person (core/annotations.py reads
-the files): at COCO-train size (150k persons) that is ~75 MB instead of ~600 MB, and forked
-DataLoader workers read the same pages instead of copying objects whose reference counts they
-touch. `Dataset.instances` still gives `Instance` objects, made on demand.
+A loaded dataset holds arrays, not one Python object per person (core/annotations.py and
+mpii_reader.py read the files): ~0.5 KB a COCO person, and forked DataLoader workers read the
+same pages instead of copying objects whose reference counts they touch (BENCHMARKS.md
+"Datasets at scale"). `Dataset.instances` still gives `Instance` objects, made on demand.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ class InstanceIndex(Mapping[int, Instance]):
 @dataclass(eq=False)
 class Dataset:
     """A dataset's persons as read-only numpy columns (row = person, ascending instance id; see
-    pipeline/annotations.Columns) and each image path once. Hot paths index the columns;
+    core/columns.Columns) and each image path once. Hot paths index the columns;
     `instances` / `by_id()` give `Instance` objects for the rest."""
 
     spec: DataSpec
@@ -156,7 +156,7 @@ class Dataset:
     keypoints: np.ndarray  # (N, K, 3) float64 native order
     head_boxes: np.ndarray  # (N, 4) float64 x1, y1, x2, y2; NaN where unknown
     areas: np.ndarray  # (N,) float64
-    # Per image (pipeline/annotations.Columns): absent = NaN / -1 / no polygon.
+    # Per image (core/columns.Columns): absent = NaN / -1 / no polygon.
     crowd_index: np.ndarray  # (I,) float64 CrowdPose crowdIndex
     frame_ids: np.ndarray  # (I,) int64 PoseTrack frame_id
     vid_ids: np.ndarray  # (I,) int64 PoseTrack vid_id

@@ -11,8 +11,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from uniskel.core.crops import read_image
-from uniskel.core.datasets import Dataset
 from uniskel.core.errors import UniError, io_reason
 from uniskel.core.files import atomic_write
 from uniskel.core.skeletons import UNIFIED, UNIFIED_NAMES, Skeleton, native_to_unified
@@ -108,20 +106,3 @@ def save_rgb(path: Path, image: np.ndarray) -> None:
     except OSError as e:
         raise UniError(f"{path}: could not write image ({io_reason(e)})") from None
 
-
-def draw_dataset(dataset: Dataset, n_images: int, out_dir: Path) -> list[Path]:
-    """Write PNGs of the first n_images images with every instance's box and skeleton."""
-    # Images in the order their first person comes, as the dataset's rows (columns, not objects).
-    images, first = np.unique(dataset.image_index, return_index=True)
-    written = []
-    for image in images[np.argsort(first)][:n_images]:
-        insts = [dataset.instance(r) for r in np.flatnonzero(dataset.image_index == image)]
-        image_id = insts[0].image_id
-        img = read_image(insts[0].image_path)
-        for inst in insts:
-            draw_box(img, inst.bbox, label=str(inst.instance_id), copy=False)
-            draw_skeleton(img, inst.unified, copy=False)
-        path = Path(out_dir) / f"{dataset.kind.name}_{image_id}.png"
-        save_rgb(path, img)
-        written.append(path)
-    return written

@@ -106,7 +106,7 @@ class ImageFields:
         self.videos.append(video)
 
     def columns(self) -> dict[str, np.ndarray]:
-        """The image-level columns of pipeline/annotations.Columns."""
+        """The image-level columns of core/columns.Columns."""
 
         def col(buf: array, dtype, shape: tuple[int, ...] = ()) -> np.ndarray:
             return np.frombuffer(buf, dtype).reshape(-1, *shape).copy()

@@ -1,11 +1,15 @@
 """Reading a large JSON file without holding it: chosen top-level lists go to a sink element
 by element, so a COCO-size annotation file never exists whole as Python objects.
 
-`json.load` of a 150k-person COCO file holds ~420 MB of dicts, lists and floats (measured:
-bench/scale_data.py); here the file is decoded a block at a time, each list element is parsed by
-json's own C scanner (so every value is exactly what `json.load` gives) and handed on, and only
-the block in hand and one element are alive at once. Any syntax or encoding problem is reported
-by re-reading the file with `files.read_json`, so the message is the one `json.load` gives.
+Kept over ijson (yajl2_c): with it load_dataset took 3.3× as long on a 150k-person COCO file
+(BENCHMARKS.md "Dataset parsing"): streaming two lists costs a yajl pass each, or a Python step
+per token.
+
+`json.load` of such a file holds all its dicts, lists and floats at once (BENCHMARKS.md); here
+the file is decoded a block at a time, each list element is parsed by json's own C scanner (so
+every value is exactly what `json.load` gives) and handed on, and only the block in hand and one
+element are alive at once. Any syntax or encoding problem is reported by re-reading the file
+with `files.read_json`, so the message is the one `json.load` gives.
 """
 
 from __future__ import annotations

@@ -140,30 +140,10 @@ def parse_results(records: list, datasets: list[Dataset], src: str,
         if k is None:
             continue  # a dataset not asked for this time
         ds = datasets[k]
-        native = ds.skeleton
-        order = _skeleton(rec.get("skeleton"), native, unified, skeletons, f"{where} field "
-                                                                          "'skeleton'")
-        kp = _floats(rec["keypoints"], f"{where} field 'keypoints'",
-                     f"a flat list [x, y, score] × {order.num_keypoints}")
-        if kp.shape != (3 * order.num_keypoints,):
-            raise UniError(f"{where} field 'keypoints': expected a flat list of "
-                           f"{3 * order.num_keypoints} numbers ([x, y, score] × "
-                           f"{order.num_keypoints}, {order.name}), got shape {list(kp.shape)}")
-        if not np.isfinite(kp).all():
-            raise UniError(f"{where} field 'keypoints': NaN or inf")
-        kp = reorder(kp.reshape(-1, 3), order, native)
+        kp = _record_keypoints(rec, where, ds.skeleton, unified, skeletons)
         score = _number(rec["score"], f"{where} field 'score'")
         image_id = json_int(rec["image_id"], f"{where} field 'image_id'")
-        iid = rec.get("instance_id")
-        if iid is not None:
-            iid = json_int(iid, f"{where} field 'instance_id'")
-            row = ds.row_of(iid)
-            if row is None:
-                raise UniError(f"{where} field 'instance_id': {iid} is not an evaluated person "
-                               f"of {ds.spec.annotations}")
-            if image_id != ds.image_ids[ds.image_index[row]]:
-                raise UniError(f"{where} field 'image_id': {image_id}, but person {iid} is in "
-                               f"image {ds.image_ids[ds.image_index[row]]}")
+        iid = _instance_id(rec, where, ds, image_id)
         if rows[k] and (iid is None) != (rows[k][0][1] is None):
             raise UniError(f"{where} field 'instance_id': some results of "
                            f"{ds.spec.annotations} have one and some not (GT boxes or a "
@@ -179,6 +159,39 @@ def parse_results(records: list, datasets: list[Dataset], src: str,
             raise UniError(f"{src}: no predictions for {ds.spec.annotations}")
         out.append(_results(rows[k], said[k], ds, unified, skeletons, src))
     return out
+
+
+def _record_keypoints(rec: dict, where: str, native: Skeleton, unified: Skeleton | None,
+                      skeletons: dict[str, Skeleton]) -> np.ndarray:
+    """A record's "keypoints", checked, in the dataset's native order: (K, 3)."""
+    order = _skeleton(rec.get("skeleton"), native, unified, skeletons, f"{where} field "
+                                                                      "'skeleton'")
+    kp = _floats(rec["keypoints"], f"{where} field 'keypoints'",
+                 f"a flat list [x, y, score] × {order.num_keypoints}")
+    if kp.shape != (3 * order.num_keypoints,):
+        raise UniError(f"{where} field 'keypoints': expected a flat list of "
+                       f"{3 * order.num_keypoints} numbers ([x, y, score] × "
+                       f"{order.num_keypoints}, {order.name}), got shape {list(kp.shape)}")
+    if not np.isfinite(kp).all():
+        raise UniError(f"{where} field 'keypoints': NaN or inf")
+    return reorder(kp.reshape(-1, 3), order, native)
+
+
+def _instance_id(rec: dict, where: str, ds: Dataset, image_id: int) -> int | None:
+    """A record's "instance_id", checked against the dataset and the record's image; None
+    when absent (a detector's box)."""
+    iid = rec.get("instance_id")
+    if iid is None:
+        return None
+    iid = json_int(iid, f"{where} field 'instance_id'")
+    row = ds.row_of(iid)
+    if row is None:
+        raise UniError(f"{where} field 'instance_id': {iid} is not an evaluated person "
+                       f"of {ds.spec.annotations}")
+    if image_id != ds.image_ids[ds.image_index[row]]:
+        raise UniError(f"{where} field 'image_id': {image_id}, but person {iid} is in "
+                       f"image {ds.image_ids[ds.image_index[row]]}")
+    return iid
 
 
 def _results(rows: list[tuple], said: list, ds: Dataset, unified: Skeleton | None,

@@ -345,7 +345,7 @@ def evaluate(specs: list[str], model: Path | Predictor | None = None,
     if predictions is not None and boxes is not None:
         raise UniError("--boxes needs a MODEL to run (a predictions file is scored as it is)")
     if not specs:
-        raise UniError("--data is required (KIND:ANNOTATIONS[:IMAGES]; repeat for more)")
+        raise UniError("--data is required (KIND:ANN[:IMAGES]; repeat for more)")
     specs = list(dict.fromkeys(specs))  # a spec given twice is one dataset, scored once
     datasets = load_datasets(specs, head_boxes)
     if predictions is not None:

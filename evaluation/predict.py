@@ -1,4 +1,4 @@
-"""Models → 21 unified keypoints per person box (`uni predict`, and the first half of evaluate).
+"""Models → their unified skeleton's keypoints per person box (`uni predict`, evaluate's start).
 
 A MODEL is a student (run directory or .pt checkpoint) or a described ONNX model (an exported
 student or any teacher). Both become a `Predictor`: person crops → heatmaps in the order of its
@@ -77,7 +77,7 @@ class StudentPredictor(Predictor):
         with torch.inference_mode():
             # Negatives clipped, as Teacher does for activation "none": the exported ONNX
             # student then decodes exactly like this one.
-            plain = self.model(x).float().clamp_(min=0).cpu().numpy()  # (N, 21, h, w)
+            plain = self.model(x).float().clamp_(min=0).cpu().numpy()  # (N, K, h, w)
             if not flip_test:
                 return plain
             flipped = self.model(x.flip(-1)).float().clamp_(min=0).cpu().numpy()

@@ -1,18 +1,16 @@
 """Stage one's job: every teacher × every dataset → one HDF5 store of soft heatmaps.
 
 One store per (teacher, dataset): ``OUT/<teacher name>__<format>-<dataset id[:12]>.h5``.
-A dataset is passed over once for all its teachers: its rows, in image order (so an image is
-decoded once), are cut every B rows at fixed places whatever is already done, and a task carries
-one cut with, per teacher, the rows that teacher's store still lacks (pipeline/cache_tasks.py,
-the worker side, decodes, crops, infers and compresses). Each store writes a task's rows at once,
-so a resumed run feeds every model exactly the batches a fresh run would and each store comes
-out the same. Tasks run on dask workers (local processes, or a cluster's through --scheduler /
---scheduler-file), at most 2 per worker thread in flight so memory stays flat; this process is
-the single writer of every store. One local worker without a scheduler runs the tasks in this
-process instead (no cluster start).
+A dataset is passed over once for all its teachers: pipeline/cache_plan.py decides which stores
+to make or resume and cuts the dataset's rows into tasks; pipeline/cache_tasks.py, the worker
+side, decodes, crops, infers and compresses. Tasks run on dask workers (local processes, or a
+cluster's through --scheduler / --scheduler-file), at most 2 per worker thread in flight so
+memory stays flat; this process is the single writer of every store. One local worker without a
+scheduler runs the tasks in this process instead (no cluster start).
 
-Layering: stage one's top, with pipeline/cache_tasks.py; the pipeline modules that use `stores`
-(they write them), while the foundation modules of pipeline/ stay store-free.
+Layering: stage one's top, with pipeline/cache_plan.py and pipeline/cache_tasks.py: the pipeline
+modules that use `stores` (they write them), while the foundation modules of pipeline/ stay
+store-free.
 """
 
 from __future__ import annotations
@@ -21,21 +19,31 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
 
-from uniskel.core.datasets import Dataset, load_dataset, missing_images
+from uniskel.core.datasets import Dataset, load_dataset
 from uniskel.core.errors import UniError, io_reason
 from uniskel.core.files import atomic_write
 from uniskel.core.killpoints import kill_point
-from uniskel.pipeline.cache_tasks import (
-    Item,
+from uniskel.pipeline.cache_plan import (
+    StoreJob,
     Task,
+    check_images,
+    dataset_items,
+    make_store,
+    plan_tasks,
+    prepare_store,
+    store_name,
+)
+from uniskel.pipeline.cache_tasks import (
     TaskResult,
+    TeacherRows,
     TeacherSpec,
     cores,
     dask_results,
@@ -44,17 +52,15 @@ from uniskel.pipeline.cache_tasks import (
 )
 from uniskel.pipeline.devices import cuda_device_count, parse_device, resolve_device
 from uniskel.pipeline.teachers import Teacher
-from uniskel.stores.heatmap_store import CODEC, THRESHOLD, StoreMeta, check_compatible, open_store
-from uniskel.stores.writer import StoreWriteFailed, StoreWriter, create_store, repair_store
+from uniskel.stores.encode import CODEC, THRESHOLD
+from uniskel.stores.reader import open_store
+from uniskel.stores.writer import StoreWriter
 
 DEFAULT_BATCH = 32
 IN_FLIGHT_PER_THREAD = 2
 STEPS = ("decode", "crop", "infer", "encode", "write")
 Runner = Callable[[list[TeacherSpec], list[Task]], Iterator[TaskResult]]
-
-
-def store_name(teacher_name: str, dataset: Dataset) -> str:
-    return f"{teacher_name}__{dataset.kind.name}-{dataset.dataset_id[:12]}.h5"
+SpecFor = Callable[[StoreJob, dict], TeacherSpec]  # a job and its store's attrs → worker spec
 
 
 @dataclass
@@ -77,121 +83,20 @@ class StoreSummary:
         return self.computed / self.seconds if self.seconds > 0 else 0.0
 
 
-@dataclass
-class _Job:
-    teacher: Teacher
-    dataset: Dataset
-    path: Path  # where the store ends up
-    work_path: Path  # where it is written (a temp file when overwriting)
-    meta: StoreMeta
-    create: bool = False  # work_path is to be created (empty) before the pass
+class PassStores(NamedTuple):
+    """A dataset pass's stores as they stand before it, one entry per store of the pass."""
+
+    instance_ids: np.ndarray  # (N,) int64, the rows of every store
+    dones: list[np.ndarray]  # (N,) bool per store
+    specs: list[TeacherSpec]  # what a worker runs for each store
+    providers: list[list[str]]  # the providers each store records (grows during the pass)
 
 
-# --------------------------------------------------------------------------- planning
+# --------------------------------------------------------------------------- one dataset pass
 
 
-def dataset_items(dataset: Dataset, instance_ids: np.ndarray) -> list[Item]:
-    """A store's rows (its instance ids (N,)) as items in image order, ties by store row."""
-    at = dataset.rows_of(instance_ids)  # (N,) dataset row of each store row
-    if (at < 0).any():
-        raise UniError(f"{dataset.spec}: instance {int(instance_ids[np.argmax(at < 0)])} of "
-                       "its store is not in the dataset (use --overwrite to rebuild the store)")
-    paths = dataset.image_paths[dataset.image_index[at]]  # (N,) str
-    order = np.lexsort((np.arange(len(at)), paths))
-    ids, boxes = dataset.instance_ids[at], dataset.bboxes[at]
-    return [(int(r), int(ids[r]), str(paths[r]), tuple(boxes[r].tolist())) for r in order]
-
-
-def plan_tasks(items: list[Item], dones: list[np.ndarray], batch: int) -> list[Task]:
-    """Cut `items` every `batch`; a task keeps the rows some teacher still needs (dones[t]:
-    (N,) bool per row of teacher t's store).
-
-    The cuts do not depend on `dones`, and each store writes a task's rows at once, so a
-    resumed run gives every teacher exactly the batches of an uninterrupted one.
-    """
-    out = []
-    for start in range(0, len(items), batch):
-        cut = items[start:start + batch]
-        rows = np.fromiter((it[0] for it in cut), np.int64, len(cut))
-        wants = [~d[rows] for d in dones]  # per teacher (n,) bool
-        keep = np.any(wants, axis=0)
-        if keep.any():
-            out.append(Task([cut[i] for i in np.flatnonzero(keep)], [w[keep] for w in wants]))
-    return out
-
-
-# --------------------------------------------------------------------------- stores
-
-
-def _repair_if_possible(path: Path) -> None:
-    """Repair chunks a killed run tore, before anything reads the store. When that is not
-    possible (no such store, read-only, locked, not a store) the checks that follow say why;
-    a write that HDF5 failed stops here (StoreWriteFailed: the CLI must exit hard)."""
-    if path.exists():
-        try:
-            repair_store(path)
-        except StoreWriteFailed:
-            raise
-        except UniError:
-            pass
-
-
-def _prepare(teacher: Teacher, dataset: Dataset, out_dir: Path, flip_test: bool,
-             overwrite: bool, threshold: float) -> _Job | None:
-    """The job for one store, or None when it is already complete (nothing created yet)."""
-    info = teacher.info
-    k, (w, h) = info.num_keypoints, teacher.heatmap_wh
-    meta = StoreMeta(
-        teacher_name=info.name, teacher_sha256=teacher.sha256, teacher_metadata=asdict(info),
-        skeleton=info.skeleton, dataset_id=dataset.dataset_id, dataset_spec=str(dataset.spec),
-        input_wh=tuple(info.input_wh), padding=info.padding, flip_test=flip_test,
-        heatmap_shape=(k, h, w), skeleton_def=teacher.skeleton)
-    path = out_dir / store_name(info.name, dataset)
-    if overwrite:
-        tmp = path.with_name(path.name + ".tmp")
-        _repair_if_possible(tmp)
-        try:  # resume an interrupted rebuild when it is the same rebuild
-            state = check_compatible(tmp, meta, threshold)
-        except UniError:
-            state = "missing"
-        return _Job(teacher, dataset, path, tmp, meta, create=state == "missing")
-    _repair_if_possible(path)
-    try:
-        state = check_compatible(path, meta, threshold)
-    except UniError as e:
-        raise UniError(f"{e} (use --overwrite to rebuild it)") from None
-    if state == "complete":
-        reader = open_store(path)
-        skipped = reader.skipped
-        reader.close()
-        if not skipped:
-            return None
-        with StoreWriter(path) as w:  # finished with skipped rows by an older uni: retry them
-            w.reopen()
-    return _Job(teacher, dataset, path, path, meta, create=state == "missing")
-
-
-def _create(job: _Job, threshold: float) -> None:
-    if job.create:
-        job.work_path.unlink(missing_ok=True)  # a rebuild's leftover that was not resumable
-        create_store(job.work_path, job.meta, job.dataset.instance_ids, threshold=threshold)
-
-
-def check_images(dataset: Dataset) -> None:
-    """Stop (one line naming the image folder) when more than half of the images with people
-    are not files: a wrong IMAGE_ROOT, found by stat before any store is made or teacher run,
-    rather than every person skipped. Fewer missing images are skipped and retried later."""
-    gone, used = missing_images(dataset)
-    if 2 * len(gone) > used:
-        raise UniError(f"{dataset.spec.image_root}: {len(gone)} of {used} images of "
-                       f"{dataset.spec.annotations} are missing (more than half, found before "
-                       f"running any teacher; first: {gone[0]}): is the image folder right? "
-                       "(KIND:ANNOTATIONS:IMAGE_ROOT)")
-
-
-def _open_jobs(jobs: list[_Job], spec_for: Callable[[_Job, dict], TeacherSpec]
-               ) -> tuple[np.ndarray, list[np.ndarray], list[TeacherSpec], list[list[str]]]:
-    """(instance ids (N,), done (N,) bool per store, specs, providers recorded per store)."""
+def _open_stores(jobs: list[StoreJob], spec_for: SpecFor) -> PassStores:
+    """Read what each store of a pass has done, and the spec its worker runs."""
     ids, dones, specs, providers = None, [], [], []
     for job in jobs:
         r = open_store(job.work_path)
@@ -207,13 +112,38 @@ def _open_jobs(jobs: list[_Job], spec_for: Callable[[_Job, dict], TeacherSpec]
         except (TypeError, ValueError):  # unreadable: this run's providers replace it
             providers.append([])
         r.close()
-    return ids, dones, specs, providers
+    return PassStores(ids, dones, specs, providers)
 
 
-def _run_dataset(jobs: list[_Job], run: Runner, spec_for: Callable[[_Job, dict], TeacherSpec],
-                 batch_size: int, strict: bool, progress: bool) -> list[StoreSummary]:
+def _write_part(writer: StoreWriter, s: StoreSummary, part: TeacherRows, result: TaskResult,
+                known: list[str], strict: bool) -> int:
+    """One store's share of a task's result: rows written, time and skips counted in `s`;
+    → how many of its rows the task settled (computed or skipped)."""
+    if part.skipped and strict:
+        first = next(iter(part.skipped))
+        raise UniError(f"{part.skipped[first]} (instance {first}; --strict)")
+    s.steps["decode"] += result.decode_s
+    for step, sec in part.seconds.items():
+        s.steps[step] += sec
+    if len(part.rows):
+        t1 = time.perf_counter()
+        writer.write_encoded(part.rows, part.encoded, part.affines)
+        s.steps["write"] += time.perf_counter() - t1
+        s.workers[result.worker] = part.provider
+        if part.provider not in known:  # the store records what computed it
+            known.append(part.provider)
+            writer.set_attr("providers", json.dumps(sorted(known)))
+        kill_point("cache-batch")
+    s.skipped.update(part.skipped)
+    s.computed += len(part.rows)
+    return len(part.rows) + len(part.skipped)
+
+
+def _run_dataset(jobs: list[StoreJob], run: Runner, spec_for: SpecFor, batch_size: int,
+                 strict: bool, progress: bool) -> list[StoreSummary]:
     """One pass over a dataset for all its stores: plan, run, write each store, finalize."""
-    ids, dones, specs, providers = _open_jobs(jobs, spec_for)
+    stores = _open_stores(jobs, spec_for)
+    ids, dones = stores.instance_ids, stores.dones
     tasks = plan_tasks(dataset_items(jobs[0].dataset, ids), dones, batch_size)
     summaries = [StoreSummary(j.path, len(ids), tuple(j.meta.heatmap_shape), shared_by=len(jobs),
                               steps=dict.fromkeys(STEPS, 0.0)) for j in jobs]
@@ -226,27 +156,10 @@ def _run_dataset(jobs: list[_Job], run: Runner, spec_for: Callable[[_Job, dict],
             desc=f"{names} × {jobs[0].dataset.kind.name}", file=sys.stderr, dynamic_ncols=True,
             disable=not progress, smoothing=0.1))
         kill_point("cache-start")  # test hook (core/killpoints.py), as every kill_point() is
-        for result in run(specs, tasks):
-            for writer, s, part, known in zip(writers, summaries, result.parts, providers,
+        for result in run(stores.specs, tasks):
+            for writer, s, part, known in zip(writers, summaries, result.parts, stores.providers,
                                               strict=True):
-                if part.skipped and strict:
-                    first = next(iter(part.skipped))
-                    raise UniError(f"{part.skipped[first]} (instance {first}; --strict)")
-                s.steps["decode"] += result.decode_s
-                for step, sec in part.seconds.items():
-                    s.steps[step] += sec
-                if len(part.rows):
-                    t1 = time.perf_counter()
-                    writer.write_encoded(part.rows, part.encoded, part.affines)
-                    s.steps["write"] += time.perf_counter() - t1
-                    s.workers[result.worker] = part.provider
-                    if part.provider not in known:  # the store records what computed it
-                        known.append(part.provider)
-                        writer.set_attr("providers", json.dumps(sorted(known)))
-                    kill_point("cache-batch")
-                s.skipped.update(part.skipped)
-                s.computed += len(part.rows)
-                bar.update(len(part.rows) + len(part.skipped))
+                bar.update(_write_part(writer, s, part, result, known, strict))
         for writer, s in zip(writers, summaries, strict=True):
             writer.finalize(skipped=s.skipped)
     seconds = time.perf_counter() - t0
@@ -265,6 +178,93 @@ def _with_sizes(summary: StoreSummary) -> StoreSummary:
     if summary.up_to_date:
         summary.skipped = dict(reader.skipped)
     return summary
+
+
+# --------------------------------------------------------------------------- the job's steps
+
+
+def _default_workers(device: str, gpus: int) -> int:
+    """Local workers when none are asked for: one per visible GPU the teachers run on (one for
+    cuda:N), else one per 4 cores, at least 1."""
+    if gpus:
+        return 1 if device.startswith("cuda:") else gpus
+    # Measured (BENCHMARKS.md §1): on 2 cores one in-process worker running onnxruntime on both
+    # beats 2 one-thread dask workers; bigger machines get a worker per 4 cores.
+    return max(1, cores() // 4)
+
+
+def _describing_teachers(paths: list[Path]) -> list[Teacher]:
+    """The teachers as this process opens them, only to describe their stores (grid, sha256);
+    workers build their own sessions. Their names must differ (they name the stores)."""
+    models = [Teacher(Path(t), providers=["CPUExecutionProvider"], threads=1) for t in paths]
+    names = [m.info.name for m in models]
+    if len(set(names)) != len(names):
+        raise UniError(f"teacher names must differ, got {', '.join(names)} (--name when "
+                       "describing)")
+    return models
+
+
+def _plan_stores(datasets: list[Dataset], models: list[Teacher], out_dir: Path, flip_test: bool,
+                 overwrite: bool, threshold: float
+                 ) -> tuple[list[StoreSummary], list[list[StoreJob]]]:
+    """(summaries of the stores already complete, per dataset pass the jobs of the others)."""
+    summaries, passes = [], []
+    for ds in datasets:
+        jobs = []
+        for teacher in models:
+            job = prepare_store(teacher, ds, out_dir, flip_test, overwrite, threshold)
+            if job is None:
+                path = out_dir / store_name(teacher.info.name, ds)
+                k, (w, h) = teacher.info.num_keypoints, teacher.heatmap_wh
+                summaries.append(_with_sizes(StoreSummary(
+                    path, len(ds.instances), (k, h, w), up_to_date=True)))
+            else:
+                jobs.append(job)
+        if jobs:
+            passes.append(jobs)
+    return summaries, passes
+
+
+def _make_stores(passes: list[list[StoreJob]], out_dir: Path, threshold: float) -> None:
+    """Check every dataset's images, then make OUT and the new stores: only now, so that bad
+    input leaves nothing behind."""
+    for jobs in passes:
+        check_images(jobs[0].dataset)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UniError(f"--out {out_dir}: cannot create it ({io_reason(e)})") from None
+    for job in (job for jobs in passes for job in jobs):
+        make_store(job, threshold)
+
+
+@contextmanager
+def _runner(workers: int, scheduler: str | None, scheduler_file: Path | None, gpus: int,
+            threads: int | None) -> Iterator[tuple[Runner, int]]:
+    """(how tasks run, onnxruntime threads per worker): in this process for one local worker,
+    else on a dask client (and its local cluster), closed on the way out."""
+    remote = bool(scheduler or scheduler_file)
+    if workers == 1 and not remote:
+        yield local_results, 0 if threads is None else threads
+        return
+    # A GPU worker runs 2 tasks at once: one decodes and crops while the other infers.
+    client = start_client(workers, scheduler, scheduler_file, threads_per_worker=2 if gpus else 1)
+    try:
+        if threads is None and remote:  # their cores are unknown: one each
+            threads = 1 if sum(client.nthreads().values()) > 1 else 0
+        elif threads is None:
+            threads = max(1, cores() // workers)  # share this machine's cores
+
+        def run(specs: list[TeacherSpec], tasks: list[Task]) -> Iterator[TaskResult]:
+            return dask_results(client, specs, tasks, lambda: IN_FLIGHT_PER_THREAD * max(
+                1, sum(client.nthreads().values())))
+
+        yield run, threads
+    finally:
+        cluster = client.cluster
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 # --------------------------------------------------------------------------- the job
@@ -293,75 +293,23 @@ def cache_teachers(data: list[str], teachers: list[Path], out_dir: Path,
     remote = bool(scheduler or scheduler_file)
     # Local runs check the device here, before anything is written; a cluster's workers do.
     gpus = 0 if remote or resolve_device(device) == "cpu" else cuda_device_count()
-    n_cores = cores()
-    # Measured (BENCHMARKS.md §1): on 2 cores one in-process worker running onnxruntime on both
-    # beats 2 one-thread dask workers; bigger machines get a worker per 4 cores.
-    workers = workers or ((1 if device.startswith("cuda:") else gpus) if gpus
-                          else max(1, n_cores // 4))
+    workers = workers or _default_workers(device, gpus)
     out_dir = Path(out_dir)
     datasets = [load_dataset(d) for d in data]
-    # Client-side teachers only describe the store (grid, sha); workers build their own.
-    models = [Teacher(Path(t), providers=["CPUExecutionProvider"], threads=1) for t in teachers]
-    names = [m.info.name for m in models]
-    if len(set(names)) != len(names):
-        raise UniError(f"teacher names must differ, got {', '.join(names)} (--name when "
-                       "describing)")
-    summaries, passes = [], []
-    for ds in datasets:
-        jobs = []
-        for teacher in models:
-            job = _prepare(teacher, ds, out_dir, flip_test, overwrite, threshold)
-            if job is None:
-                path = out_dir / store_name(teacher.info.name, ds)
-                k, (w, h) = teacher.info.num_keypoints, teacher.heatmap_wh
-                summaries.append(_with_sizes(StoreSummary(
-                    path, len(ds.instances), (k, h, w), up_to_date=True)))
-            else:
-                jobs.append(job)
-        if jobs:
-            passes.append(jobs)
-    for jobs in passes:  # every dataset's images before any store is made
-        check_images(jobs[0].dataset)
-    try:  # only now: bad input leaves nothing behind
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UniError(f"--out {out_dir}: cannot create it ({io_reason(e)})") from None
-    for job in (job for jobs in passes for job in jobs):
-        _create(job, threshold)
+    models = _describing_teachers(teachers)
+    summaries, passes = _plan_stores(datasets, models, out_dir, flip_test, overwrite, threshold)
+    _make_stores(passes, out_dir, threshold)
     if not passes:
         return summaries
-    local = workers == 1 and not remote
-    # A GPU worker runs 2 tasks at once: one decodes and crops while the other infers.
-    client = None if local else start_client(workers, scheduler, scheduler_file,
-                                             threads_per_worker=2 if gpus else 1)
-    try:
-        if client is not None:
-            n_threads = sum(client.nthreads().values())
-            if threads is None and remote:
-                threads = 1 if n_threads > 1 else 0  # their cores are unknown: one each
-            elif threads is None:
-                threads = max(1, n_cores // workers)  # share this machine's cores
+    with _runner(workers, scheduler, scheduler_file, gpus, threads) as (run, threads):
 
-            def run(specs, tasks):
-                return dask_results(client, specs, tasks, lambda: IN_FLIGHT_PER_THREAD * max(
-                    1, sum(client.nthreads().values())))
-        else:
-            threads = 0 if threads is None else threads
-            run = local_results
-
-        def spec_for(job: _Job, attrs: dict) -> TeacherSpec:
+        def spec_for(job: StoreJob, attrs: dict) -> TeacherSpec:
             return TeacherSpec(
                 str(job.teacher.path.resolve()), job.teacher.sha256, threads, flip_test, device,
                 float(attrs.get("threshold", THRESHOLD)), str(attrs.get("codec", CODEC)))
 
         for jobs in passes:
             summaries.extend(_run_dataset(jobs, run, spec_for, batch_size, strict, progress))
-    finally:
-        if client is not None:
-            cluster = client.cluster
-            client.close()
-            if cluster is not None:
-                cluster.close()
     return summaries
 
 

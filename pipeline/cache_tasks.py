@@ -1,10 +1,10 @@
 """Stage one's worker side, and how its tasks run: in this process (`local_results`) or on dask
 (`start_client`, `dask_results`). A task is one cut of a dataset's rows for every teacher that
-still needs them. Each image is decoded once and cropped for each teacher (its own input size and
-padding); each teacher infers its crops, and the maps are quantised and compressed into the
-store's own chunk bytes here (stores.encode.encode_rows), so the writer only writes them and a
-worker ships little more than the store's compressed bytes (1/36 to 1/67 of the float32 maps for
-the real BlazePose teacher on the samples; bench/stage_one.py --quick).
+still needs them. Each image is decoded once and cropped for each teacher
+(pipeline/cache_crops.py); each teacher infers its crops, and the maps are quantised and
+compressed into the store's own chunk bytes here (stores.encode.encode_rows), so the writer only
+writes them and a worker ships little more than the store's compressed bytes, a fraction of the
+float32 maps (BENCHMARKS.md §1, "Worker → writer").
 
 Runs in dask worker processes, or in the client process for one local worker. ONNX sessions are
 built once per process (they cannot pickle), on the GPU the process's slot picks
@@ -25,24 +25,22 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from uniskel.core.crops import crop_person, read_image
 from uniskel.core.errors import UniError
-from uniskel.core.geometry import compose, crop_to_heatmap
 from uniskel.core.killpoints import kill_point
+from uniskel.pipeline.cache_crops import Cropped
+from uniskel.pipeline.cache_plan import Task
 from uniskel.pipeline.devices import CPU, cuda_device_count, worker_slot
 from uniskel.pipeline.teachers import Teacher
 from uniskel.stores.encode import EncodedRows, encode_rows
 
 WORKER_WAIT_S = 120  # how long a cluster run waits for its first worker
 PREFETCH_BATCHES = 2  # batches decoded and cropped ahead of inference (the bounded queue)
-
-Item = tuple[int, int, str, tuple[float, ...]]  # (row, instance id, image path, bbox xywh)
 
 
 @dataclass(frozen=True)
@@ -58,15 +56,7 @@ class TeacherSpec:
     codec: str  # the store's codec
 
 
-@dataclass
-class Task:
-    """items: one cut of rows, image order; wants[t]: (n,) bool, the rows teacher t needs."""
-
-    items: list[Item]
-    wants: list[np.ndarray]
-
-
-@dataclass
+@dataclass(frozen=True)
 class TeacherRows:
     """One teacher's part of a task's result: what its store's writer takes."""
 
@@ -78,8 +68,10 @@ class TeacherRows:
     seconds: dict[str, float]  # crop, infer, encode
 
 
-@dataclass
+@dataclass(frozen=True)
 class TaskResult:
+    """What a task sends back to the writer (pickled, when it ran on a dask worker)."""
+
     parts: list[TeacherRows]  # one per TeacherSpec of the run, in order
     decode_s: float  # image decoding, shared by the teachers
     worker: str  # host:pid
@@ -142,109 +134,28 @@ def decode_pool(teachers: list[Teacher], force: bool | None = None) -> ThreadPoo
         return _POOL[0]
 
 
-# --------------------------------------------------------------------------- decode and crop
-
-Geometry = tuple[tuple[int, int], float, tuple[int, int]]  # (input wh, padding, heatmap wh)
-
-
-def _geometry(t: Teacher) -> Geometry:
-    return tuple(t.info.input_wh), float(t.info.padding), tuple(t.heatmap_wh)
-
-
-def _crop_image(path: str, entries: list[tuple[int, tuple[float, ...], list[int]]],
-                geoms: list[Geometry]) -> tuple[float, list, str | None]:
-    """One image: decode once, crop each entry (item index, bbox, teachers wanting it) for
-    each of its teachers → (decode seconds, [(item, teacher, crop, affine, crop seconds)],
-    the reason it could not be read or None). Teachers of one geometry share a crop."""
-    t0 = time.perf_counter()
-    try:
-        image = read_image(Path(path))
-    except UniError as e:
-        return time.perf_counter() - t0, [], str(e)
-    decode_s = time.perf_counter() - t0
-    out = []
-    for i, bbox, teachers in entries:
-        made: dict[Geometry, tuple[np.ndarray, np.ndarray]] = {}
-        for t in teachers:
-            g = geoms[t]
-            t1 = time.perf_counter()
-            if g not in made:
-                (w, h), padding, grid = g
-                crop, affine = crop_person(image, np.asarray(bbox), (w, h), padding)
-                made[g] = crop, compose(crop_to_heatmap((w, h), grid), affine)
-            out.append((i, t, *made[g], time.perf_counter() - t1))
-    return decode_s, out, None
-
-
-class Cropped:
-    """A task decoded and cropped (or being so, in the pool): per teacher, the rows, crops
-    (n, H, W, 3) uint8 and affines (n, 2, 3) of what it wants, and what was skipped."""
-
-    def __init__(self, task: Task, teachers: list[Teacher], pool: ThreadPoolExecutor | None):
-        if len(task.wants) != len(teachers):
-            raise ValueError(f"a task for {len(task.wants)} teachers given {len(teachers)}")
-        self.task, self.teachers = task, teachers
-        geoms = [_geometry(t) for t in teachers]
-        groups: dict[str, list] = {}
-        for i, (_, _, path, bbox) in enumerate(task.items):
-            wanting = [t for t, w in enumerate(task.wants) if w[i]]
-            if wanting:
-                groups.setdefault(path, []).append((i, bbox, wanting))
-        self._groups = list(groups.items())
-        jobs = [(path, entries, geoms) for path, entries in self._groups]
-        self._parts = ([pool.submit(_crop_image, *job) for job in jobs] if pool
-                       else [_crop_image(*job) for job in jobs])
-
-    def result(self) -> tuple[float, list[dict]]:
-        """(decode seconds, per teacher {rows, crops, affines, skipped, crop_s})."""
-        n_t = len(self.teachers)
-        per = [{"rows": [], "crops": [], "affines": [], "skipped": {}, "crop_s": 0.0}
-               for _ in range(n_t)]
-        decode_s = 0.0
-        found: list[dict] = [{} for _ in range(n_t)]  # teacher → {item: (crop, affine)}
-        for (_, entries), part in zip(self._groups, self._parts, strict=True):
-            d, crops, problem = part.result() if isinstance(part, Future) else part
-            decode_s += d
-            if problem is not None:
-                for i, _, teachers in entries:
-                    for t in teachers:
-                        per[t]["skipped"][self.task.items[i][1]] = problem
-            for i, t, crop, affine, s in crops:
-                found[t][i] = crop, affine
-                per[t]["crop_s"] += s
-        for t, p in enumerate(per):
-            (w, h), _, _ = _geometry(self.teachers[t])
-            order = sorted(found[t])  # item order: the order a fresh run feeds the model
-            p["rows"] = np.asarray([self.task.items[i][0] for i in order], np.int64)
-            p["crops"] = (np.stack([found[t][i][0] for i in order]) if order
-                          else np.zeros((0, h, w, 3), np.uint8))
-            p["affines"] = np.asarray([found[t][i][1] for i in order],
-                                      np.float64).reshape(-1, 2, 3)
-        return decode_s, per
-
-
 # --------------------------------------------------------------------------- infer and encode
 
 
 def _infer_encode(cropped: Cropped, specs: list[TeacherSpec]) -> TaskResult:
-    decode_s, per = cropped.result()
+    done = cropped.result()
     parts = []
-    for spec, t, p in zip(specs, cropped.teachers, per, strict=True):
+    for spec, t, p in zip(specs, cropped.teachers, done.teachers, strict=True):
         k, (w, h) = t.info.num_keypoints, t.heatmap_wh
         t0 = time.perf_counter()
-        maps = (t.predict(p["crops"], flip_test=spec.flip_test) if len(p["crops"])
+        maps = (t.predict(p.crops, flip_test=spec.flip_test) if len(p.crops)
                 else np.zeros((0, k, h, w), np.float32))  # (n, K, h, w) float32
         t1 = time.perf_counter()
         bad = ~np.isfinite(maps).all(axis=(1, 2, 3))
         if bad.any():
-            row = int(p["rows"][bad][0])
-            instance = next(it[1] for it in cropped.task.items if it[0] == row)
+            row = int(p.rows[bad][0])
+            instance = next(it.instance_id for it in cropped.task.items if it.row == row)
             raise UniError(f"{spec.path}: instance {instance}: heatmaps not finite")
         encoded = encode_rows(maps, spec.threshold, spec.codec) if len(maps) else None
         t2 = time.perf_counter()
-        parts.append(TeacherRows(p["rows"], encoded, p["affines"], p["skipped"], t.provider,
-                                 {"crop": p["crop_s"], "infer": t1 - t0, "encode": t2 - t1}))
-    return TaskResult(parts, decode_s, f"{socket.gethostname()}:{os.getpid()}")
+        parts.append(TeacherRows(p.rows, encoded, p.affines, p.skipped, t.provider,
+                                 {"crop": p.crop_s, "infer": t1 - t0, "encode": t2 - t1}))
+    return TaskResult(parts, done.decode_s, f"{socket.gethostname()}:{os.getpid()}")
 
 
 def run_task(specs: list[TeacherSpec], task: Task) -> TaskResult:

@@ -1,9 +1,8 @@
-"""Creating an empty soft-label store (format: stores/heatmap_store.py), and the failure type
+"""Creating an empty soft-label store (format: stores/schema.py), and the failure type
 of every store write."""
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -15,11 +14,11 @@ import numpy as np
 from uniskel.core.errors import UniError, io_reason
 from uniskel.core.files import atomic_write
 from uniskel.stores.encode import CODEC, CODECS, THRESHOLD, heatmap_dataset_kwargs
-from uniskel.stores.heatmap_store import FORMAT_VERSION, StoreMeta, meta_to_attrs
+from uniskel.stores.schema import FORMAT_VERSION, StoreMeta, meta_to_attrs
 
 # Rows per chunk of the small per-instance datasets. Each batch rewrites the chunks its rows
-# fall in (with their checksums), so smaller is faster to write — 1024 measured ~1.4× the
-# writer's rate of 4096 — and a chunk torn by a kill resets fewer rows.
+# fall in (with their checksums), so smaller is faster to write (BENCHMARKS.md "Store design
+# measurements") and a chunk torn by a kill resets fewer rows.
 META_CHUNK = 1024
 
 
@@ -73,7 +72,6 @@ def create_store(path: Path, meta: StoreMeta, instance_ids, codec: str = CODEC,
         raise UniError(f"{path}: skeleton definition {meta.skeleton_def.name!r} "
                        f"({meta.skeleton_def.num_keypoints} keypoints) does not match skeleton "
                        f"{meta.skeleton!r} with {k} heatmap channels")
-    to_unified = meta.skeleton_def.to_unified  # unified21: the attribute older readers know
     n = len(ids)
     c = min(n, META_CHUNK)
 
@@ -93,7 +91,6 @@ def create_store(path: Path, meta: StoreMeta, instance_ids, codec: str = CODEC,
             a["format_version"] = FORMAT_VERSION
             for key, value in meta_to_attrs(meta).items():
                 a[key] = value
-            a["to_unified"] = json.dumps(list(to_unified))
             a["software_version"] = _software_version()
             a["created"] = a["updated"] = now()
             a["completed"] = ""

@@ -1,8 +1,8 @@
 """The bytes of a store row: quantisation, the heatmap codecs, the finished chunk bytes a worker
 ships to the writer (`encode_rows`), and the per-row metadata checksum (`row_crcs`).
 
-The format these bytes belong to is described in stores/heatmap_store.py; why workers encode and
-the writer only writes is said there too ("Who encodes").
+The format these bytes belong to is described in stores/schema.py; why workers encode and the
+writer only writes: docs/conventions.md "Caching soft labels".
 """
 
 from __future__ import annotations

@@ -1,93 +1,122 @@
-"""The one-writer lock of a store: ``<store>.lock`` holds the writer's pid and host; a lock
-left by a dead process on this host is taken over with a warning."""
+"""The one-writer lock of a store: an flock on ``<store>.lock``, taken with filelock — the kernel
+drops an flock when its process dies, so a killed writer's lock needs no takeover that could race.
+
+The file names its holder ("pid host") for the refusal message. The holder removes it while it
+still holds it, and a taker checks that the file it locked is the one at the path, so a taker
+that opened the file just before its removal takes again rather than lock a file nobody sees.
+A file still naming a pid when taken was left by a killed writer: said once, as a warning.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from uniskel.core.errors import UniError, io_reason
 
 log = logging.getLogger(__name__)
+
+WAIT_S = 0.5  # a taker waits this long, so that a check's momentary try (below) never refuses it
+
+
+@dataclass
+class StoreLock:
+    """A lock this process holds: the flock, and our own descriptor of its file."""
+
+    path: Path
+    flock: FileLock
+    fd: int
+    pid: int = field(default_factory=os.getpid)
 
 
 def lock_path(path: Path) -> Path:
     return Path(str(path) + ".lock")
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this machine."""
+def _holder(fd: int) -> str:
+    """Who the lock file names: 'pid N' ('pid N on HOST' elsewhere), or '' when none."""
+    words = os.pread(fd, 256, 0).decode(errors="replace").split()
+    if not words:
+        return ""
+    host = words[1] if len(words) > 1 else ""
+    return f"pid {words[0]}" + (f" on {host}" if host and host != socket.gethostname() else "")
+
+
+def _same_file(fd: int, lock: Path) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return os.path.samestat(os.fstat(fd), os.stat(lock))
+    except FileNotFoundError:
         return False
-    except PermissionError:
-        return True
-    return True
 
 
-def read_lock(lock: Path) -> tuple[int, str] | None:
-    """(pid, host) of a lock file, or None when there is none (or it is being written)."""
-    try:
-        text = lock.read_text().split()
-        return int(text[0]), (text[1] if len(text) > 1 else "")
-    except (FileNotFoundError, ValueError, IndexError):
-        return None
-
-
-def take_lock(path: Path) -> Path:
-    """Create <path>.lock holding our pid; take over a lock whose process is gone."""
+def take_lock(path: Path) -> StoreLock:
+    """Lock the store at `path` for this process's writer; UniError when another holds it."""
     lock = lock_path(path)
-    host = socket.gethostname()
     for _ in range(3):
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            held = read_lock(lock)
-            if held is None:  # being written this instant, or garbage: look again
-                time.sleep(0.05)
-                held = read_lock(lock)
-            if held is not None:
-                pid, owner_host = held
-                if owner_host and owner_host != host:
-                    raise UniError(f"{path}: is being written by pid {pid} on {owner_host} "
-                                   f"(remove {lock} if that is not true)") from None
-                if pid_alive(pid):
-                    raise UniError(f"{path}: is being written by pid {pid}") from None
-            log.warning("%s: taking over the lock of pid %s, which is gone", path,
-                        held[0] if held else "?")
-            lock.unlink(missing_ok=True)
-            continue
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:  # a read-only directory, say
             raise UniError(f"{path}: cannot take the lock {lock} ({io_reason(e)})") from None
+        held = FileLock(str(lock), timeout=WAIT_S, thread_local=False)
         try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(f"{os.getpid()} {host}\n")
+            held.acquire()
+        except Timeout:
+            holder, moved = _holder(fd), not _same_file(fd, lock)
+            os.close(fd)
+            if moved:  # its holder let go and removed it meanwhile: again
+                continue
+            raise UniError(f"{path}: is being written by {holder or 'another process'}"
+                           ) from None
         except OSError as e:
-            lock.unlink(missing_ok=True)
+            os.close(fd)
             raise UniError(f"{path}: cannot take the lock {lock} ({io_reason(e)})") from None
-        return lock
+        if not _same_file(fd, lock):  # locked the file its holder removed: again
+            held.release()
+            os.close(fd)
+            continue
+        taken = StoreLock(lock, held, fd)
+        left = _holder(fd)
+        if left:
+            log.warning("%s: taking over the lock of %s, which is gone", path, left)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        except OSError as e:
+            release_lock(taken)
+            raise UniError(f"{path}: cannot take the lock {lock} ({io_reason(e)})") from None
+        return taken
     raise UniError(f"{path}: could not take {lock}")
 
 
+def release_lock(lock: StoreLock | None) -> None:
+    """Remove the lock file and let go, if this process took `lock`."""
+    if lock is None or lock.pid != os.getpid():
+        return
+    try:
+        if _same_file(lock.fd, lock.path):
+            lock.path.unlink()  # while held: see the module docstring
+    except OSError:
+        pass
+    finally:
+        lock.flock.release()
+        os.close(lock.fd)
 
 
 def held_by_live_writer(path: Path) -> bool:
-    """Whether a live process (or one on another host, which cannot be asked) holds the lock
-    of the store at `path`."""
-    held = read_lock(lock_path(path))
-    if held is None:
-        return lock_path(path).exists()
-    pid, host = held
-    return (host and host != socket.gethostname()) or pid_alive(pid)
-
-
-def release_lock(lock: Path | None) -> None:
-    """Remove `lock` if this process holds it."""
-    if lock is not None:
-        held = read_lock(lock)
-        if held is not None and held[0] == os.getpid():
-            lock.unlink(missing_ok=True)
+    """Whether a writer holds the lock of the store at `path` (a try to take it, given back at
+    once; True when that cannot be told)."""
+    lock = lock_path(path)
+    if not lock.exists():
+        return False
+    probe = FileLock(str(lock), timeout=0, thread_local=False)
+    try:
+        probe.acquire()
+    except (Timeout, OSError):
+        return True
+    probe.release()
+    return False

@@ -33,6 +33,7 @@ from uniskel.core.errors import UniError
 from uniskel.core.files import atomic_write
 from uniskel.stores.encode import row_crcs
 from uniskel.stores.lock import held_by_live_writer
+from uniskel.stores.schema import FORMAT_VERSION
 
 RECORD_VERSION = 1
 
@@ -96,10 +97,10 @@ def _write_record(path: Path, rec: dict) -> None:
             pass
 
 
-def _new_record(path: Path, identity: list[int] | None, clean: np.ndarray, version: int,
+def _new_record(path: Path, identity: list[int] | None, clean: np.ndarray,
                 allocated: np.ndarray | None = None) -> dict:
     rec = {"record_version": RECORD_VERSION, "store": path.name, "rows": len(clean),
-           "format_version": version, "identity": identity, "verified": _pack(clean)}
+           "format_version": FORMAT_VERSION, "identity": identity, "verified": _pack(clean)}
     if allocated is not None:  # spares the next check HDF5's chunk index walk
         rec["allocated"] = _pack(allocated)
     return rec
@@ -118,14 +119,14 @@ class WriterRecord:
             rec["identity"] = None
             _write_record(path, rec)
 
-    def close(self, touched: np.ndarray, version: int) -> None:
+    def close(self, touched: np.ndarray) -> None:
         """After the writer closed the file cleanly: the record again, for the file as it is
         now, less the rows the writer wrote or reset (`touched` (N,) bool)."""
         rec = self.rec
         if rec is None or rec.get("rows") != len(touched):
             return
         clean = _unpack(rec["verified"], len(touched)) & ~touched
-        _write_record(self.path, _new_record(self.path, _identity(self.path), clean, version))
+        _write_record(self.path, _new_record(self.path, _identity(self.path), clean))
 
 
 def _covered(reader, rec: dict | None, identity: list[int]) -> np.ndarray:
@@ -149,16 +150,15 @@ def missing_instances(instance_ids: Iterable[int], row_of: dict[int, int], done:
 
 def meta_problems(reader) -> dict[int, str]:
     """{row: problem} from the row metadata alone, for the rows marked done: done value,
-    row_crc (format 2), scales finite and ≥ 0, affine finite. Vectorised; every check runs it."""
+    row_crc, scales finite and ≥ 0, affine finite. Vectorised; every check runs it."""
     done, out = reader.done, {}
     s, a = reader._scales, reader._affines
     bad_s = done & ~(np.isfinite(s) & (s >= 0)).all(axis=1)
     bad_a = done & ~np.isfinite(a).all(axis=(1, 2))
     bad_crc = np.zeros(len(done), bool)
-    if reader._crc is not None:
-        rows = np.flatnonzero(done)
-        want = row_crcs(s[rows], a[rows], reader.instance_ids[rows], reader.done_raw[rows])
-        bad_crc[rows[want != reader._crc[rows]]] = True
+    rows = np.flatnonzero(done)
+    want = row_crcs(s[rows], a[rows], reader.instance_ids[rows], reader.done_raw[rows])
+    bad_crc[rows[want != reader._crc[rows]]] = True
     for mask, text in ((bad_a, "affine not finite"), (bad_s, "scales not finite and ≥ 0"),
                        (bad_crc, "row metadata (scales, affine, done) fails its row_crc")):
         out.update((int(r), text) for r in np.flatnonzero(mask))
@@ -222,5 +222,5 @@ def check_store(reader, progress: bool = False, trust: bool = True) -> StoreChec
         clean[list(found)] = False
         # Never beside a writer at work, nor for a file that changed while it was read.
         if not held_by_live_writer(path) and _identity(path) == before:
-            _write_record(path, _new_record(path, before, clean, reader.version, allocated))
+            _write_record(path, _new_record(path, before, clean, allocated))
     return out

@@ -1,4 +1,4 @@
-"""Writing a soft-label store (format: stores/heatmap_store.py; created by stores/create.py):
+"""Writing a soft-label store (format: stores/schema.py; created by stores/create.py):
 lock it, write rows crash-safely, mend what a kill tore, finalize.
 
 Kill safety: a batch writes its heatmap chunks, scales, affines and row_crc, flushes, then sets
@@ -6,7 +6,7 @@ done and flushes again, so after a SIGKILL done ⊆ rows really written. One wri
 StoreWriter holds ``<store>.lock`` (stores/lock.py). The file uses HDF5's default (earliest)
 format: the "latest" format marks files open for writing in the superblock, and a killed writer
 leaves a file HDF5 then refuses to open. Linux ends a write at a page boundary when SIGKILL
-arrives, and each batch rewrites a scales / affines / done / row_crc chunk (up to META_CHUNK
+arrives, and each batch rewrites a scales / affines / done / row_crc chunk (up to create.META_CHUNK
 rows), so a kill can leave one failing its checksum: the next writer resets that chunk's rows,
 and any done row whose row_crc fails (they are computed again), so a resumed store still ends
 equal to an uninterrupted one.
@@ -42,33 +42,17 @@ import numpy as np
 
 from uniskel.core.errors import UniError
 from uniskel.core.killpoints import kill_point
-from uniskel.stores.create import (  # noqa: F401  (create_store, StoreWriteFailed: re-exported)
-    META_CHUNK,
-    StoreWriteFailed,
-    create_meta_dataset,
-    create_store,
-    now,
-    write_failed,
-)
+from uniskel.stores.create import create_store, now, write_failed
 from uniskel.stores.encode import (
-    CODEC,
-    THRESHOLD,
     EncodedRows,
     encode_rows,
     filter_pipeline,
     row_crcs,
     twin_filters,
 )
-from uniskel.stores.heatmap_store import (
-    FORMAT_VERSION,
-    StoreMeta,
-    check_file,
-    check_layout,
-    missing_instances,
-    open_h5,
-)
 from uniskel.stores.lock import release_lock, take_lock
-from uniskel.stores.verify import WriterRecord
+from uniskel.stores.schema import STORE_ATTRS, StoreMeta, check_file, check_layout, open_h5
+from uniskel.stores.verify import WriterRecord, missing_instances
 from uniskel.stores.write_guard import WRITE_ERRORS, WriteGuard
 
 log = logging.getLogger(__name__)
@@ -76,8 +60,6 @@ log = logging.getLogger(__name__)
 # A writer stops cleanly while this much disk is still free (plus the batch itself).
 MIN_FREE_BYTES = 64 << 20
 RESERVE_SLACK = 1 << 20  # bytes reserved per batch for HDF5's metadata (index nodes, headers)
-_FORMAT_ATTRS = {"format_version", "to_unified", "software_version", "created", "updated",
-                 "completed", "complete", "skipped", "codec", "threshold", "flip"}
 
 
 def _text(v) -> str:
@@ -104,7 +86,7 @@ def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
 class StoreWriter:
     """The single writer of a store (a context manager); holds ``<store>.lock`` while open.
     Opening it resets the rows of chunks a killed writer tore and of done rows whose row_crc
-    fails (`rows_reset` says how many), and upgrades a format 1 store to 2 (adds row_crc)."""
+    fails (`rows_reset` says how many)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -129,8 +111,8 @@ class StoreWriter:
         self._scales, self._affines = f["scales"], f["affines"]
         self._ids = f["instance_ids"][:]
         self._touched = np.zeros(len(self._ids), bool)  # rows written or reset: not verified
-        self.threshold = float(f.attrs.get("threshold", THRESHOLD))
-        self.codec = _text(f.attrs.get("codec", CODEC))
+        self.threshold = float(f.attrs["threshold"])
+        self.codec = _text(f.attrs["codec"])
         self._filters_checked = False
         try:
             self.rows_reset = self._mend()
@@ -147,26 +129,21 @@ class StoreWriter:
     # ----------------------------------------------------------------------- mending
 
     def _mend(self) -> int:
-        """Reset torn chunks' rows and done rows whose row_crc fails; add row_crc to a format 1
-        store. Returns how many rows it reset; they are computed again."""
+        """Reset torn chunks' rows and done rows whose row_crc fails. Returns how many rows it
+        reset; they are computed again."""
         f, n, c, k = self._f, len(self._ids), self._done.chunks[0], self.meta.heatmap_shape[0]
-        upgrade = int(f.attrs["format_version"]) < 2
-        small = [d for d in (self._done, self._scales, self._affines, f.get("row_crc"))
-                 if d is not None]
+        self._crc = f["row_crc"]
         torn = []
         for start in range(0, n, c):
             try:
-                for d in small:
+                for d in (self._done, self._scales, self._affines, self._crc):
                     d[start:start + c]
             except OSError:  # checksum or decode failure
                 torn.append(slice(start, min(start + c, n)))
-        if torn or upgrade:
+        if torn:
             self._guard.reserve(RESERVE_SLACK + 4 * n)
         reset = np.zeros(n, bool)
         with self._guard.writing():
-            if upgrade and "row_crc" not in f:
-                create_meta_dataset(f, "row_crc", (n,), np.uint32, c, fillvalue=0)
-            self._crc = f["row_crc"]
             for sl in torn:  # whole chunks, in their stored dtypes: HDF5 replaces them
                 m = sl.stop - sl.start  # without reading the torn ones
                 self._scales[sl] = np.zeros((m, k), np.float32)
@@ -178,32 +155,20 @@ class StoreWriter:
             rows = np.flatnonzero(done)
             crcs = row_crcs(self._scales[:][rows], self._affines[:][rows], self._ids[rows],
                             done[rows])
-            # A format 1 row has no row_crc yet: it is taken as it is.
-            bad = rows[(done[rows] > 1) | ((crcs != crc[rows]) & (not upgrade))]
+            bad = rows[(done[rows] > 1) | (crcs != crc[rows])]
             if len(bad):
-                if not (torn or upgrade):
+                if not torn:
                     self._guard.reserve(RESERVE_SLACK)
                 done[bad] = 0
                 self._done[:] = done
                 reset[bad] = True
-            if upgrade:
-                crc[:] = 0
-                crc[rows] = np.where(done[rows] == 1, crcs, 0)
-                self._crc[:] = crc
-            if len(bad) or torn or upgrade:
+            if len(bad) or torn:
                 f.flush()
-            if upgrade:  # only once row_crc is whole
-                f.attrs["format_version"] = FORMAT_VERSION
-                f.flush()
-                self._attrs_set = True
         self._is_done = done == 1  # (N,) bool, kept in step with the file
         self._touched |= reset
         if reset.any():
             log.warning("%s: %d rows torn by an interrupted write will be computed again",
                         self.path, int(reset.sum()))
-        if upgrade:
-            log.info("%s: upgraded to store format %d (row_crc added)", self.path,
-                     FORMAT_VERSION)
         return int(reset.sum())
 
     # ----------------------------------------------------------------------- writing
@@ -307,7 +272,7 @@ class StoreWriter:
     def set_attr(self, name: str, value: str | int | float) -> None:
         """Set one store attribute of the writer's own (e.g. which providers computed it),
         flushed at once; the attributes of the format and the store's identity are refused."""
-        if name in _FORMAT_ATTRS or name in {f.name for f in fields(StoreMeta)}:
+        if name in STORE_ATTRS or name in {f.name for f in fields(StoreMeta)}:
             raise UniError(f"{self.path}: attribute {name!r} belongs to the store format")
         self._guard.refuse_if_stopped()
         self._guard.reserve(RESERVE_SLACK + len(str(value)))
@@ -370,7 +335,7 @@ class StoreWriter:
                 if guard is not None:
                     guard.close(end)  # None after a failure: no trimming
             if guard is not None and not guard.failed and hasattr(self, "_touched"):
-                self._record.close(self._touched, FORMAT_VERSION)  # opened as a store
+                self._record.close(self._touched)  # opened as a store
         finally:
             self._guard = None
             release_lock(getattr(self, "_lock", None))

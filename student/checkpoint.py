@@ -1,11 +1,11 @@
 """Student checkpoints: find, save atomically, load safely, rebuild the model.
 
-A checkpoint is a dict: model, optimizer and grad-scaler state dicts, the run's position
-(epoch, step, step_in_epoch, best validation loss, and mid-epoch the epoch's running loss sums
-and the unreadable samples met so far), val_loss, the RNG states, the resolved config, the
-teacher names and the run's unified skeleton (its whole definition, Skeleton.to_json, so a
-model is rebuilt, evaluated and exported without the skeleton file it was trained with):
-everything a resume needs to continue exactly, at an epoch end or mid-epoch.
+A checkpoint is a dict: model, optimizer, LR scheduler and grad-scaler state dicts, the run's
+position (epoch, step, step_in_epoch, best validation loss, and mid-epoch the epoch's running
+loss sums and the unreadable samples met so far), val_loss, the RNG states, the resolved config
+(TrainConfig.to_dict), the teacher names and the run's unified skeleton (its whole definition,
+Skeleton.to_json, so a model is rebuilt, evaluated and exported without the skeleton file it
+was trained with): everything a resume needs to continue exactly, at an epoch end or mid-epoch.
 Everything in it is a tensor or a plain Python value, so it loads with
 ``torch.load(..., weights_only=True)``: a checkpoint from someone else can be evaluated without
 running whatever a pickle might hold; one that holds anything else is refused in one line.
@@ -17,7 +17,7 @@ import math
 import pickle
 import random
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +27,20 @@ from uniskel.core.errors import UniError, io_reason
 from uniskel.core.files import atomic_write
 from uniskel.core.killpoints import kill_point
 from uniskel.core.skeletons import UNIFIED, Skeleton
+from uniskel.student.config import TrainConfig
 from uniskel.student.models import build_model
 
 CHECKPOINT_NAMES = ("best.pt", "last.pt")  # what a run directory offers, in order of preference
 
-# Checkpoints written before the RNG state was kept in plain types hold numpy's as an ndarray.
-# numpy's array reconstruction builds arrays only (any object inside still passes torch's
-# restricted unpickler), so allowing it keeps those runs usable without trusting their pickle.
-_reconstruct = np.zeros(0).__reduce__()[0]
-_OLD_NUMPY = [_reconstruct, (_reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray,
-              np.dtype, type(np.dtype(np.uint32))]
+
+@dataclass
+class TrainState:
+    """What a checkpoint saves and a resume restores besides the position."""
+
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
 
 
 @dataclass
@@ -74,8 +78,7 @@ def find_checkpoint(path: Path) -> Path:
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint file → its dict, loaded with weights_only=True (no pickled code runs)."""
     try:
-        with torch.serialization.safe_globals(_OLD_NUMPY):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise UniError(f"{path}: refused: the checkpoint holds objects other than tensors and "
                        "plain values (uni loads checkpoints with weights_only=True)") from None
@@ -143,17 +146,14 @@ def set_rng_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                    pos: Position, cfg: dict, teachers: list[str],
-                    val_loss: float | None = None,
-                    scaler: torch.amp.GradScaler | None = None,
-                    unified: Skeleton = UNIFIED) -> None:
+def save_checkpoint(path: Path, state: TrainState, pos: Position, cfg: TrainConfig,
+                    teachers: list[str], unified: Skeleton, val_loss: float | None = None) -> None:
     """Write a checkpoint atomically; a full disk is one UniError and the old file is kept.
     `unified`: the skeleton of the model's output channels (recorded whole)."""
-    ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(), **asdict(pos),
-            "val_loss": val_loss, "rng": rng_states(), "config": cfg, "teachers": teachers,
-            "scaler": scaler.state_dict() if scaler is not None else {},
-            "unified": unified.to_json()}
+    ckpt = {"model": state.model.state_dict(), "optimizer": state.opt.state_dict(),
+            "scheduler": state.sched.state_dict(), "scaler": state.scaler.state_dict(),
+            **asdict(pos), "val_loss": val_loss, "rng": rng_states(), "config": cfg.to_dict(),
+            "teachers": teachers, "unified": unified.to_json()}
 
     def write(tmp: Path) -> None:
         torch.save(ckpt, tmp)
@@ -167,15 +167,13 @@ def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
                        f"{free:.0f} MB free); the previous one is kept") from None
 
 
-def restore(ckpt: dict, model: torch.nn.Module, opt: torch.optim.Optimizer,
-            scaler: torch.amp.GradScaler | None = None) -> Position:
-    """Load a checkpoint's model, optimiser, grad-scaler and RNG states; returns its position
-    (an older version's checkpoint lacks the running sums: its epoch's means restart)."""
-    model.load_state_dict(ckpt["model"])
-    opt.load_state_dict(ckpt["optimizer"])
-    if scaler is not None and ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
+def restore(ckpt: dict, state: TrainState) -> Position:
+    """Load a checkpoint's model, optimiser, LR scheduler, grad-scaler and RNG states; returns
+    its position."""
+    state.model.load_state_dict(ckpt["model"])
+    state.opt.load_state_dict(ckpt["optimizer"])
+    state.sched.load_state_dict(ckpt["scheduler"])
+    if ckpt["scaler"]:  # a disabled scaler's state is empty, and loading {} is refused
+        state.scaler.load_state_dict(ckpt["scaler"])
     set_rng_states(ckpt["rng"])
-    return Position(ckpt["epoch"], ckpt["step"], ckpt["step_in_epoch"],
-                    ckpt.get("best", math.inf), dict(ckpt.get("sums", {})),
-                    int(ckpt.get("seen", 0)), list(ckpt.get("skipped", [])))
+    return Position(**{f.name: ckpt[f.name] for f in fields(Position)})

@@ -1,65 +1,220 @@
-"""The trainer's configuration: defaults, TOML in and out, validation, per-teacher KD weights.
+"""The trainer's configuration, TrainConfig: its fields and defaults, TOML in and out, checks,
+and the per-teacher KD weights.
 
-A config is one plain dict (so a checkpoint can carry it and load safely). Keys, as CLI option
-names with _ for -:
-  data [specs], val_data [specs], stores [paths], out (run dir), model (tiny|small|base),
-  input_wh [w, h] (CLI and TOML: input-size "HxW"), epochs, batch_size (per process), lr,
-  weight_decay, warmup_steps, workers (DataLoader processes), gt_weight, kd_weight {teacher: w},
-  kd_decay {teacher: none|linear}, kd_loss (kl|mse), kd_beta, seed, amp, strict,
-  skip_corrupt (train without the instances whose cached targets fail verification),
-  val_fraction (held-out slice of the training instances when val_data is empty; 0 = no val),
-  save_every (steps between mid-epoch checkpoints; 0 = none by steps), save_every_s (seconds
-  between mid-epoch checkpoints, 600 = a kill loses at most ~10 minutes; 0 = none by time;
-  last.pt is also written at every epoch end), log_every (steps), max_steps (stop after this
-  many optimiser steps; 0 = no limit), resume (bool),
-  unified (the run's unified skeleton: "unified21" (default), "unified27", any unified skeleton
-  a skeleton file names, or "union" = unified21 + every keypoint of the run's datasets),
-  skeletons [skeleton TOML files: skeletons, dataset kinds, unified skeletons; in a config
-  file a path is relative to that file], threads (torch threads per training process on a
-  CPU; 0 = the cores left after the DataLoader workers).
-Keys without a CLI option (weight_decay, warmup_steps, kd_beta, val_fraction, max_steps,
-save_every, save_every_s, log_every, skeletons, threads) are set in the --config TOML; README
-"Stage two" lists them.
+Each field is a key of a --config TOML file (- or _ alike) and, where its metadata says so, a
+`uni train-student` option of the same name (cli.TrainCommand makes them from the fields;
+input_wh is --input-size "HxW" there and input-size in a file); its `help` says what it means.
+TrainConfig converts and checks its values when it is made (__post_init__: the one place), so a
+config that exists is a valid one. A checkpoint carries it as to_dict()'s plain dict, which
+loads with weights_only=True.
+
+Read back: a run writes its resolved config to RUN/config.toml (to_toml), which is itself a
+--config file, so `uni train-student --config RUN/config.toml --out NEW` trains the same run
+again in NEW. `out` in a file is a default like any other key: the command line's --out wins.
+`resume` is the one field no file holds (to_toml leaves it out, a file naming it is refused):
+whether to continue OUT is this invocation's choice (--resume), never the configuration's.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import tomllib
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path, PurePath
+from typing import get_type_hints
 
 import tomli_w
 
 from uniskel.core.errors import UniError
-from uniskel.core.files import write_text
+from uniskel.core.files import check_output_path, write_text
 from uniskel.core.geometry import parse_input_size
-from uniskel.student.losses import KD_DECAYS, KD_LOSSES
-from uniskel.student.models import MODELS
 
-DEFAULTS: dict = {
-    "data": [], "val_data": [], "stores": [], "out": "", "model": "tiny", "input_wh": [192, 256],
-    "epochs": 10, "batch_size": 32, "lr": 2e-3, "weight_decay": 0.01, "warmup_steps": 100,
-    "workers": 2, "gt_weight": 0.3, "kd_weight": {}, "kd_decay": {}, "kd_loss": "kl",
-    "kd_beta": 10.0, "seed": 0, "amp": False, "strict": False, "skip_corrupt": False,
-    "val_fraction": 0.05,
-    "save_every": 0, "save_every_s": 600.0, "log_every": 20, "max_steps": 0, "resume": False,
-    "unified": "unified21", "skeletons": [], "threads": 0,
-}
+MODEL_SIZES = ("tiny", "small", "base")  # student/models.py's MODELS, in its order
+KD_LOSSES = ("kl", "mse")
+KD_DECAYS = ("none", "linear")
+RUN_STATE = ("resume",)  # fields that are the invocation's, not the configuration's
 # The paper's weights (docs/conventions.md "The method") for the two-teacher COCO + MPII setting.
 PAPER_KD = {"coco17": (0.25, "none"), "mpii16": (0.45, "linear")}
 KD_TOTAL = 0.7
+VAL_FRACTION = 0.05
 
 
-def input_wh(text: str, where: str = "--input-size") -> list[int]:
-    """'256x192' (H×W) → [w, h]; UniError naming `where` (the option or file key)."""
+def _key(default, help: str = "", option: bool | str = True, shown: str | None = None,
+         choices: tuple[str, ...] | None = None):
+    """A TrainConfig field: its default, what it means, and its train-student option (True: the
+    field's name; a string: that option name; False: set in a --config file only). `shown`:
+    --help's default where the value alone would not say it."""
+    meta = {"help": help, "option": option, "shown": shown, "choices": choices}
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run's configuration (see the module docstring for files and options)."""
+
+    data: tuple[str, ...] = _key((), "KIND:ANN[:IMAGES] training data; repeat.")
+    val_data: tuple[str, ...] = _key((), "Validation data (GT loss picks best.pt).",
+                                     shown=f"{100 * VAL_FRACTION:g} % of --data held out")
+    stores: tuple[str, ...] = _key(
+        (), "Teacher stores (folders of *.h5 or files); none = ground truth only.")
+    out: str = _key("", "Run directory.")
+    model: str = _key("tiny", "Student size: tiny ≈1M, small ≈5M, base ≈16M parameters.",
+                      choices=MODEL_SIZES)
+    input_wh: tuple[int, int] = _key(
+        (192, 256), "Crop size HxW, as papers write it (256x192: 256 high).",
+        option="--input-size")
+    epochs: int = _key(10)
+    batch_size: int = _key(32, "Per process.")
+    lr: float = _key(2e-3, "AdamW peak learning rate, cosine schedule.")
+    weight_decay: float = _key(0.01, "AdamW weight decay.", option=False)
+    warmup_steps: int = _key(100, "Linear warm-up steps (at most a tenth of the run's).",
+                             option=False)
+    workers: int = _key(2, "DataLoader worker processes.")
+    gt_weight: float = _key(0.3, "Ground-truth loss weight.")
+    kd_weight: dict[str, float] = _key(
+        {}, "TEACHER=W; repeat.", shown="0.25 COCO / 0.45 MPII teacher, else 0.7 shared equally")
+    kd_decay: dict[str, str] = _key({}, "TEACHER=none|linear; repeat.",
+                                    shown="linear for the MPII teacher, else none")
+    kd_loss: str = _key("kl", "kl: spatial-softmax KL at temperature 1/kd-beta.",
+                        choices=KD_LOSSES)
+    kd_beta: float = _key(10.0, "KL sharpening: softmax(β · heatmap).", option=False)
+    seed: int = _key(0)
+    amp: bool = _key(False, "bf16 autocast on CPU, fp16 on CUDA.")
+    strict: bool = _key(False, "An unreadable image is fatal.")
+    skip_corrupt: bool = _key(
+        False, "Train without the instances whose cached targets fail verification.",
+        shown="refuse such a store")
+    val_fraction: float = _key(VAL_FRACTION, "Held-out slice of the training instances when "
+                               "there is no val_data; 0 = no validation.", option=False)
+    save_every: int = _key(0, "Steps between mid-epoch checkpoints; 0 = none by steps.",
+                           option=False)
+    save_every_s: float = _key(600.0, "Seconds between mid-epoch checkpoints (a kill loses at "
+                               "most that much work); 0 = none by time. last.pt is also "
+                               "written at every epoch end.", option=False)
+    log_every: int = _key(20, "Steps between metrics rows.", option=False)
+    max_steps: int = _key(0, "Stop after this many optimiser steps; 0 = no limit.", option=False)
+    resume: bool = _key(False, "Continue OUT/last.pt exactly, as configured; no checkpoint yet: "
+                        "start OUT.")
+    unified: str = _key("unified21", "The student's unified skeleton: unified21, unified27, one "
+                        "a skeleton file defines, or union (unified21 + every keypoint of the "
+                        "--data datasets).")
+    skeletons: tuple[str, ...] = _key((), "Skeleton TOML files (skeletons, dataset kinds, "
+                                      "unified skeletons); in a file, relative to it.",
+                                      option=False)
+    threads: int = _key(0, "Torch threads per training process on a CPU; 0 = the cores left "
+                        "after the DataLoader workers.", option=False)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name, _convert(f.name, getattr(self, f.name)))
+        _check(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "config") -> TrainConfig:
+        """Field name → value (None = the default); UniError naming `where` on unknown keys."""
+        for key in raw:
+            if key not in DEFAULTS:
+                raise UniError(f"{where}: unknown key {key!r}")
+        return cls(**{k: v for k, v in raw.items() if v is not None})
+
+    def to_dict(self) -> dict:
+        """Plain values (lists, dicts), every field: what a checkpoint holds."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def to_toml(self) -> str:
+        """The config as a --config file (tomllib reads it back to to_dict() but run state)."""
+        return tomli_w.dumps({k: v for k, v in self.to_dict().items() if k not in RUN_STATE})
+
+
+HINTS = get_type_hints(TrainConfig)
+DEFAULTS: dict = {  # field → default, as plain values (lists), like to_dict's
+    f.name: list(f.default) if isinstance(f.default, tuple)
+    else f.default_factory() if f.default is MISSING else f.default
+    for f in fields(TrainConfig)}
+
+
+def _convert(name: str, value):
+    """A field's value as its declared type: sequences → tuples, numbers cast, TEACHER=VALUE
+    items parsed, skeleton files made absolute (a config.toml is read back from anywhere);
+    other strings are checked (_check), not converted, but a path becomes its str."""
+    hint = HINTS[name]
     try:
-        return list(parse_input_size(text))
+        if hint is bool:
+            return bool(value)
+        if hint in (int, float):
+            return hint(value)
+        if hint == tuple[int, int]:
+            return tuple(int(v) for v in value)
+    except (TypeError, ValueError) as e:
+        raise UniError(f"config: bad value ({e})") from None
+    if hint == tuple[str, ...]:
+        values = [str(v) for v in _strings(value, f"config: {name}")]
+        return tuple(os.path.abspath(v) for v in values) if name == "skeletons" else tuple(values)
+    if hint in (dict[str, float], dict[str, str]):
+        return parse_assignments(value, "--" + name.replace("_", "-"), hint.__args__[1])
+    return str(value) if isinstance(value, PurePath) else value
+
+
+def _check(c: TrainConfig) -> None:
+    """The rules every config keeps (kd weights and decays per teacher: teacher_weights)."""
+    if not isinstance(c.unified, str) or not c.unified:
+        raise UniError(f"config: unified must be a skeleton name or 'union', got {c.unified!r}")
+    if not c.data and not c.resume:
+        raise UniError("config: 'data' needs at least one KIND:ANNOTATIONS spec")
+    if not c.out:
+        raise UniError("config: 'out' (the run directory) is required")
+    if c.model not in MODEL_SIZES:
+        raise UniError(f"config: unknown model {c.model!r}; known: {', '.join(MODEL_SIZES)}")
+    if c.kd_loss not in KD_LOSSES:
+        raise UniError(f"config: kd_loss must be one of {', '.join(KD_LOSSES)}")
+    for name, decay in c.kd_decay.items():
+        if decay not in KD_DECAYS:
+            raise UniError(f"--kd-decay {name}: {decay!r} is not one of {', '.join(KD_DECAYS)}")
+    _finite(c)
+    if len(c.input_wh) != 2 or min(c.input_wh) < 4:
+        raise UniError(f"config: input_wh must be [w, h], got {list(c.input_wh)}")
+    if c.epochs < 1 or c.batch_size < 1 or c.workers < 0 or c.threads < 0:
+        raise UniError("config: epochs and batch_size must be ≥ 1, workers and threads ≥ 0")
+    if not 0.0 <= c.val_fraction < 1.0:
+        raise UniError(f"config: val_fraction must be in [0, 1), got {c.val_fraction}")
+
+
+def _finite(c: TrainConfig) -> None:
+    """A NaN or infinite weight or rate would train on garbage (or stop at the first step):
+    refused here, before any data is read."""
+    for key in ("lr", "weight_decay", "gt_weight", "kd_beta", "save_every_s"):
+        if not math.isfinite(getattr(c, key)):
+            raise UniError(f"config: {key} must be a finite number, got {getattr(c, key)}")
+    for name, w in c.kd_weight.items():
+        if not math.isfinite(w):
+            raise UniError(f"--kd-weight {name}: must be a finite number, got {w}")
+    if c.save_every_s < 0 or c.save_every < 0:
+        raise UniError("config: save_every and save_every_s must be ≥ 0 (0 = off)")
+
+
+def _strings(value, where: str) -> list:
+    """One path/spec or a list of them → a list (UniError for anything else)."""
+    if isinstance(value, str | PurePath):
+        return [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str | PurePath)
+                                                      for v in value):
+        raise UniError(f"{where}: expected a string or a list of strings, got {value!r}")
+    return list(value)
+
+
+def input_wh(text: str, where: str = "--input-size") -> tuple[int, int]:
+    """'256x192' (H×W) → (w, h); UniError naming `where` (the option or file key)."""
+    try:
+        return parse_input_size(text)
     except ValueError as e:
         raise UniError(f"{where}: {e}") from None
 
 
-def parse_assignments(items: list | dict, option: str, cast: Callable) -> dict:
+def parse_assignments(items: list | tuple | dict, option: str, cast: Callable) -> dict:
     """['NAME=VALUE', …] or {NAME: VALUE} → {NAME: cast(VALUE)}."""
     if isinstance(items, dict):
         pairs = list(items.items())
@@ -80,7 +235,8 @@ def parse_assignments(items: list | dict, option: str, cast: Callable) -> dict:
 
 
 def read_config_file(path: Path) -> dict:
-    """A TOML file of option names (- or _) → config dict; UniError on unknown keys."""
+    """A --config TOML file → {field: value} (input-size "HxW" → input_wh; skeleton files
+    relative to the file); UniError naming the file and key for a key that is no field's."""
     try:
         with open(path, "rb") as f:
             raw = tomllib.load(f)
@@ -93,7 +249,7 @@ def read_config_file(path: Path) -> dict:
         k = key.replace("-", "_")
         if k == "input_size":
             k, value = "input_wh", input_wh(value, f"{path}: {key}")
-        if k not in DEFAULTS or k in ("resume",):
+        if k not in DEFAULTS or k in RUN_STATE:
             raise UniError(f"{path}: unknown key {key!r}")
         if k == "skeletons":  # relative to the config file, wherever the run is started
             value = [str(Path(path).parent / v) for v in _strings(value, f"{path}: {key}")]
@@ -101,95 +257,35 @@ def read_config_file(path: Path) -> dict:
     return out
 
 
-def read_run_config(path: Path) -> dict:
-    """A run directory's config.toml (write_config's output) → config dict."""
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise UniError(f"{path}: unreadable run config ({e})") from None
+def write_config(path: Path, cfg: TrainConfig) -> None:
+    """RUN/config.toml: the resolved config, a --config file for the same run."""
+    write_text(path, cfg.to_toml())
 
 
-def write_config(path: Path, cfg: dict) -> None:
-    """The resolved config as TOML (tomllib reads it back to the same dict)."""
-    write_text(path, tomli_w.dumps(cfg))
+def command_config(file: Path | None, given: dict) -> TrainConfig:
+    """`uni train-student`'s config: the fields' defaults < the --config FILE < `given` (the
+    options given on the command line, by field name). Resuming, OUT/config.toml comes first,
+    so what neither gives (workers, threads) stays as the run was configured."""
+    raw = {**(read_config_file(file) if file else {}), **given}
+    if "out" not in raw:
+        raise UniError("--out RUN_DIR is required")
+    out = Path(str(raw["out"]))
+    check_output_path(out, "out")  # also when it came from --config
+    if given.get("resume"):
+        if (out / "config.toml").is_file():
+            raw = {**read_config_file(out / "config.toml"), **raw}
+    elif not raw.get("data"):
+        raise UniError("--data is required (KIND:ANNOTATIONS[:IMAGES]; repeat for more)")
+    return TrainConfig.from_dict(raw)
 
 
-def resolve_config(config: dict) -> dict:
-    """Defaults filled in, types checked; kd weights/decays are resolved later per teacher."""
-    unknown = sorted(set(config) - set(DEFAULTS))
-    if unknown:
-        raise UniError(f"config: unknown key {unknown[0]!r}")
-    cfg = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
-    for key in ("data", "val_data", "stores", "skeletons"):
-        cfg[key] = [str(v) for v in _strings(cfg[key], f"config: {key}")]
-    if not isinstance(cfg["unified"], str) or not cfg["unified"]:
-        raise UniError(f"config: unified must be a skeleton name or 'union', "
-                       f"got {cfg['unified']!r}")
-    if not cfg["data"]:
-        raise UniError("config: 'data' needs at least one KIND:ANNOTATIONS spec")
-    if not cfg["out"]:
-        raise UniError("config: 'out' (the run directory) is required")
-    cfg["out"] = str(cfg["out"])
-    if cfg["model"] not in MODELS:
-        raise UniError(f"config: unknown model {cfg['model']!r}; known: {', '.join(MODELS)}")
-    if cfg["kd_loss"] not in KD_LOSSES:
-        raise UniError(f"config: kd_loss must be one of {', '.join(KD_LOSSES)}")
-    cfg["kd_weight"] = parse_assignments(cfg["kd_weight"], "--kd-weight", float)
-    cfg["kd_decay"] = parse_assignments(cfg["kd_decay"], "--kd-decay", str)
-    for name, decay in cfg["kd_decay"].items():
-        if decay not in KD_DECAYS:
-            raise UniError(f"--kd-decay {name}: {decay!r} is not one of {', '.join(KD_DECAYS)}")
-    try:
-        cfg["input_wh"] = [int(v) for v in cfg["input_wh"]]
-        for key in ("epochs", "batch_size", "workers", "seed", "save_every", "log_every",
-                    "max_steps", "warmup_steps", "threads"):
-            cfg[key] = int(cfg[key])
-        for key in ("lr", "weight_decay", "gt_weight", "kd_beta", "val_fraction",
-                    "save_every_s"):
-            cfg[key] = float(cfg[key])
-    except (TypeError, ValueError) as e:
-        raise UniError(f"config: bad value ({e})") from None
-    _finite(cfg)
-    if len(cfg["input_wh"]) != 2 or min(cfg["input_wh"]) < 4:
-        raise UniError(f"config: input_wh must be [w, h], got {cfg['input_wh']}")
-    if (cfg["epochs"] < 1 or cfg["batch_size"] < 1 or cfg["workers"] < 0
-            or cfg["threads"] < 0):
-        raise UniError("config: epochs and batch_size must be ≥ 1, workers and threads ≥ 0")
-    if not 0.0 <= cfg["val_fraction"] < 1.0:
-        raise UniError(f"config: val_fraction must be in [0, 1), got {cfg['val_fraction']}")
-    for key in ("amp", "strict", "skip_corrupt", "resume"):
-        cfg[key] = bool(cfg[key])
-    return cfg
-
-
-def _strings(value, where: str) -> list:
-    """One path/spec or a list of them → a list (UniError for anything else)."""
-    if isinstance(value, str | Path):
-        return [value]
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str | Path) for v in value):
-        raise UniError(f"{where}: expected a string or a list of strings, got {value!r}")
-    return list(value)
-
-
-def _finite(cfg: dict) -> None:
-    """A NaN or infinite weight or rate would train on garbage (or stop at the first step):
-    refused here, before any data is read."""
-    for key in ("lr", "weight_decay", "gt_weight", "kd_beta", "save_every_s"):
-        if not math.isfinite(cfg[key]):
-            raise UniError(f"config: {key} must be a finite number, got {cfg[key]}")
-    for name, w in cfg["kd_weight"].items():
-        if not math.isfinite(w):
-            raise UniError(f"--kd-weight {name}: must be a finite number, got {w}")
-    if cfg["save_every_s"] < 0 or cfg["save_every"] < 0:
-        raise UniError("config: save_every and save_every_s must be ≥ 0 (0 = off)")
-
-
-def teacher_weights(cfg: dict, skeletons: dict[str, str]) -> tuple[dict, dict]:
-    """Per-teacher KD weight and decay: explicit ones, else the paper's for COCO + MPII, else
-    equal weights summing to 0.7 without decay."""
+def teacher_weights(skeletons: dict[str, str], kd_weight: dict | None = None,
+                    kd_decay: dict | None = None) -> tuple[dict, dict]:
+    """Per-teacher KD weight and decay ({teacher: skeleton} → two {teacher: value}): the given
+    ones, else the paper's for COCO + MPII, else equal weights summing to 0.7 without decay."""
+    kd_weight, kd_decay = kd_weight or {}, kd_decay or {}
     teachers = sorted(skeletons)
-    for option, given in (("--kd-weight", cfg["kd_weight"]), ("--kd-decay", cfg["kd_decay"])):
+    for option, given in (("--kd-weight", kd_weight), ("--kd-decay", kd_decay)):
         for name in given:
             if name not in skeletons:
                 raise UniError(f"{option} {name}: no such teacher in the stores "
@@ -198,6 +294,6 @@ def teacher_weights(cfg: dict, skeletons: dict[str, str]) -> tuple[dict, dict]:
     weights, decays = {}, {}
     for name in teachers:
         w, d = PAPER_KD[skeletons[name]] if paper else (KD_TOTAL / len(teachers), "none")
-        weights[name] = cfg["kd_weight"].get(name, w)
-        decays[name] = cfg["kd_decay"].get(name, d)
+        weights[name] = kd_weight.get(name, w)
+        decays[name] = kd_decay.get(name, d)
     return weights, decays

@@ -45,7 +45,8 @@ from uniskel.core.geometry import (
 )
 from uniskel.core.heatmaps import SIGMA, gaussian_heatmaps
 from uniskel.core.skeletons import UNIFIED, Skeleton, get_skeleton, native_to_unified
-from uniskel.stores.heatmap_store import StoreReader, missing_instances, open_store
+from uniskel.stores.reader import StoreReader, open_store
+from uniskel.stores.verify import missing_instances
 
 _PEAK_EPS = 1e-6  # a cached map with a lower peak is empty: the teacher saw nothing there
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import torch
 
-KD_LOSSES = ("kl", "mse")
-KD_DECAYS = ("none", "linear")
 _MASKED_LOGIT = -1e4  # finite, so an all-masked row gives no NaN (its weight is 0 anyway)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from uniskel.core.errors import UniError
 from uniskel.core.skeletons import Skeleton, load_skeleton_file, unified_skeleton
 from uniskel.student import ddp
 from uniskel.student.checkpoint import student_unified
-from uniskel.student.config import teacher_weights
+from uniskel.student.config import TrainConfig, teacher_weights
 from uniskel.student.data import (
     Augment,
     PoseSamples,
@@ -51,34 +51,35 @@ class Data:
     total_steps: int
 
 
-def build_data(cfg: dict, rank: int, world: int, device: torch.device, progress: bool,
-               resume: dict | None = None) -> Data:
-    """Datasets, teacher stores (checked), the unified skeleton and loaders; fills in cfg's
-    per-teacher KD weights."""
-    for path in cfg["skeletons"]:  # before the datasets: a spec may name a kind defined there
+def build_data(cfg: TrainConfig, rank: int, world: int, device: torch.device, progress: bool,
+               resume: dict | None = None) -> tuple[TrainConfig, Data]:
+    """Datasets, teacher stores (checked), the unified skeleton and loaders; → (cfg with its
+    per-teacher KD weights and decays filled in, the data)."""
+    for path in cfg.skeletons:  # before the datasets: a spec may name a kind defined there
         load_skeleton_file(Path(path))
-    train_sets = [load_dataset(s) for s in cfg["data"]]
-    val_sets = [load_dataset(s) for s in cfg["val_data"]]
+    train_sets = [load_dataset(s) for s in cfg.data]
+    val_sets = [load_dataset(s) for s in cfg.val_data]
     ids = [d.dataset_id for d in train_sets]
     if len(set(ids)) != len(ids):
         raise UniError("--data: the same dataset is given twice")
     teachers, skeletons, sources = [], {}, {}
-    if cfg["stores"]:
-        teachers, skeletons, sources = match_stores(cfg["stores"], train_sets, val_sets)
-    cfg["kd_weight"], cfg["kd_decay"] = teacher_weights(cfg, skeletons)
+    if cfg.stores:
+        teachers, skeletons, sources = match_stores(cfg.stores, train_sets, val_sets)
+    weights, decays = teacher_weights(skeletons, cfg.kd_weight, cfg.kd_decay)
+    cfg = replace(cfg, kd_weight=weights, kd_decay=decays)
     unified = (student_unified(resume) if resume is not None
-               else unified_skeleton(cfg["unified"], [ds.skeleton for ds in train_sets]))
+               else unified_skeleton(cfg.unified, [ds.skeleton for ds in train_sets]))
     if rank == 0:
         say_coverage(unified, train_sets, teacher_skeletons(sources))
     train_items, held_items = split_items(
-        train_sets, 0.0 if cfg["val_data"] else cfg["val_fraction"], cfg["seed"])
+        train_sets, 0.0 if cfg.val_data else cfg.val_fraction, cfg.seed)
     # One rank reads the stores; the others wait for its answer instead of repeating it.
     damage = check_stores(sources, progress) if rank == 0 else None
     bad, first = ddp.broadcast(damage)
-    train_items = drop_damaged(bad, first, train_sets, train_items, cfg["skip_corrupt"],
+    train_items = drop_damaged(bad, first, train_sets, train_items, cfg.skip_corrupt,
                                rank == 0)
-    input_wh = tuple(cfg["input_wh"])
-    train_ds = PoseSamples(train_sets, input_wh, teachers, sources, Augment(), cfg["seed"],
+    input_wh = cfg.input_wh
+    train_ds = PoseSamples(train_sets, input_wh, teachers, sources, Augment(), cfg.seed,
                            instances=train_items, unified=unified)
     if val_sets:
         val_ds = PoseSamples(val_sets, input_wh, augment=None, unified=unified)
@@ -90,21 +91,21 @@ def build_data(cfg: dict, rank: int, world: int, device: torch.device, progress:
     if len(train_ds) == 0:
         raise UniError("--data: no training instances")
     sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True,
-                                 seed=cfg["seed"])
-    steps_per_epoch = math.ceil(len(sampler) / cfg["batch_size"])
-    total_steps = steps_per_epoch * cfg["epochs"]
-    if cfg["max_steps"]:
-        total_steps = min(total_steps, cfg["max_steps"])
-    loader_kw = dict(num_workers=cfg["workers"], collate_fn=collate,
-                     worker_init_fn=ddp.worker_init if cfg["workers"] else None,
+                                 seed=cfg.seed)
+    steps_per_epoch = math.ceil(len(sampler) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    loader_kw = dict(num_workers=cfg.workers, collate_fn=collate,
+                     worker_init_fn=ddp.worker_init if cfg.workers else None,
                      pin_memory=device.type == "cuda")
     val_loader = None
     if val_ds is not None:
         val_sampler = DistributedSampler(val_ds, num_replicas=world, rank=rank, shuffle=False)
-        val_loader = DataLoader(val_ds, cfg["batch_size"], sampler=val_sampler, **loader_kw,
-                                generator=loader_generator(cfg["seed"], -1))
-    return Data(teachers, unified, train_ds, sampler, val_loader, loader_kw, steps_per_epoch,
-                total_steps)
+        val_loader = DataLoader(val_ds, cfg.batch_size, sampler=val_sampler, **loader_kw,
+                                generator=loader_generator(cfg.seed, -1))
+    return cfg, Data(teachers, unified, train_ds, sampler, val_loader, loader_kw,
+                     steps_per_epoch, total_steps)
 
 
 def say_coverage(unified: Skeleton, datasets: list[Dataset], teachers: list[Skeleton]) -> None:

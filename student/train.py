@@ -1,19 +1,20 @@
 """Stage two: train a student on GT and cached teacher targets (`uni train-student`).
 
-`train(config)` takes one plain dict (keys: student/config.py) and returns the run directory.
-The same code runs single-process or under ``torchrun --nproc-per-node N`` (student/ddp.py;
-rank 0 alone writes files).
+`train(cfg)` takes a TrainConfig (student/config.py) and returns the run directory. The same
+code runs single-process or under ``torchrun --nproc-per-node N`` (student/ddp.py; rank 0
+alone writes files). The loop: `_epoch` (one screen), its step `_step`, then `_epoch_end`.
 
-Run directory: config.toml (the resolved config), metrics.csv, tb/ (TensorBoard),
-loss_curves.png (student/runlog.py), last.pt and best.pt (lowest validation loss;
-student/checkpoint.py). last.pt is written at every epoch end, and mid-epoch every save_every
-steps and every save_every_s seconds (default 600: a kill loses at most ~10 minutes of work).
+Run directory: config.toml (the resolved config, itself a --config file), metrics.csv, tb/
+(TensorBoard), loss_curves.png (student/runlog.py), last.pt and best.pt (lowest validation
+loss; student/checkpoint.py). last.pt is written at every epoch end, and mid-epoch every
+save_every steps and every save_every_s seconds (a kill loses at most that much work).
 `resume` continues exactly where last.pt left off, mid-epoch too: an epoch's sample order is a
 function of (seed, epoch) and restarts at the checkpoint's step (ddp.SkipSampler),
-augmentations are seeded per (seed, epoch, sample), the learning rate is a function of the step,
-loaders draw their worker seeds from their own generators (never the global RNG), and the
-checkpoint carries the RNG states and the epoch's running loss sums. The clock decides only
-when to save, never what is trained; under DDP rank 0's clock decides for every rank.
+augmentations are seeded per (seed, epoch, sample), the learning rate is a function of the step
+(a LambdaLR whose state the checkpoint carries), loaders draw their worker seeds from their own
+generators (never the global RNG), and the checkpoint carries the RNG states and the epoch's
+running loss sums. The clock decides only when to save, never what is trained; under DDP rank
+0's clock decides for every rank.
 Every store is checked before training, by rank 0 while the others wait for its answer (a store
 verified before and unchanged since is trusted): damaged cached targets are refused, or their
 instances left out with skip_corrupt — never trained on; a chunk that fails later, while
@@ -28,10 +29,11 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -40,12 +42,13 @@ from uniskel.core.killpoints import kill_point
 from uniskel.student import ddp
 from uniskel.student.checkpoint import (
     Position,
+    TrainState,
     load_checkpoint,
     restore,
     save_checkpoint,
     seed_rngs,
 )
-from uniskel.student.config import read_run_config, resolve_config, write_config
+from uniskel.student.config import TrainConfig, read_config_file, write_config
 from uniskel.student.losses import heatmap_mse, total_loss
 from uniskel.student.models import build_model
 from uniskel.student.run_data import Data, build_data, loader_generator, say
@@ -61,14 +64,14 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
-def _autocast(cfg: dict, device: torch.device) -> torch.autocast:
-    if not cfg["amp"]:
+def _autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
+    if not cfg.amp:
         return torch.autocast(device.type, enabled=False)
     dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     return torch.autocast(device.type, dtype=dtype)
 
 
-def _evaluate(model: torch.nn.Module, loader: DataLoader | None, cfg: dict,
+def _evaluate(model: torch.nn.Module, loader: DataLoader | None, cfg: TrainConfig,
               device: torch.device) -> float | None:
     """Mean GT loss over the validation set (all processes), None without one."""
     if loader is None:
@@ -91,41 +94,42 @@ def _evaluate(model: torch.nn.Module, loader: DataLoader | None, cfg: dict,
     return total / count if count else None
 
 
-def _run_config(config: dict) -> tuple[dict, dict | None]:
-    """(resolved config, the checkpoint to resume or None). A resumed run continues as it was
-    configured (its last.pt, else its config.toml); only how it executes (workers, threads) may
-    change. Resuming a run that has no checkpoint yet starts it, saying so."""
-    out = Path(config.get("out") or "")
-    if not config.get("resume"):
-        cfg = resolve_config(config)
-        if (Path(cfg["out"]) / "last.pt").exists():
-            raise UniError(f"{cfg['out']}: already holds a run (last.pt); use --resume or "
+def _run_config(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
+    """(the run's config, the checkpoint to resume or None). A resumed run continues as it was
+    configured (its last.pt, else its config.toml); only how it executes (cfg's workers and
+    threads) may change. Resuming a run that has no checkpoint yet starts it, saying so."""
+    out = Path(cfg.out)
+    if not cfg.resume:
+        if (out / "last.pt").exists():
+            raise UniError(f"{cfg.out}: already holds a run (last.pt); use --resume or "
                            "another --out")
         return cfg, None
     ckpt = None
     if (out / "last.pt").is_file():
         ckpt = load_checkpoint(out / "last.pt")
-        saved = dict(ckpt["config"])
+        saved = TrainConfig.from_dict(ckpt["config"], f"{out / 'last.pt'}: config")
     elif (out / "config.toml").is_file():
-        saved = read_run_config(out / "config.toml")
+        saved = TrainConfig.from_dict(read_config_file(out / "config.toml"))
         say(f"uni: {out}: no checkpoint yet; starting the run as its config.toml says")
-    elif config.get("data"):
-        saved = dict(config)
+    elif cfg.data:
+        saved = cfg
         say(f"uni: {out}: no checkpoint yet; starting the run")
     else:
         raise UniError(f"{out}: nothing to resume (no last.pt or config.toml) and no --data "
                        "to start the run with")
-    saved.update(out=str(out), resume=True,
-                 **{k: config.get(k, saved.get(k)) for k in ("workers", "threads")})
-    return resolve_config(saved), ckpt
+    return replace(saved, out=cfg.out, resume=True, workers=cfg.workers,
+                   threads=cfg.threads), ckpt
 
 
-def train(config: dict, progress: bool = True) -> Path:
-    """Train (or resume) a student; returns the run directory."""
+def train(config: TrainConfig | dict, progress: bool = True) -> Path:
+    """Train (or resume) a student as `config` (a TrainConfig, or a dict of its fields) says;
+    returns the run directory."""
+    if not isinstance(config, TrainConfig):
+        config = TrainConfig.from_dict(config)
     cfg, resume = _run_config(config)
     rank, world, device = ddp.setup()
     if device.type == "cpu":
-        torch.set_num_threads(cfg["threads"] or ddp.cpu_threads(world, cfg["workers"]))
+        torch.set_num_threads(cfg.threads or ddp.cpu_threads(world, cfg.workers))
     try:
         return _train(cfg, resume, rank, world, device, progress)
     finally:
@@ -136,43 +140,43 @@ def train(config: dict, progress: bool = True) -> Path:
 class Run:
     """A run's moving parts, shared by the loop's functions."""
 
-    cfg: dict
+    cfg: TrainConfig  # its per-teacher KD weights filled in (run_data.build_data)
     d: Data
-    model: torch.nn.Module
+    state: TrainState  # model, optimiser, LR schedule, grad scaler
     net: torch.nn.Module  # the model, DDP-wrapped under torchrun
-    opt: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
     pos: Position
     log: RunLog | None  # rank 0's
     rank: int
     device: torch.device
-    warmup: int
     saved_at: float  # time.monotonic() of the last checkpoint (rank 0's clock decides)
     saved_step: int | None  # the step last.pt holds, None before the first
 
-    def lr(self, step: int) -> float:
-        return self.cfg["lr"] * lr_factor(step, self.warmup, self.d.total_steps)
+    def lr(self) -> float:
+        """The learning rate of the step at r.pos.step (the schedule's current one)."""
+        return self.state.sched.get_last_lr()[0]
 
 
-def _train(cfg: dict, resume: dict | None, rank: int, world: int, device: torch.device,
+def _train(cfg: TrainConfig, resume: dict | None, rank: int, world: int, device: torch.device,
            progress: bool) -> Path:
-    d = build_data(cfg, rank, world, device, progress, resume)
-    out = Path(cfg["out"])
-    seed_rngs(cfg["seed"])
-    model = build_model(cfg["model"], d.unified.num_keypoints).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg["amp"] and device.type == "cuda")
-    pos = restore(resume, model, opt, scaler) if resume is not None else Position()
-    warmup = max(1, min(cfg["warmup_steps"], d.total_steps // 10 or 1))
+    cfg, d = build_data(cfg, rank, world, device, progress, resume)
+    out = Path(cfg.out)
+    seed_rngs(cfg.seed)
+    model = build_model(cfg.model, d.unified.num_keypoints).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = max(1, min(cfg.warmup_steps, d.total_steps // 10 or 1))
+    sched = LambdaLR(opt, lambda step: lr_factor(step, warmup, d.total_steps))
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
+    state = TrainState(model, opt, sched, scaler)
+    pos = restore(resume, state) if resume is not None else Position()
     log = None
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_config(out / "config.toml", cfg)
-        log = RunLog(out, d.teachers, pos.step if cfg["resume"] else None)
-    r = Run(cfg, d, model, ddp.wrap(model, world, device), opt, scaler, pos, log, rank, device,
-            warmup, time.monotonic(), pos.step if resume is not None else None)
+        log = RunLog(out, d.teachers, pos.step if cfg.resume else None)
+    r = Run(cfg, d, state, ddp.wrap(model, world, device), pos, log, rank, device,
+            time.monotonic(), pos.step if resume is not None else None)
     try:
-        while pos.epoch < cfg["epochs"] and pos.step < d.total_steps:
+        while pos.epoch < cfg.epochs and pos.step < d.total_steps:
             rate = _epoch(r, world, progress)
             _epoch_end(r, rate)
         pos.skipped = ddp.merge_lists(pos.skipped)
@@ -187,13 +191,13 @@ def _train(cfg: dict, resume: dict | None, rank: int, world: int, device: torch.
 
 def _epoch(r: Run, world: int, progress: bool) -> float:
     """Train from r.pos to the end of its epoch (or of the run); → samples/s (all ranks)."""
-    cfg, d, pos, bs = r.cfg, r.d, r.pos, r.cfg["batch_size"]
+    cfg, d, pos, bs = r.cfg, r.d, r.pos, r.cfg.batch_size
     d.sampler.set_epoch(pos.epoch)
     d.train_ds.set_epoch(pos.epoch)
-    loader = DataLoader(d.train_ds, bs, **d.loader_kw, generator=loader_generator(cfg["seed"],
+    loader = DataLoader(d.train_ds, bs, **d.loader_kw, generator=loader_generator(cfg.seed,
                         pos.epoch), sampler=ddp.SkipSampler(d.sampler, pos.step_in_epoch * bs))
     bar = tqdm(loader, total=d.steps_per_epoch, initial=pos.step_in_epoch, unit="batch",
-               desc=f"epoch {pos.epoch + 1}/{cfg['epochs']}", file=sys.stderr,
+               desc=f"epoch {pos.epoch + 1}/{cfg.epochs}", file=sys.stderr,
                disable=not progress or r.rank != 0, dynamic_ncols=True)
     seen0, t0, rate = pos.seen, time.perf_counter(), 0.0
     for batch in bar:
@@ -201,19 +205,20 @@ def _epoch(r: Run, world: int, progress: bool) -> float:
         terms, due = _step(r, batch)
         pos.step += 1
         pos.step_in_epoch += 1
+        r.state.sched.step()  # also after an all-unreadable batch: the rate follows pos.step
         end = pos.step_in_epoch >= d.steps_per_epoch or pos.step >= d.total_steps
         rate = (pos.seen - seen0) * world / max(time.perf_counter() - t0, 1e-9)
         if terms is not None:
             bar.set_postfix(loss=f"{terms['total']:.4f}", samples_s=f"{rate:.1f}")
-        if r.log is not None and pos.seen and (pos.step % cfg["log_every"] == 0 or end):
+        if r.log is not None and pos.seen and (pos.step % cfg.log_every == 0 or end):
             means = {k: v / pos.seen for k, v in pos.sums.items()}
-            r.log.scalars(pos.step, means, r.lr(pos.step), rate)
+            r.log.scalars(pos.step, means, r.lr(), rate)
             if not end:  # the epoch's last row comes with its validation loss
-                r.log.row(pos.epoch, pos.step, means, r.lr(pos.step), rate)
+                r.log.row(pos.epoch, pos.step, means, r.lr(), rate)
         kill_point("train-step")  # test hook: a step taken, not yet checkpointed
         if end:
             break
-        if due or (cfg["save_every"] and pos.step % cfg["save_every"] == 0):
+        if due or (cfg.save_every and pos.step % cfg.save_every == 0):
             _save(r)
     bar.close()
     return rate
@@ -222,9 +227,9 @@ def _epoch(r: Run, world: int, progress: bool) -> float:
 def _unreadable(r: Run, batch: dict) -> None:
     """Note a batch's unreadable images (fatal with strict) and cached targets damaged since
     the stores were checked (fatal unless skip_corrupt)."""
-    if batch["skipped"] and r.cfg["strict"]:
+    if batch["skipped"] and r.cfg.strict:
         raise UniError(f"{batch['skipped'][0]} (--strict)")
-    if batch["damaged"] and not r.cfg["skip_corrupt"]:
+    if batch["damaged"] and not r.cfg.skip_corrupt:
         raise UniError(f"{batch['damaged'][0]} (found while training; --skip-corrupt trains "
                        "without it)")
     for line in batch["skipped"] + batch["damaged"]:
@@ -241,28 +246,27 @@ def _step(r: Run, batch: dict) -> tuple[dict[str, float] | None, bool]:
     if "image" in batch:
         x = {k: v.to(r.device, non_blocking=True) for k, v in batch.items()
              if isinstance(v, torch.Tensor)}
-        for group in r.opt.param_groups:
-            group["lr"] = r.lr(pos.step)
         with _autocast(cfg, r.device):
             pred = r.net(x["image"])
-        loss, terms = total_loss(pred, x, r.d.teachers, cfg["gt_weight"], cfg["kd_weight"],
-                                 cfg["kd_decay"], cfg["kd_loss"], cfg["kd_beta"],
+        loss, terms = total_loss(pred, x, r.d.teachers, cfg.gt_weight, cfg.kd_weight,
+                                 cfg.kd_decay, cfg.kd_loss, cfg.kd_beta,
                                  pos.step / r.d.total_steps)
     bad = terms is not None and not math.isfinite(terms["total"])
-    due = (r.rank == 0 and cfg["save_every_s"] > 0
-           and time.monotonic() - r.saved_at >= cfg["save_every_s"])
+    due = (r.rank == 0 and cfg.save_every_s > 0
+           and time.monotonic() - r.saved_at >= cfg.save_every_s)
     bad, due = (v > 0 for v in ddp.all_sum([float(bad), float(due)], r.device))
     if bad:  # before the update: the weights stay those of the last good step
         what = ", ".join(f"{k} {v}" for k, v in (terms or {}).items() if not math.isfinite(v))
-        kept = (f"{Path(cfg['out']) / 'last.pt'} (step {r.saved_step}) is the last good "
+        kept = (f"{Path(cfg.out) / 'last.pt'} (step {r.saved_step}) is the last good "
                 "checkpoint" if r.saved_step is not None else "no checkpoint was written")
         raise UniError(f"step {pos.step + 1}: the training loss is not finite "
                        f"({what or 'on another rank'}); stopped, {kept}")
     if loss is not None:
-        r.opt.zero_grad(set_to_none=True)
-        r.scaler.scale(loss).backward()
-        r.scaler.step(r.opt)
-        r.scaler.update()
+        opt, scaler = r.state.opt, r.state.scaler
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         n = len(x["image"])
         pos.seen += n
         for k, v in terms.items():
@@ -273,10 +277,10 @@ def _step(r: Run, batch: dict) -> tuple[dict[str, float] | None, bool]:
 def _epoch_end(r: Run, rate: float) -> None:
     """Validation, the epoch's metrics row, best.pt when validation improved, last.pt."""
     pos = r.pos
-    val = _evaluate(r.model, r.d.val_loader, r.cfg, r.device)
+    val = _evaluate(r.state.model, r.d.val_loader, r.cfg, r.device)
     if r.log is not None:
         means = {k: v / pos.seen for k, v in pos.sums.items()} if pos.seen else {}
-        r.log.row(pos.epoch, pos.step, means, r.lr(pos.step), rate, val)
+        r.log.row(pos.epoch, pos.step, means, r.lr(), rate, val)
         r.log.epoch_end(pos.step, val)
     pos.epoch += 1
     pos.step_in_epoch, pos.sums, pos.seen = 0, {}, 0
@@ -291,10 +295,7 @@ def _save(r: Run, val: float | None = None, best: bool = False) -> None:
     unreadable samples all ranks met go into it; rank 0 writes."""
     r.pos.skipped = ddp.merge_lists(r.pos.skipped)
     if r.rank == 0:
-        out, teachers = Path(r.cfg["out"]), r.d.teachers
-        if best:
-            save_checkpoint(out / "best.pt", r.model, r.opt, r.pos, r.cfg, teachers, val,
-                            r.scaler, r.d.unified)
-        save_checkpoint(out / "last.pt", r.model, r.opt, r.pos, r.cfg, teachers, val, r.scaler,
-                        r.d.unified)
+        out = Path(r.cfg.out)
+        for name in ("best.pt", "last.pt") if best else ("last.pt",):
+            save_checkpoint(out / name, r.state, r.pos, r.cfg, r.d.teachers, r.d.unified, val)
     r.saved_at, r.saved_step = time.monotonic(), r.pos.step

@@ -26,7 +26,7 @@ from uniskel.core.skeletons import (
     unified_skeleton,
     unified_to_native,
 )
-from uniskel.stores.heatmap_store import StoreMeta
+from uniskel.stores.schema import StoreMeta
 from uniskel.stores.writer import write_store
 
 SD = (0.12, 0.05)  # × box height

@@ -1,7 +1,11 @@
-"""Shared fixtures: the real sample data in samples/ and one small synthetic dataset."""
+"""Shared fixtures: the real sample data in samples/, one small synthetic dataset, tiny ONNX
+teachers and students, and the stores the reliability tests damage copies of; the one-line
+error assertion."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,15 +16,19 @@ MODELS = DATA / "models"  # a real pretrained teacher (samples/models/README.md)
 
 
 def one_line_error(result, *fragments: str) -> str:
-    """A CliRunner result: exit 2, one 'uni: error:' line on stderr holding every fragment, no
-    traceback. Returns the line."""
-    assert result.exit_code == 2, result.output
-    err = result.stderr.strip()
-    assert err.count("\n") == 0 and err.startswith("uni: error:"), err
-    assert "Traceback" not in result.output
+    """A CliRunner result or a finished subprocess: exit 2, one 'uni: error:' line on stderr
+    holding every fragment (progress bars aside), no traceback. Returns the line."""
+    code = getattr(result, "exit_code", None)
+    code = result.returncode if code is None else code
+    err = result.stderr
+    # tqdm redraws with carriage returns; its bars are not error lines.
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and "%|" not in ln]
+    assert code == 2, (code, result.stdout[-2000:], err[-2000:])
+    assert len(lines) == 1 and lines[0].startswith("uni: error:"), err[-2000:]
+    assert "Traceback" not in result.stdout + err
     for f in fragments:
-        assert f in err, (f, err)
-    return err
+        assert f in lines[0], (f, lines[0])
+    return lines[0]
 
 
 @pytest.fixture(scope="session")
@@ -168,3 +176,59 @@ def skeleton_registry():
     for table, before in zip(tables, saved, strict=True):
         table.clear()
         table.update(before)
+
+
+# --------------------------------------------------------------------------- reliability stores
+
+STAGE_ONE_BATCH = 4  # the reliability tests' cache batch size: kills land between small batches
+
+
+def _repeated_coco(tmp: Path, times: int, images: Path) -> str:
+    """The real COCO sample, its annotations repeated `times` times (new ids)."""
+    data = json.loads((DATA / "coco/test_coco.json").read_text())
+    anns = data["annotations"]
+    data["annotations"] = [dict(a, id=r * 1_000_000 + a["id"]) for r in range(times)
+                           for a in anns]
+    (tmp / "ann.json").write_text(json.dumps(data))
+    return f"coco:{tmp / 'ann.json'}:{images}"
+
+
+@pytest.fixture(scope="session")
+def stage_one(heatmap_teacher, tmp_path_factory):
+    """(spec, teacher, reference store, no-flip store): 36 instances, one image truncated (its
+    people are skipped, so the stores stay partial), cached without interruption, with and
+    without flip. Read-only for tests: copy before changing."""
+    from uniskel.pipeline.cache import cache_teachers
+
+    tmp = tmp_path_factory.mktemp("stage_one")
+    images = tmp / "images"
+    shutil.copytree(DATA / "coco/images", images)
+    broken = sorted(images.iterdir())[1]
+    broken.write_bytes(broken.read_bytes()[:200])
+    spec = _repeated_coco(tmp, 3, images)
+    (ref,) = cache_teachers([spec], [heatmap_teacher], tmp / "ref", workers=1,
+                            batch_size=STAGE_ONE_BATCH, progress=False)
+    (no_flip,) = cache_teachers([spec], [heatmap_teacher], tmp / "no_flip", workers=1,
+                                batch_size=STAGE_ONE_BATCH, flip_test=False, progress=False)
+    assert ref.skipped and ref.computed + len(ref.skipped) == ref.instances == 36
+    return spec, heatmap_teacher, ref.path, no_flip.path
+
+
+@pytest.fixture(scope="session")
+def stage_two(synth_dir, tmp_path_factory):
+    """(spec, dataset, store dir): 10 people of the synthetic COCO train set (3 steps of 4 an
+    epoch) and one analytic teacher's store of them. Read-only for tests: copy before changing."""
+    from analytic_teacher import write_analytic_store
+
+    from uniskel.core.datasets import load_dataset
+
+    tmp = tmp_path_factory.mktemp("stage_two")
+    raw = json.loads((synth_dir / "coco/train.json").read_text())
+    raw["annotations"] = raw["annotations"][:10]
+    (tmp / "ten.json").write_text(json.dumps(raw))
+    spec = f"coco:{tmp / 'ten.json'}:{synth_dir / 'coco/images'}"
+    ds = load_dataset(spec)
+    assert len(ds.instances) == 10
+    (tmp / "stores").mkdir()
+    write_analytic_store(tmp / "stores/t__coco.h5", ds, "coco17", "t", input_wh=(48, 64))
+    return spec, ds, tmp / "stores"

@@ -11,11 +11,15 @@ import pytest
 from click.testing import CliRunner
 
 from uniskel.cli import uni
+from uniskel.core.crops import crop_person, read_image
 from uniskel.core.datasets import load_dataset
 from uniskel.core.geometry import apply, invert
 from uniskel.core.heatmaps import decode_heatmaps
 from uniskel.core.skeletons import UNIFIED_NAMES, get_skeleton, native_to_unified
-from uniskel.stores.heatmap_store import open_store
+from uniskel.evaluation.evaluate import evaluate
+from uniskel.evaluation.predict import load_predictor, predict_boxes
+from uniskel.pipeline.teachers import Teacher
+from uniskel.stores.reader import open_store
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "samples/models/blazepose_full_256.onnx"
@@ -52,9 +56,6 @@ def coco_spec(data_dir) -> str:
 
 
 def test_described_teacher_runs_one_crop_at_a_time(blazepose, coco_spec):
-    from uniskel.core.crops import crop_person, read_image
-    from uniskel.pipeline.teachers import Teacher
-
     t = Teacher(blazepose, providers=["CPUExecutionProvider"])
     assert t.fixed_batch == 1  # detected from the model's input, not declared
     assert t.heatmap_wh == (64, 64)
@@ -106,9 +107,6 @@ def test_store_keypoints_near_ground_truth(blazepose, coco_spec, tmp_path, flip_
 
 def test_evaluate_coco_ap(blazepose, coco_spec):
     """COCO AP on the sample, GT boxes: measured 40.3 without flip, 45.0 with (12 people)."""
-    from uniskel.evaluation.evaluate import evaluate
-    from uniskel.evaluation.predict import load_predictor, predict_boxes
-
     r = evaluate([coco_spec], blazepose, flip_test=False, progress=False)[coco_spec]
     assert r["predicted"] == r["instances"] == 12
     assert len(r["scored_keypoints"]) == 17

@@ -18,12 +18,12 @@ import pytest
 from conftest import DATA
 
 from uniskel.pipeline.cache import cache_teachers
-from uniskel.stores.heatmap_store import open_store
+from uniskel.stores.reader import open_store
 
-UNI = [sys.executable, "-m", "uniskel.cli"]  # this venv's uni command
+UNI = [sys.executable, "-m", "uniskel"]  # the installed package's uni command
 
 REPO = Path(__file__).resolve().parents[1]
-DASK = Path(sys.executable).parent / "dask"  # the venv's own `dask` command
+DASK = Path(sys.executable).parent / "dask"  # the venv's own `dask`: it finds uniskel installed
 BATCH = 4
 TIMES = 20  # the 12 people of the COCO sample, 20 times: 240 rows, 60 tasks
 KILL_AT = 5  # the victim worker SIGKILLs itself when it starts its 5th task
@@ -46,7 +46,7 @@ def cluster(tmp_path):
     hook. Every process is killed in teardown, whatever happened."""
     from distributed import Client
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("UNI_KILL_AT", None)
     sched_file = tmp_path / "scheduler.json"
     procs: list[subprocess.Popen] = []
@@ -139,7 +139,7 @@ def test_killed_scheduler_stops_the_run_and_a_new_cluster_finishes_it(cluster, h
     assert not open_store(store).complete
 
     # A fresh scheduler and worker: the same command completes the store.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("UNI_KILL_AT", None)
     new_file = tmp_path / "scheduler2.json"
     procs = [subprocess.Popen([str(DASK), "scheduler", "--scheduler-file", str(new_file),

@@ -1,6 +1,7 @@
-"""Datasets as columns (core/datasets.py, annotations.py, json_stream.py, dataset_cache.py):
-the streamed parse equals json.load, problems are found in the documented order, loading holds
-arrays rather than per-person objects, and the on-disk cache of parsed columns."""
+"""Datasets as columns (core/datasets.py, columns.py, annotations.py, json_stream.py,
+dataset_cache.py): the streamed parse equals json.load, problems are found in the documented
+order, loading holds arrays rather than per-person objects, and the on-disk cache of parsed
+columns."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from uniskel.core import annotations, dataset_cache
+from uniskel.core import annotations, columns, dataset_cache
 from uniskel.core import datasets as datasets_module
 from uniskel.core.datasets import Instance, load_dataset, summarize
 from uniskel.core.errors import UniError
@@ -138,7 +139,7 @@ def test_mpii_columns_and_head_boxes(data_dir, tmp_path):
 
 def test_image_paths_resolved_like_path_resolve(tmp_path):
     """Folders resolved once, files looked at once: the same paths and errors as resolving each
-    name whole (annotations._image_path), symlinks and escapes included."""
+    name whole (columns.image_path), symlinks and escapes included."""
     root, outside = tmp_path / "images", tmp_path / "outside"
     (root / "sub").mkdir(parents=True)
     outside.mkdir()
@@ -152,7 +153,7 @@ def test_image_paths_resolved_like_path_resolve(tmp_path):
              "sublink/a.jpg", "../images/a.jpg", "../images", "../outside/o.jpg", "/abs.jpg",
              "sub/../a.jpg", "a.jpg/", ".", "..", "", "a\x00b", 5, None, "missing/x.jpg",
              "sub//a.jpg", "./a.jpg", "sub/.", "sub/.."]
-    resolve = annotations._Paths(root)
+    resolve = columns.ImagePaths(root)
 
     def outcome(f, name):
         try:
@@ -162,7 +163,7 @@ def test_image_paths_resolved_like_path_resolve(tmp_path):
 
     for name in names * 2:  # the second round hits the folder cache
         assert outcome(resolve, name) == outcome(
-            lambda n, w: annotations._image_path(root, n, w), name), name
+            lambda n, w: columns.image_path(root, n, w), name), name
     assert outcome(resolve, "link_out.jpg").startswith("error: w: image path")
 
 

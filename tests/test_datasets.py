@@ -46,7 +46,7 @@ def _raw(path: Path):
 
 def test_parse_spec(tmp_path):
     s = parse_spec(f"COCO:{tmp_path}/a.json")
-    assert s.format == "coco" and s.image_root == tmp_path / "images"
+    assert s.kind == "coco" and s.image_root == tmp_path / "images"
     s = parse_spec(f"mpii:{tmp_path}/a.json:{tmp_path}/imgs")
     assert s.image_root == tmp_path / "imgs"
     for bad in ("coco", "coco:", "foo:a.json", "coco:a:b:c", ":a.json"):

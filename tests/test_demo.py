@@ -1,5 +1,5 @@
 """`uni demo`: the whole pipeline end to end on a test-sized run, then a second run that reuses
-everything; the task runner that runs its steps two processes at a time.
+everything; app.steps, which runs its steps two processes at a time.
 
 The quick and full demos' quality (the joint KD student ahead on Average) is measured, not tested
 here: README "The demo" gives the figures and settings.
@@ -10,7 +10,8 @@ import json
 
 import pytest
 
-from uniskel.app.demo import DemoSettings, _run_tasks, _Task, run_demo
+from uniskel.app.demo import DemoSettings, run_demo
+from uniskel.app.steps import Step, run_steps
 
 # The pipeline, not the quality: every step runs, on data and sizes too small to learn.
 SMOKE = DemoSettings(persons=24, input_wh=(32, 32), teacher_model="tiny", student_model="tiny",
@@ -57,21 +58,30 @@ def test_quick_mode_uses_the_single_dataset_students_as_teachers(tmp_path, capfd
     assert (tmp_path / "demo" / "teachers" / "coco_teacher.onnx").stat().st_size > 0
 
 
-def test_tasks_run_after_what_they_need_and_pass_results_on():
-    tasks = [  # listed before what it needs: it must still wait for it
-        _Task("total", ("sorted",), lambda done: (sum, done["sorted"])),
-        _Task("sorted", (), lambda done: (sorted, [3, 1, 2])),
-        _Task("max", (), lambda done: (max, [4, 5])),
+def test_steps_run_after_what_they_need_and_pass_results_on():
+    steps = [  # listed before what it needs: it must still wait for it
+        Step("total", ("sorted",), lambda done: (sum, done["sorted"])),
+        Step("sorted", (), lambda done: (sorted, [3, 1, 2])),
+        Step("max", (), lambda done: (max, [4, 5])),
     ]
     seconds: dict = {}
-    assert _run_tasks(tasks, jobs=2, seconds=seconds) == {"sorted": [1, 2, 3], "total": 6,
-                                                          "max": 5}
+    heard: list[str] = []
+    assert run_steps(steps, jobs=2, seconds=seconds, say=heard.append) == {
+        "sorted": [1, 2, 3], "total": 6, "max": 5}
     assert set(seconds) == {"sorted", "total", "max"}
     assert all(v["wall"] >= 0 and v["cpu"] >= 0 for v in seconds.values())
+    assert sorted(h.split()[0] for h in heard) == ["max", "sorted", "total"]
+    assert heard.index(next(h for h in heard if h.startswith("sorted"))) < heard.index(
+        next(h for h in heard if h.startswith("total")))
 
 
-def test_a_failing_task_raises_its_error_here():
-    tasks = [_Task("bad", (), lambda done: (int, "x")),
-             _Task("after", ("bad",), lambda done: (abs, -1))]
+def test_a_failing_step_raises_its_error_here():
+    steps = [Step("bad", (), lambda done: (int, "x")),
+             Step("after", ("bad",), lambda done: (abs, -1))]
     with pytest.raises(ValueError, match="invalid literal"):
-        _run_tasks(tasks, jobs=1)
+        run_steps(steps, jobs=1)
+
+
+def test_a_step_needing_a_step_not_given_is_a_programming_error():
+    with pytest.raises(RuntimeError, match="lonely needs"):
+        run_steps([Step("lonely", ("missing",), lambda done: (abs, -1))], jobs=1)

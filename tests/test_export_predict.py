@@ -11,13 +11,18 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import one_line_error
+from pycocotools.coco import COCO
 from torch import nn
 
 from uniskel.cli import uni
 from uniskel.core.errors import UniError
-from uniskel.core.skeletons import NUM_UNIFIED, UNIFIED_NAMES
+from uniskel.core.skeletons import NUM_UNIFIED, SKELETONS, UNIFIED_NAMES
+from uniskel.evaluation import export as export_module
 from uniskel.evaluation.export import export_model
 from uniskel.evaluation.predict import OnnxPredictor, Predictor, StudentPredictor, predict_boxes
+from uniskel.pipeline.teachers import Teacher, read_info
+from uniskel.student.checkpoint import load_student
 
 
 def _run(*args):
@@ -95,9 +100,6 @@ def test_heatmap_pixels_map_back_to_the_image(data_dir):
 
 
 def test_export_matches_torch_and_is_a_teacher(tmp_path, crops, tiny_student_run):
-    from uniskel.pipeline.teachers import Teacher, read_info
-    from uniskel.student.checkpoint import load_student
-
     model, cfg = load_student(tiny_student_run)
     r = _run("export", tiny_student_run, "--out", tmp_path / "s.onnx")
     assert r.exit_code == 0, r.output
@@ -118,10 +120,6 @@ def test_export_matches_torch_and_is_a_teacher(tmp_path, crops, tiny_student_run
 
 
 def test_export_to_a_native_skeleton_keeps_its_channels(tmp_path, crops, tiny_student_run):
-    from uniskel.core.skeletons import SKELETONS
-    from uniskel.pipeline.teachers import Teacher, read_info
-    from uniskel.student.checkpoint import load_student
-
     model, _ = load_student(tiny_student_run)
     r = _run("export", tiny_student_run, "--out", tmp_path / "m.onnx", "--skeleton", "mpii16")
     assert r.exit_code == 0, r.output
@@ -133,13 +131,12 @@ def test_export_to_a_native_skeleton_keeps_its_channels(tmp_path, crops, tiny_st
     index = list(SKELETONS["mpii16"].to_unified)
     np.testing.assert_allclose(native, unified[:, index], atol=1e-4)
     r = _run("export", tiny_student_run, "--out", tmp_path / "h.onnx", "--skeleton", "halpe26")
-    assert r.exit_code == 2 and "no channel" in r.output
+    one_line_error(r, "no channel")
 
 
 def test_export_refuses_a_mismatch(tmp_path, monkeypatch):
-    import uniskel.evaluation.export as ex
-
-    monkeypatch.setattr(ex, "TOLERANCE", -1.0)  # nothing can agree within a negative bound
+    # Nothing can agree within a negative bound.
+    monkeypatch.setattr(export_module, "TOLERANCE", -1.0)
     with pytest.raises(UniError, match="differ"):
         export_model(HalfPool(), (48, 64), "x", tmp_path / "x.onnx")
     assert list(tmp_path.iterdir()) == []
@@ -147,7 +144,7 @@ def test_export_refuses_a_mismatch(tmp_path, monkeypatch):
 
 def test_export_of_a_missing_run_is_one_line(tmp_path):
     r = _run("export", tmp_path / "nope", "--out", tmp_path / "x.onnx")
-    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
+    one_line_error(r, "nope")
 
 
 # --------------------------------------------------------------------------- predict
@@ -174,8 +171,6 @@ def test_predict_with_detections(tmp_path, data_dir, tiny_student_run):
     # COCO keypoint results in the student's unified order, which pycocotools reads as they are
     assert all(len(rec["keypoints"]) == 63 and rec["category_id"] == 1 for rec in records)
     assert {(rec["skeleton"], rec["unified"]) for rec in records} == {("unified21", "unified21")}
-    from pycocotools.coco import COCO
-
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(data_dir / "coco/test_coco.json"))
         res = gt.loadRes(str(tmp_path / "predictions.json"))
@@ -200,4 +195,4 @@ def test_predict_bad_boxes_file(tmp_path, data_dir, tiny_student_run):
     bad.write_text(json.dumps([{"image_id": 785, "bbox": [1, 2, -3, 4], "score": 0.9}]))
     r = _run("predict", tiny_student_run, data_dir / "coco/images/000000000785.jpg",
              "--boxes", bad, "--out", tmp_path / "o")
-    assert r.exit_code == 2 and "record 0 field 'bbox'" in r.stderr
+    one_line_error(r, "record 0 field 'bbox'")

@@ -15,6 +15,7 @@ import pytest
 import torch
 from analytic_teacher import plain_view, write_analytic_store
 from click.testing import CliRunner
+from conftest import DATA, one_line_error
 
 from uniskel.cli import uni
 from uniskel.core.datasets import load_dataset
@@ -30,7 +31,6 @@ from uniskel.student.checkpoint import load_checkpoint, load_student, student_un
 from uniskel.student.data import PoseSamples, match_stores
 from uniskel.student.train import train
 
-DATA = Path(__file__).resolve().parents[1] / "samples"
 INPUT_WH = (48, 64)
 
 SPECS = {
@@ -91,7 +91,8 @@ def _train_cfg(specs, stores, out, **kw) -> dict:
 
 
 def _finite_losses(run: Path) -> list[dict]:
-    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
     assert rows
     for row in rows:
         for key, value in row.items():
@@ -300,8 +301,8 @@ def test_a_skeleton_and_kind_added_by_toml_alone_trains(tmp_path, skeleton_regis
     args = ["train-student", "--config", str(exp / "run.toml"), "--out", str(run),
             "--input-size", "64x48", "--batch-size", "8", "--workers", "0"]
     # The kind is unknown until the config's skeleton file is read.
-    first = CliRunner().invoke(uni, args[:1] + ["--data", mini_spec] + args[3:])
-    assert first.exit_code == 2 and "unknown dataset kind 'mini'" in first.stderr, first.output
+    one_line_error(CliRunner().invoke(uni, args[:1] + ["--data", mini_spec] + args[3:]),
+                   "unknown dataset kind 'mini'")
     stores = tmp_path / "stores"
     stores.mkdir()
     load_skeleton_file(exp / "mini.toml")

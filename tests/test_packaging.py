@@ -1,5 +1,7 @@
-"""uni installs under one namespace of its own: next to a package that ships top-level `cli.py`
-and `pipeline/` (names other projects use), removing that package leaves `uni` working."""
+"""uni installs under one namespace of its own: its wheel holds every subpackage of the
+repository (found by setup.py) under uniskel/ and nothing else at the top; next to a package that
+ships top-level `cli.py` and `pipeline/` (names other projects use), removing that package
+leaves `uni` working."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import subprocess
 import sys
 import sysconfig
 import venv
+import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +34,36 @@ def _other_package(root: Path) -> Path:
     return root
 
 
+def _packages(root: Path) -> list[Path]:
+    """The repository's package folders below its root, relative to it: each holds an
+    __init__.py, as do its parents; not tests/ or bench/."""
+    found, todo = [], [d for d in root.iterdir() if d.is_dir() and d.name not in ("tests", "bench")]
+    while todo:
+        folder = todo.pop()
+        if (folder / "__init__.py").is_file():
+            found.append(folder.relative_to(root))
+            todo += [d for d in folder.iterdir() if d.is_dir()]
+    return sorted(found)
+
+
+def _assert_wheel_holds_the_package(wheel: Path) -> None:
+    """Every package folder as uniskel/<folder>/ with all its .py files, the built-in skeleton
+    table and `python -m uniskel`; at the top only uniskel/ and its dist-info."""
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+    dist_info = "-".join(wheel.name.split("-")[:2]) + ".dist-info"
+    tops = {n.split("/")[0] for n in names}
+    assert tops == {"uniskel", dist_info}, tops
+    packages = _packages(REPO)
+    assert {"core", "stores", "pipeline", "student", "evaluation", "app"} <= {
+        str(p) for p in packages}, packages
+    for folder in packages:
+        want = {f"uniskel/{f.relative_to(REPO).as_posix()}" for f in (REPO / folder).glob("*.py")}
+        assert want <= names, (folder, sorted(want - names))
+    want = {f"uniskel/{f}" for f in ("__init__.py", "__main__.py", "cli.py", "core/skeletons.toml")}
+    assert want <= names, sorted(want - names)
+
+
 def test_uni_survives_installing_and_removing_a_package_with_the_same_top_level_names(tmp_path):
     wheels = tmp_path / "wheels"
     build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
@@ -38,11 +71,7 @@ def test_uni_survives_installing_and_removing_a_package_with_the_same_top_level_
     _run(build + [str(REPO)])
     _run(build + [str(_other_package(tmp_path / "othertool"))])
     uni_wheel = next(wheels.glob("uniskel-*.whl"))
-    names = subprocess.run([sys.executable, "-m", "zipfile", "-l", str(uni_wheel)],
-                           capture_output=True, text=True).stdout
-    tops = {line.split()[0].split("/")[0] for line in names.splitlines()[1:] if line.strip()}
-    assert tops <= {"uniskel", uni_wheel.name.split("-")[0] + "-" +
-                    uni_wheel.name.split("-")[1] + ".dist-info"}, tops
+    _assert_wheel_holds_the_package(uni_wheel)
 
     # A bare venv; uni's dependencies come from this venv's site-packages, after its own.
     env_dir = tmp_path / "venv"
@@ -53,7 +82,10 @@ def test_uni_survives_installing_and_removing_a_package_with_the_same_top_level_
     (site / "deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     pip = [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index"]
+    bare = set(os.listdir(site))
     _run(pip + [str(uni_wheel)], env=env)
+    dist_info = "-".join(uni_wheel.name.split("-")[:2]) + ".dist-info"
+    assert set(os.listdir(site)) - bare == {"uniskel", dist_info}
     _run(pip + [str(next(wheels.glob("othertool-*.whl")))], env=env)
     _run([str(py), "-m", "pip", "uninstall", "-y", "othertool"], env=env)
 

@@ -254,12 +254,11 @@ def test_definition_json_round_trip(name):
 
 
 def test_store_records_the_skeleton_definition(tmp_path, skeleton_registry):
-    """A store of a user's skeleton reads without the user's file; older stores (no
-    definition attribute) read the known skeleton of their name."""
-    import h5py
-
+    """A store of a user's skeleton reads without the user's file; a definition that does not
+    fit the store's skeleton is refused."""
     from uniskel.stores.create import create_store
-    from uniskel.stores.heatmap_store import StoreMeta, open_store
+    from uniskel.stores.reader import open_store
+    from uniskel.stores.schema import StoreMeta
 
     f = tmp_path / "s.toml"
     f.write_text('[skeletons.two]\nkeypoints = ["l_tip", "r_tip", "neck"]\n'
@@ -275,12 +274,7 @@ def test_store_records_the_skeleton_definition(tmp_path, skeleton_registry):
     del skeleton_registry.SKELETONS["two"]
     r = open_store(tmp_path / "two.h5")
     assert r.meta.skeleton_def == two and r.meta.skeleton_def.to_unified == (9, 10, None)
-    assert json.loads(r.attrs["to_unified"]) == [9, 10, None]
     r.close()
-    create_store(tmp_path / "old.h5", meta("coco17", None, 17), [1])
-    with h5py.File(tmp_path / "old.h5", "a") as h:
-        del h.attrs["skeleton_def"]
-    assert open_store(tmp_path / "old.h5").meta.skeleton_def is SKELETONS["coco17"]
     with pytest.raises(UniError, match="does not match"):
         create_store(tmp_path / "bad.h5", meta("coco17", two, 17), [1])
 

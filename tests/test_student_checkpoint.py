@@ -15,6 +15,7 @@ from uniskel.core.errors import UniError
 from uniskel.core.skeletons import UNIFIED, Skeleton, unified_skeleton
 from uniskel.student.checkpoint import (
     Position,
+    TrainState,
     load_checkpoint,
     load_student,
     restore,
@@ -22,7 +23,10 @@ from uniskel.student.checkpoint import (
     save_checkpoint,
     student_unified,
 )
+from uniskel.student.config import TrainConfig
 from uniskel.student.models import build_model
+
+CFG = TrainConfig(data=["coco:x.json"], out="r", model="tiny", input_wh=[48, 64])
 
 
 def _mark(path: str) -> None:
@@ -38,6 +42,13 @@ class _Payload:
 
     def __reduce__(self):
         return _mark, (self.marker,)
+
+
+def _state(model: torch.nn.Module, scaler: torch.amp.GradScaler | None = None) -> TrainState:
+    """A model's training state: AdamW under a LambdaLR, a grad scaler (disabled by default)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (step + 1))
+    return TrainState(model, opt, sched, scaler or torch.amp.GradScaler("cpu", enabled=False))
 
 
 def _student_state() -> dict:
@@ -72,53 +83,39 @@ def test_a_checkpoint_holding_pickled_code_is_refused_in_one_line(tmp_path, data
 
 def test_a_checkpoint_round_trip_restores_model_optimiser_position_and_rng(tmp_path):
     torch.manual_seed(0)
-    model = build_model("tiny")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model(torch.randn(2, 3, 64, 48)).sum().backward()
-    opt.step()
+    scaler = torch.amp.GradScaler("cpu", init_scale=512.0, growth_interval=3)
+    state = _state(build_model("tiny"), scaler)
+    state.model(torch.randn(2, 3, 64, 48)).sum().backward()
+    state.opt.step()
+    for _ in range(3):
+        state.sched.step()
     random.seed(1)
     np.random.seed(2)
     pos = Position(epoch=1, step=7, step_in_epoch=3, best=0.5, sums={"total": 1.5, "gt": 0.5},
                    seen=24, skipped=["a.jpg: not a readable image (coco instance 3)"])
-    scaler = torch.amp.GradScaler("cpu", init_scale=512.0, growth_interval=3)
     scaler.scale(torch.ones(1))
     scaler.update(256.0)  # as after a step that overflowed
-    save_checkpoint(tmp_path / "last.pt", model, opt, pos, {"model": "tiny"}, ["t"], 0.25,
-                    scaler)
+    save_checkpoint(tmp_path / "last.pt", state, pos, CFG, ["t"], UNIFIED, 0.25)
     ahead = (random.random(), np.random.rand(3), torch.rand(3))
 
     random.seed(9)
     np.random.seed(9)
     torch.manual_seed(9)
     ckpt = load_checkpoint(tmp_path / "last.pt")
-    model2 = build_model("tiny")
-    opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-3)
-    scaler2 = torch.amp.GradScaler("cpu")
-    assert restore(ckpt, model2, opt2, scaler2) == pos
-    assert scaler2.state_dict() == scaler.state_dict() and scaler2.get_scale() == 256.0
+    state2 = _state(build_model("tiny"), torch.amp.GradScaler("cpu"))
+    assert restore(ckpt, state2) == pos
+    assert state2.scaler.state_dict() == scaler.state_dict() and state2.scaler.get_scale() == 256.0
+    assert state2.sched.last_epoch == 3 and state2.sched.get_last_lr() == [1e-3 / 4]
+    assert state2.opt.param_groups[0]["lr"] == 1e-3 / 4
     assert (random.random(), *np.random.rand(3), *torch.rand(3).tolist()) == (
         ahead[0], *ahead[1], *ahead[2].tolist())
-    for k, v in model.state_dict().items():
-        assert torch.equal(model2.state_dict()[k], v), k
+    for k, v in state.model.state_dict().items():
+        assert torch.equal(state2.model.state_dict()[k], v), k
     assert ckpt["val_loss"] == 0.25 and ckpt["teachers"] == ["t"]
-    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"],
-                       opt.state_dict()["state"][0]["exp_avg"])
+    assert TrainConfig.from_dict(ckpt["config"]) == CFG
+    assert torch.equal(state2.opt.state_dict()["state"][0]["exp_avg"],
+                       state.opt.state_dict()["state"][0]["exp_avg"])
     assert not (tmp_path / "last.pt.tmp").exists()
-
-
-def test_a_checkpoint_with_numpys_rng_as_an_array_still_loads(tmp_path):
-    """Checkpoints written before the RNG state became plain values held an ndarray."""
-    np.random.seed(3)
-    model = build_model("tiny")
-    opt = torch.optim.AdamW(model.parameters())
-    state = {**_student_state(), "optimizer": opt.state_dict(), "epoch": 1, "step": 4,
-             "step_in_epoch": 0, "best": 1.0,
-             "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                     "torch": torch.get_rng_state()}}
-    torch.save(state, tmp_path / "old.pt")
-    want = np.random.rand(4)
-    restore(load_checkpoint(tmp_path / "old.pt"), model, opt)
-    np.testing.assert_array_equal(np.random.rand(4), want)
 
 
 def test_run_name(tmp_path):
@@ -135,12 +132,10 @@ def test_the_unified_skeleton_travels_with_the_checkpoint(tmp_path):
     u23 = unified_skeleton("union", [Skeleton.build("mini3", ["nose", "navel", "chin"], None,
                                                    None, "test")])
     assert u23.num_keypoints == 23 and u23.keypoints[-2:] == ("navel", "chin")
-    model = build_model("tiny", u23.num_keypoints)
-    opt = torch.optim.AdamW(model.parameters())
     run = tmp_path / "run"
     run.mkdir()
-    save_checkpoint(run / "last.pt", model, opt, Position(), {"model": "tiny",
-                    "input_wh": [48, 64]}, [], unified=u23)
+    save_checkpoint(run / "last.pt", _state(build_model("tiny", u23.num_keypoints)), Position(),
+                    CFG, [], u23)
     assert student_unified(run) == u23 == student_unified(load_checkpoint(run / "last.pt"))
     rebuilt, _ = load_student(run)
     assert rebuilt(torch.zeros(1, 3, 64, 48)).shape == (1, 23, 16, 12)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from uniskel.cli import uni
 from uniskel.core.datasets import load_dataset
 from uniskel.core.errors import UniError
 from uniskel.student.checkpoint import load_checkpoint, load_student
-from uniskel.student.config import read_config_file, resolve_config, teacher_weights
+from uniskel.student.config import TrainConfig, read_config_file, teacher_weights
 from uniskel.student.data import PoseSamples, collate, match_stores
 from uniskel.student.losses import total_loss
 from uniskel.student.models import build_model
@@ -42,18 +43,17 @@ def synth(synth_dir, tmp_path_factory):
     return specs, out
 
 
-def _config(specs, stores, out, **kw) -> dict:
+def _config(specs, stores, out, **kw) -> TrainConfig:
     cfg = dict(data=specs, stores=[str(stores)] if stores else [], out=str(out), model="tiny",
                input_wh=[48, 64], epochs=1, batch_size=8, workers=0, val_fraction=0.0,
                lr=3e-3, warmup_steps=5, threads=1)  # one thread: fast on a busy machine too
-    cfg.update(kw)
-    return cfg
+    return TrainConfig(**{**cfg, **kw})
 
 
 def _fixed_batch_loss(model, specs, stores) -> float:
     sets = [load_dataset(s) for s in specs]
     teachers, skeletons, sources = match_stores([stores], sets)
-    weights, decays = teacher_weights({"kd_weight": {}, "kd_decay": {}}, skeletons)
+    weights, decays = teacher_weights(skeletons)
     samples = PoseSamples(sets, (48, 64), teachers, sources, augment=None)
     batch = collate([samples[i] for i in range(0, len(samples), 4)])
     with torch.no_grad():
@@ -66,12 +66,13 @@ def test_training_reduces_the_loss_on_a_fixed_batch(synth, tmp_path):
     torch.manual_seed(0)
     before = _fixed_batch_loss(build_model("tiny"), specs, stores)
     run = train(_config(specs, stores, tmp_path / "run", epochs=4), progress=False)
-    model, cfg = load_student(run)
+    model, saved = load_student(run)
     after = _fixed_batch_loss(model, specs, stores)
     assert after < 0.7 * before, (before, after)
-    assert cfg["model"] == "tiny" and cfg["input_wh"] == [48, 64]
-    assert cfg["kd_weight"] == {"coco_t": 0.25, "mpii_t": 0.45}
-    assert cfg["kd_decay"] == {"coco_t": "none", "mpii_t": "linear"}
+    cfg = TrainConfig.from_dict(saved)
+    assert cfg.model == "tiny" and cfg.input_wh == (48, 64)
+    assert cfg.kd_weight == {"coco_t": 0.25, "mpii_t": 0.45}
+    assert cfg.kd_decay == {"coco_t": "none", "mpii_t": "linear"}
     for name in ("config.toml", "metrics.csv", "loss_curves.png", "last.pt"):
         assert (run / name).is_file(), name
     assert any((run / "tb").iterdir())
@@ -112,9 +113,9 @@ def test_resume_after_sigkill_finishes_exactly(synth, tmp_path):
     steps = [int(r["step"]) for r in rows]
     assert steps == sorted(steps) and len(set(steps)) == len(steps)
     # The same run without the kill ends with the same weights.
-    cfg = dict(data=specs, stores=[str(stores)], out=str(tmp_path / "straight"), model="tiny",
-               input_wh=[48, 64], epochs=3, batch_size=8, workers=0, val_fraction=0.1,
-               lr=0.003, warmup_steps=5, threads=1)
+    cfg = TrainConfig(data=specs, stores=[str(stores)], out=str(tmp_path / "straight"),
+                      model="tiny", input_wh=[48, 64], epochs=3, batch_size=8, workers=0,
+                      val_fraction=0.1, lr=0.003, warmup_steps=5, threads=1)
     straight = _state(train(cfg, progress=False) / "last.pt")
     assert straight["step"] == final["step"]
     for k, v in straight["model"].items():
@@ -162,14 +163,36 @@ def test_unknown_config_key(tmp_path, synth):
     cfg = tmp_path / "c.toml"
     cfg.write_text('model = "tiny"\nlearning_rate = 0.1\n')
     _one_line_error(_cli(["--config", str(cfg), "--data", synth[0][0], "--out",
-                          str(tmp_path / "r")]), "unknown key 'learning_rate'")
+                          str(tmp_path / "r")]), f"{cfg}: unknown key 'learning_rate'")
+    cfg.write_text("resume = true\n")  # run state: the command line's alone (--resume)
+    _one_line_error(_cli(["--config", str(cfg), "--data", synth[0][0], "--out",
+                          str(tmp_path / "r")]), f"{cfg}: unknown key 'resume'")
+
+
+def test_a_run_is_rerun_from_its_own_config_toml(synth, tmp_path):
+    """RUN/config.toml is a --config file: the same run again in NEW (the new --out wins)
+    writes the same config.toml but `out`, and trains to the same weights."""
+    specs, stores = synth
+    first = train(_config(specs, stores, tmp_path / "first", max_steps=2, kd_beta=8.0,
+                          kd_weight={"coco_t": 0.2}, save_every_s=0), progress=False)
+    second = tmp_path / "second"
+    done = _cli(["--config", str(first / "config.toml"), "--out", str(second)])
+    assert done.exit_code == 0, done.output
+    a, b = (tomllib.loads((run / "config.toml").read_text()) for run in (first, second))
+    assert (a.pop("out"), b.pop("out")) == (str(first), str(second))
+    assert a == b and a["kd_beta"] == 8.0 and a["kd_weight"] == {"coco_t": 0.2, "mpii_t": 0.45}
+    assert "resume" not in a
+    ends = [load_checkpoint(run / "last.pt") for run in (first, second)]
+    assert ends[0]["step"] == ends[1]["step"] == 2
+    for k, v in ends[0]["model"].items():
+        assert torch.equal(ends[1]["model"][k], v), k
 
 
 def test_store_of_another_dataset_and_store_missing_instances(tmp_path, synth):
     specs, _ = synth
     coco, mpii = (load_dataset(s) for s in specs)
-    write_analytic_store(tmp_path / "a" / "t__mpii.h5", mpii, "mpii16", "t") if (
-        tmp_path / "a").mkdir() is None else None
+    (tmp_path / "a").mkdir()
+    write_analytic_store(tmp_path / "a" / "t__mpii.h5", mpii, "mpii16", "t")
     _one_line_error(_cli(["--data", specs[0], "--stores", str(tmp_path / "a"), "--out",
                           str(tmp_path / "r")]), "t__mpii.h5: its dataset")
     ids = [i.instance_id for i in coco.instances][3:]
@@ -255,12 +278,12 @@ def test_unified_and_skeleton_file_keys(tmp_path, synth_dir):
     (tmp_path / "cfg").mkdir()
     cfg_file = tmp_path / "cfg" / "run.toml"
     cfg_file.write_text('skeletons = "defs/mine.toml"\nunified = "unified27"\nthreads = 1\n')
-    cfg = read_config_file(cfg_file)
-    assert cfg["skeletons"] == [str(tmp_path / "cfg" / "defs" / "mine.toml")]
-    resolved = resolve_config({**cfg, "data": ["coco:x.json"], "out": "r"})
-    assert resolved["unified"] == "unified27" and resolved["threads"] == 1
+    raw = read_config_file(cfg_file)
+    assert raw["skeletons"] == [str(tmp_path / "cfg" / "defs" / "mine.toml")]
+    cfg = TrainConfig.from_dict({**raw, "data": ["coco:x.json"], "out": "r"})
+    assert cfg.unified == "unified27" and cfg.threads == 1
     with pytest.raises(UniError, match="config: unified must be a skeleton name"):
-        resolve_config({"data": ["coco:x.json"], "out": "r", "unified": 27})
+        TrainConfig(data=["coco:x.json"], out="r", unified=27)
     run = tmp_path / "r"
     spec = f"coco:{synth_dir / 'coco/train.json'}"
     _one_line_error(_cli(["--data", spec, "--out", str(run), "--unified", "feet99"]),

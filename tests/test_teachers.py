@@ -21,7 +21,7 @@ from uniskel.core.skeletons import SKELETONS
 from uniskel.pipeline import devices
 from uniskel.pipeline.teachers import Teacher, TeacherInfo, describe_model, read_info, simcc_to_grid
 
-UNI = [sys.executable, "-m", "uniskel.cli"]  # this venv's uni command
+UNI = [sys.executable, "-m", "uniskel"]  # the installed package's uni command
 
 CPU = ["CPUExecutionProvider"]
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +45,9 @@ def test_metadata_round_trip(heatmap_teacher, tmp_path):
     assert read_info(heatmap_teacher) == info  # --out leaves the source alone
 
 
-def _one_line_error(path: Path) -> str:
+def _metadata_error(path: Path) -> str:
+    """read_info(path)'s UniError: one line naming the file. (Not conftest.one_line_error, which
+    checks a CLI run.)"""
     with pytest.raises(UniError) as e:
         read_info(path)
     msg = str(e.value)
@@ -55,7 +57,7 @@ def _one_line_error(path: Path) -> str:
 
 def test_missing_and_mismatched_metadata(tmp_path, heatmap_teacher):
     bare = make_heatmap_teacher(tmp_path / "bare.onnx")
-    assert "no uni teacher metadata" in _one_line_error(bare)
+    assert "no uni teacher metadata" in _metadata_error(bare)
 
     def stamp(name: str, **kw) -> Path:
         model = onnx.load(str(heatmap_teacher))
@@ -67,21 +69,21 @@ def test_missing_and_mismatched_metadata(tmp_path, heatmap_teacher):
         onnx.save(model, str(tmp_path / name))
         return tmp_path / name
 
-    assert "'outputs'" in _one_line_error(stamp("a.onnx", outputs='["nope"]'))
+    assert "'outputs'" in _metadata_error(stamp("a.onnx", outputs='["nope"]'))
     # 17 channels cannot hold the 21 unified keypoints.
-    assert "17 channels" in _one_line_error(
+    assert "17 channels" in _metadata_error(
         stamp("b.onnx", skeleton='"unified21"', num_keypoints="21", skeleton_def="null"))
     # The embedded definition must be the named skeleton's.
-    assert "'uni.skeleton_def'" in _one_line_error(stamp("b2.onnx", skeleton_def='{"name": 1}'))
-    assert "defines 'coco17'" in _one_line_error(stamp("b3.onnx", skeleton='"unified21"'))
-    assert "input_wh" in _one_line_error(stamp("c.onnx", input_wh="[64, 64]"))
-    assert "'head'" in _one_line_error(stamp("d.onnx", head='"regression"'))
+    assert "'uni.skeleton_def'" in _metadata_error(stamp("b2.onnx", skeleton_def='{"name": 1}'))
+    assert "defines 'coco17'" in _metadata_error(stamp("b3.onnx", skeleton='"unified21"'))
+    assert "input_wh" in _metadata_error(stamp("c.onnx", input_wh="[64, 64]"))
+    assert "'head'" in _metadata_error(stamp("d.onnx", head='"regression"'))
     model = onnx.load(str(heatmap_teacher))
     keep = [p for p in model.metadata_props if p.key != "uni.skeleton"]
     del model.metadata_props[:]
     model.metadata_props.extend(keep)
     onnx.save(model, str(tmp_path / "e.onnx"))
-    assert "skeleton" in _one_line_error(tmp_path / "e.onnx")
+    assert "skeleton" in _metadata_error(tmp_path / "e.onnx")
 
 
 def test_simcc_bins_must_match_input(tmp_path):
