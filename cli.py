@@ -24,7 +24,7 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except UniError as e:
             click.echo(f"uni: error: {e}", err=True)
-            if getattr(e, "exit_hard", False):  # stores.writer.StoreWriteFailed
+            if getattr(e, "exit_hard", False):  # stores.create.StoreWriteFailed
                 # HDF5 crashes at exit (SIGSEGV) over a file whose writes failed: skip its
                 # teardown, so a full disk still ends in this one line and exit code 2.
                 sys.stdout.flush()

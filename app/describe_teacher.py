@@ -6,7 +6,7 @@ from pathlib import Path
 
 from uniskel.core.crops import DEFAULT_MEAN, DEFAULT_STD
 from uniskel.core.errors import UniError
-from uniskel.core.geometry import parse_input_size
+from uniskel.core.sizes import parse_input_size
 from uniskel.pipeline.teachers import TeacherInfo, describe_model, model_input_wh, read_info
 
 

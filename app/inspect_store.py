@@ -45,7 +45,7 @@ def format_store_summary(s: dict) -> str:
 
 def summary_json(s: dict) -> dict:
     """StoreReader.summary() for --json: the attributes HDF5 holds as JSON text (heatmap_shape,
-    teacher_metadata, to_unified, skipped, providers, ...) as JSON values, not strings."""
+    teacher_metadata, skeleton_def, skipped, providers, ...) as JSON values, not strings."""
     def parsed(v):
         if isinstance(v, str) and v[:1] in ("[", "{"):
             try:

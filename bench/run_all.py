@@ -24,8 +24,8 @@ import store
 
 from uniskel.core.files import write_text
 
-# The store's design measurements, from earlier runs: appended as they are.
-DESIGN = Path(__file__).with_name("store_design.md")
+# Design measurements from earlier runs (store format, dataset reader, threads): appended as is.
+DESIGN = Path(__file__).with_name("earlier_runs.md")
 GROUPS = {"stage_one": stage_one, "store": store, "stage_two": stage_two, "memory": memory,
           "parity": parity, "scale": scale}
 SMALL = {"instances": 1000, "batch_size": 32, "codecs": list(store.CODECS), "steps": 30,

@@ -18,18 +18,6 @@ cv2.setNumThreads(1)
 PADDING = 1.25  # crop box = person box × 1.25 (docs/conventions.md "Crop and heatmap conventions")
 
 
-def parse_input_size(text: str) -> tuple[int, int]:
-    """'256x192' → (w, h) = (192, 256). The command line writes sizes H×W, as papers do;
-    the code holds them as (w, h), like OpenCV."""
-    try:
-        h, w = (int(v) for v in str(text).lower().replace("×", "x").split("x"))
-    except ValueError:
-        raise ValueError(f"expected HxW such as 256x192, got {text!r}") from None
-    if min(w, h) < 1:
-        raise ValueError(f"expected a positive HxW such as 256x192, got {text!r}")
-    return w, h
-
-
 def bbox_to_center_size(bbox_xywh: np.ndarray, aspect_wh: float,
                         padding: float = PADDING) -> tuple[np.ndarray, np.ndarray]:
     """Person box (x, y, w, h) → crop (center (2,), size (2,) = w, h) at aspect w/h, padded."""

@@ -140,19 +140,20 @@ def native_to_unified(keypoints: np.ndarray, skeleton: Skeleton,
                       unified: Skeleton = UNIFIED) -> np.ndarray:
     """(..., K, C) native → (..., U, C) unified; unified keypoints it lacks stay 0."""
     src, dst = _pairs(skeleton, unified)
-    out = np.zeros(keypoints.shape[:-2] + (unified.num_keypoints, keypoints.shape[-1]),
-                   keypoints.dtype)
-    out[..., dst, :] = keypoints[..., src, :]
-    return out
+    return _moved(keypoints, src, dst, unified.num_keypoints)
 
 
 def unified_to_native(keypoints: np.ndarray, skeleton: Skeleton,
                       unified: Skeleton = UNIFIED) -> np.ndarray:
     """(..., U, C) unified → (..., K, C) native; native keypoints unknown to `unified` are 0."""
     src, dst = _pairs(skeleton, unified)
-    out = np.zeros(keypoints.shape[:-2] + (skeleton.num_keypoints, keypoints.shape[-1]),
-                   keypoints.dtype)
-    out[..., src, :] = keypoints[..., dst, :]
+    return _moved(keypoints, dst, src, skeleton.num_keypoints)
+
+
+def _moved(keypoints: np.ndarray, rows: np.ndarray, to: np.ndarray, k_out: int) -> np.ndarray:
+    """(..., K, C) → (..., k_out, C): row rows[i] goes to row to[i], the rest are 0."""
+    out = np.zeros(keypoints.shape[:-2] + (k_out, keypoints.shape[-1]), keypoints.dtype)
+    out[..., to, :] = keypoints[..., rows, :]
     return out
 
 

@@ -17,8 +17,8 @@ from uniskel.stores.encode import CODEC, CODECS, THRESHOLD, heatmap_dataset_kwar
 from uniskel.stores.schema import FORMAT_VERSION, StoreMeta, meta_to_attrs
 
 # Rows per chunk of the small per-instance datasets. Each batch rewrites the chunks its rows
-# fall in (with their checksums), so smaller is faster to write (BENCHMARKS.md "Store design
-# measurements") and a chunk torn by a kill resets fewer rows.
+# fall in (with their checksums), so smaller is faster to write (BENCHMARKS.md "Row chunks of
+# the small datasets") and a chunk torn by a kill resets fewer rows.
 META_CHUNK = 1024
 
 

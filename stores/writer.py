@@ -26,7 +26,7 @@ limit), by two rules:
    later flush (close, interpreter exit) can write half a batch's metadata: the file on disk
    stays as of the last batch, and the next run resumes it (StoreWriteFailed; exit 2).
 Disk almost full: a write also stops cleanly while MIN_FREE_BYTES are still free.
-The kill tests' log is in BENCHMARKS.md "Store design measurements".
+The kill tests' log is in BENCHMARKS.md "Design measurements (earlier runs)".
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""Stage two: data streaming, student models, losses, training and evaluation."""
+"""Stage two: data streaming, augmentation, student models, losses, configuration and the loop."""

@@ -26,7 +26,7 @@ import torch
 from uniskel.core.errors import UniError, io_reason
 from uniskel.core.files import atomic_write
 from uniskel.core.killpoints import kill_point
-from uniskel.core.skeletons import UNIFIED, Skeleton
+from uniskel.core.skeletons import Skeleton
 from uniskel.student.config import TrainConfig
 from uniskel.student.models import build_model
 
@@ -89,17 +89,15 @@ def load_checkpoint(path: Path) -> dict:
     return ckpt
 
 
-def student_unified(ckpt: dict | Path) -> Skeleton:
+def student_unified(ckpt: dict | Path, where: str = "checkpoint") -> Skeleton:
     """The unified skeleton a student was trained with (its output channels, in order), from
-    a checkpoint dict or a run dir / .pt; checkpoints older than the choice hold unified21."""
+    a checkpoint dict (read from `where`) or a run dir / .pt; UniError when it records none."""
     if not isinstance(ckpt, dict):
         path = find_checkpoint(ckpt)
         ckpt = load_checkpoint(path)
         where = str(path)
-    else:
-        where = "checkpoint"
     if ckpt.get("unified") is None:
-        return UNIFIED
+        raise UniError(f"{where}: no 'unified' skeleton recorded; not a uni student checkpoint")
     return Skeleton.from_json(ckpt["unified"], f"{where}: unified")
 
 
@@ -112,7 +110,7 @@ def load_student(path: Path) -> tuple[torch.nn.Module, dict]:
     path = find_checkpoint(path)
     ckpt = load_checkpoint(path)
     cfg = ckpt["config"]
-    unified = student_unified(ckpt)
+    unified = student_unified(ckpt, str(path))
     model = build_model(cfg["model"], unified.num_keypoints)
     try:
         model.load_state_dict(ckpt["model"])

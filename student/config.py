@@ -29,7 +29,7 @@ import tomli_w
 
 from uniskel.core.errors import UniError
 from uniskel.core.files import check_output_path, write_text
-from uniskel.core.geometry import parse_input_size
+from uniskel.core.sizes import parse_input_size
 
 MODEL_SIZES = ("tiny", "small", "base")  # student/models.py's MODELS, in its order
 KD_LOSSES = ("kl", "mse")

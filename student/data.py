@@ -44,7 +44,7 @@ from uniskel.core.geometry import (
     warp_heatmaps,
 )
 from uniskel.core.heatmaps import SIGMA, gaussian_heatmaps
-from uniskel.core.skeletons import UNIFIED, Skeleton, get_skeleton, native_to_unified
+from uniskel.core.skeletons import UNIFIED, Skeleton, native_to_unified
 from uniskel.stores.reader import StoreReader, open_store
 from uniskel.stores.verify import missing_instances
 
@@ -315,14 +315,11 @@ def match_stores(store_paths: list[Path], datasets: list[Dataset],
 
 
 def store_skeleton(meta, where: Path) -> Skeleton:
-    """A store's teacher skeleton: the definition it records, else (older stores) the built-in
-    of its name; UniError when its maps do not have that skeleton's K channels."""
+    """A store's teacher skeleton (the definition it records); UniError when its maps do not
+    have that skeleton's K channels."""
     sk = meta.skeleton_def
     if sk is None:
-        try:
-            sk = get_skeleton(meta.skeleton)
-        except UniError as e:
-            raise UniError(f"{where}: teacher skeleton: {e}") from None
+        raise UniError(f"{where}: teacher skeleton {meta.skeleton!r} has no definition")
     if meta.heatmap_shape[0] != sk.num_keypoints:
         raise UniError(f"{where}: heatmap_shape has {meta.heatmap_shape[0]} channels but the "
                        f"teacher skeleton {sk.name} has {sk.num_keypoints} keypoints")

@@ -38,8 +38,8 @@ def teardown() -> None:
 def cpu_threads(world: int, workers: int) -> int:
     """Intra-op threads per training process: the cores left after DataLoader workers.
 
-    Oversubscribed OpenMP threads spin against each other (BENCHMARKS.md "Stage two: training
-    step time" has the measurement).
+    Oversubscribed OpenMP threads spin against each other (BENCHMARKS.md "Torch threads per training
+    process" has the measurement).
     """
     return max(1, (os.cpu_count() or 1) // world - workers)
 

@@ -150,6 +150,7 @@ def tiny_student_run(tmp_path_factory) -> Path:
     """
     import torch
 
+    from uniskel.core.skeletons import UNIFIED
     from uniskel.student.models import build_model
 
     torch.manual_seed(0)
@@ -158,8 +159,8 @@ def tiny_student_run(tmp_path_factory) -> Path:
         model.head.weight.mul_(300.0)
     run = tmp_path_factory.mktemp("runs") / "tiny_run"
     run.mkdir()
-    torch.save({"model": model.state_dict(), "config": {"model": "tiny", "input_wh": [48, 64]}},
-               run / "best.pt")
+    torch.save({"model": model.state_dict(), "config": {"model": "tiny", "input_wh": [48, 64]},
+                "unified": UNIFIED.to_json()}, run / "best.pt")
     return run
 
 

@@ -23,8 +23,8 @@ from uniskel.cli import uni
 from uniskel.stores.reader import open_store
 
 UNI = [sys.executable, "-m", "uniskel"]  # the installed package's uni command
-# No PYTHONPATH: the subprocess must run the installed uniskel. One thread: a busy machine.
-ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "OMP_NUM_THREADS": "1"}
+# The subprocess runs the installed uniskel (python -m uniskel). One thread: a busy machine.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def run(cmd: list[str], cwd: Path, fault: str | None = None, **kw) -> subprocess.CompletedProcess:

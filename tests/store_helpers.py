@@ -1,5 +1,5 @@
-"""What the store tests share (tests/test_store_*.py, test_reliability.py): a meta, teacher-like
-maps and affines, a complete sample store, and damage done to a chunk on disk."""
+"""What the store tests share (tests/test_store_*.py and the damaged-store tests): a meta,
+teacher-like maps and affines, a complete sample store, and damage done to a chunk on disk."""
 
 from __future__ import annotations
 

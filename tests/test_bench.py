@@ -22,7 +22,7 @@ def helps(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     """Each script's `--help`, a few at a time (each process imports torch: seconds apiece).
     TMPDIR is a scratch folder: some scripts make their default work folders under it."""
     tmp = tmp_path_factory.mktemp("bench_help")
-    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "TMPDIR": str(tmp)}
+    env = {**os.environ, "TMPDIR": str(tmp)}
 
     def help_of(name: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, str(BENCH / name), "--help"], cwd=tmp, env=env,

@@ -216,7 +216,7 @@ def test_two_workers_match_one(heatmap_teacher, tmp_path):
 
 def test_torn_partial_store_is_mended_and_finished(heatmap_teacher, tmp_path):
     """A partial store whose scales chunk a kill tore: the next run recomputes those rows and
-    ends equal to an uninterrupted run (tests/test_store.py tears chunks by hand too)."""
+    ends equal to an uninterrupted run (tests/test_store_writer.py tears chunks by hand too)."""
     import h5py
 
     spec, out = _coco(tmp_path), tmp_path / "out"
@@ -236,25 +236,6 @@ def test_torn_partial_store_is_mended_and_finished(heatmap_teacher, tmp_path):
     for a, b in zip(want, got, strict=True):
         np.testing.assert_array_equal(a, b)
     assert open_store(s.path).verify() == []
-
-
-def test_partial_store_with_the_old_flip_attribute_resumes(heatmap_teacher, tmp_path):
-    """A partial store written before `flip` was renamed `flip_test` (attribute "flip"): the
-    next run takes it as the same store and finishes it."""
-    import h5py
-
-    spec, out = _coco(tmp_path), tmp_path / "out"
-    (s,) = cache_teachers([spec], [heatmap_teacher], out, workers=1, progress=False)
-    want = _contents(s.path)
-    with h5py.File(s.path, "r+") as f:  # half done, as an earlier uni left it
-        f.attrs["complete"] = 0
-        f["done"][6:] = 0
-        f.attrs["flip"] = f.attrs["flip_test"]
-        del f.attrs["flip_test"]
-    (again,) = cache_teachers([spec], [heatmap_teacher], out, workers=1, progress=False)
-    assert again.computed == 6 and not again.up_to_date
-    for a, b in zip(want, _contents(s.path), strict=True):
-        np.testing.assert_array_equal(a, b)
 
 
 def test_kill_and_resume_equals_uninterrupted(heatmap_teacher, tmp_path):

@@ -62,6 +62,7 @@ def _assert_wheel_holds_the_package(wheel: Path) -> None:
         assert want <= names, (folder, sorted(want - names))
     want = {f"uniskel/{f}" for f in ("__init__.py", "__main__.py", "cli.py", "core/skeletons.toml")}
     assert want <= names, sorted(want - names)
+    assert "uniskel/setup.py" not in names  # the build script is not a module of the package
 
 
 def test_uni_survives_installing_and_removing_a_package_with_the_same_top_level_names(tmp_path):
@@ -80,7 +81,8 @@ def test_uni_survives_installing_and_removing_a_package_with_the_same_top_level_
     site = Path(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"])
                 .stdout.strip())
     (site / "deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    # No PYTHON* search paths or active venv of ours: the bare venv sees only what it installed.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "VIRTUAL_ENV"}
     pip = [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index"]
     bare = set(os.listdir(site))
     _run(pip + [str(uni_wheel)], env=env)
@@ -91,6 +93,8 @@ def test_uni_survives_installing_and_removing_a_package_with_the_same_top_level_
 
     out = _run([str(env_dir / "bin" / "uni"), "--help"], env=env, cwd=tmp_path).stdout
     assert "cache-teachers" in out and "train-student" in out
+    out = _run([str(py), "-m", "uniskel", "--help"], env=env, cwd=tmp_path).stdout
+    assert out.startswith("Usage: uni "), out
     version = _run([str(env_dir / "bin" / "uni"), "--version"], env=env, cwd=tmp_path).stdout
     assert version.strip() == f"uni, version {uni_wheel.name.split('-')[1]}", version
     # Nothing of uni's was taken away with the other package, and it left no `cli` behind.

@@ -110,3 +110,16 @@ def test_help_writes_defaults_one_way():
         assert re.search(rf"{name} {re.escape(cli._shown(DEFAULTS[key]))}\b", flat), key
         assert re.search(rf"`{name}` \[{re.escape(cli._shown(DEFAULTS[key]))}\b", readme), (
             f"README does not list the config key {name} with its default")
+
+
+def test_the_tests_the_readme_cites_exist():
+    """`test_x.py::test_name` and the `::test_name` that follow it name real tests, so a split
+    or renamed test file cannot leave the README pointing nowhere."""
+    tests = README.parent / "tests"
+    current, missing = None, []
+    for m in re.finditer(r"`(?:tests/)?(test_\w+\.py)?::(test_\w+)`", README.read_text()):
+        current = m.group(1) or current
+        path = tests / current
+        if not (path.is_file() and re.search(rf"^def {m.group(2)}\(", path.read_text(), re.M)):
+            missing.append(f"{current}::{m.group(2)}")
+    assert not missing, f"README cites tests that do not exist: {missing}"

@@ -53,7 +53,7 @@ def _state(model: torch.nn.Module, scaler: torch.amp.GradScaler | None = None) -
 
 def _student_state() -> dict:
     return {"model": build_model("tiny").state_dict(),
-            "config": {"model": "tiny", "input_wh": [48, 64]}}
+            "config": {"model": "tiny", "input_wh": [48, 64]}, "unified": UNIFIED.to_json()}
 
 
 @pytest.mark.parametrize("kind", ["object", "function"])
@@ -127,7 +127,7 @@ def test_run_name(tmp_path):
 
 def test_the_unified_skeleton_travels_with_the_checkpoint(tmp_path):
     """A student of a skeleton no file defines any more (a union) is rebuilt from its
-    checkpoint alone, with its U channels; a checkpoint older than the choice is unified21;
+    checkpoint alone, with its U channels; a checkpoint that records none is refused;
     weights that do not fit the recorded skeleton are one line."""
     u23 = unified_skeleton("union", [Skeleton.build("mini3", ["nose", "navel", "chin"], None,
                                                    None, "test")])
@@ -139,9 +139,10 @@ def test_the_unified_skeleton_travels_with_the_checkpoint(tmp_path):
     assert student_unified(run) == u23 == student_unified(load_checkpoint(run / "last.pt"))
     rebuilt, _ = load_student(run)
     assert rebuilt(torch.zeros(1, 3, 64, 48)).shape == (1, 23, 16, 12)
-    old = tmp_path / "old.pt"
-    torch.save(_student_state(), old)
-    assert student_unified(old) == UNIFIED and load_student(old)[0].head.out_channels == 21
+    bare = tmp_path / "bare.pt"
+    torch.save({k: v for k, v in _student_state().items() if k != "unified"}, bare)
+    with pytest.raises(UniError, match=r"bare\.pt: no 'unified' skeleton recorded"):
+        load_student(bare)
     wrong = {**load_checkpoint(run / "last.pt"), "unified": UNIFIED.to_json()}
     torch.save(wrong, tmp_path / "wrong.pt")
     with pytest.raises(UniError, match=r"wrong\.pt: the weights do not fit a tiny student with "

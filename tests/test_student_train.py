@@ -16,6 +16,7 @@ import pytest
 import torch
 from analytic_teacher import write_analytic_store
 from click.testing import CliRunner
+from conftest import one_line_error
 
 from uniskel.cli import uni
 from uniskel.core.datasets import load_dataset
@@ -95,13 +96,11 @@ def test_resume_after_sigkill_finishes_exactly(synth, tmp_path):
     cfg_file.write_text("\n".join(lines) + "\n")
     run = tmp_path / "killed"
     cmd = [str(BIN / "uni"), "train-student", "--config", str(cfg_file), "--out", str(run)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (run / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
+    # Killed by the test hook after its 7th step (core/killpoints.py): checkpoints exist, epoch 1
+    # is not over.
+    killed = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "UNI_KILL_AT": "train-step:7"}, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
     killed_at = _state(run / "last.pt")
     assert killed_at["epoch"] < 3
     done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
@@ -151,21 +150,13 @@ def _cli(args: list[str]):
     return CliRunner().invoke(uni, ["train-student", *args])
 
 
-def _one_line_error(result, pattern: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.stderr.replace("\r", "\n").splitlines()
-             if ln.strip() and "%|" not in ln]  # not tqdm's progress bars
-    assert len(lines) == 1 and lines[0].startswith("uni: error:"), result.stderr
-    assert pattern in lines[0], lines[0]
-
-
 def test_unknown_config_key(tmp_path, synth):
     cfg = tmp_path / "c.toml"
     cfg.write_text('model = "tiny"\nlearning_rate = 0.1\n')
-    _one_line_error(_cli(["--config", str(cfg), "--data", synth[0][0], "--out",
+    one_line_error(_cli(["--config", str(cfg), "--data", synth[0][0], "--out",
                           str(tmp_path / "r")]), f"{cfg}: unknown key 'learning_rate'")
     cfg.write_text("resume = true\n")  # run state: the command line's alone (--resume)
-    _one_line_error(_cli(["--config", str(cfg), "--data", synth[0][0], "--out",
+    one_line_error(_cli(["--config", str(cfg), "--data", synth[0][0], "--out",
                           str(tmp_path / "r")]), f"{cfg}: unknown key 'resume'")
 
 
@@ -193,13 +184,13 @@ def test_store_of_another_dataset_and_store_missing_instances(tmp_path, synth):
     coco, mpii = (load_dataset(s) for s in specs)
     (tmp_path / "a").mkdir()
     write_analytic_store(tmp_path / "a" / "t__mpii.h5", mpii, "mpii16", "t")
-    _one_line_error(_cli(["--data", specs[0], "--stores", str(tmp_path / "a"), "--out",
+    one_line_error(_cli(["--data", specs[0], "--stores", str(tmp_path / "a"), "--out",
                           str(tmp_path / "r")]), "t__mpii.h5: its dataset")
     ids = [i.instance_id for i in coco.instances][3:]
     write_analytic_store(tmp_path / "b.h5", coco, "coco17", "t", ids=ids)
-    _one_line_error(_cli(["--data", specs[0], "--stores", str(tmp_path / "b.h5"), "--out",
+    one_line_error(_cli(["--data", specs[0], "--stores", str(tmp_path / "b.h5"), "--out",
                           str(tmp_path / "r")]), f"b.h5: missing 3 of {len(coco.instances)}")
-    _one_line_error(_cli(["--data", specs[0], "--out", str(tmp_path / "r"), "--kd-weight",
+    one_line_error(_cli(["--data", specs[0], "--out", str(tmp_path / "r"), "--kd-weight",
                           "nobody=0.3"]), "--kd-weight nobody: no such teacher")
 
 
@@ -216,7 +207,7 @@ def test_corrupt_image_is_skipped_or_fatal_with_strict(synth_dir, tmp_path):
     ok = _cli(base + ["--out", str(tmp_path / "ok")])
     assert ok.exit_code == 0, ok.output
     assert f"skipped {users} unreadable samples; first: {first}" in ok.stderr
-    _one_line_error(_cli(base + ["--out", str(tmp_path / "strict"), "--strict"]),
+    one_line_error(_cli(base + ["--out", str(tmp_path / "strict"), "--strict"]),
                     f"{first}: not a readable image")
 
 
@@ -236,7 +227,7 @@ def test_help_is_quick():
 def test_non_finite_weights_and_rates_are_refused_before_anything_runs(synth_dir, tmp_path,
                                                                        args, fragment):
     run = tmp_path / "r"
-    _one_line_error(_cli(["--data", f"coco:{synth_dir / 'coco/train.json'}", "--out", str(run),
+    one_line_error(_cli(["--data", f"coco:{synth_dir / 'coco/train.json'}", "--out", str(run),
                           *args]), fragment)
     assert not run.exists()
 
@@ -260,14 +251,14 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(synth_dir, tmp_path, mo
             "--input-size", "64x48", "--batch-size", "8", "--workers", "0"]
     run = tmp_path / "nan"
     monkeypatch.setattr(st, "total_loss", poisoned)
-    _one_line_error(_cli(base + ["--out", str(run)]),
+    one_line_error(_cli(base + ["--out", str(run)]),
                     f"step 3: the training loss is not finite (total nan); stopped, "
                     f"{run / 'last.pt'} (step 2) is the last good checkpoint")
     monkeypatch.undo()
     kept = load_checkpoint(run / "last.pt")
     assert kept["step"] == 2 and all(v.isfinite().all() for v in kept["model"].values())
     # A real overflow: a finite weight too large for float32 makes the first loss infinite.
-    _one_line_error(_cli(base + ["--out", str(tmp_path / "inf"), "--gt-weight", "1e39"]),
+    one_line_error(_cli(base + ["--out", str(tmp_path / "inf"), "--gt-weight", "1e39"]),
                     "step 1: the training loss is not finite (total inf); stopped, no "
                     "checkpoint was written")
 
@@ -286,11 +277,11 @@ def test_unified_and_skeleton_file_keys(tmp_path, synth_dir):
         TrainConfig(data=["coco:x.json"], out="r", unified=27)
     run = tmp_path / "r"
     spec = f"coco:{synth_dir / 'coco/train.json'}"
-    _one_line_error(_cli(["--data", spec, "--out", str(run), "--unified", "feet99"]),
+    one_line_error(_cli(["--data", spec, "--out", str(run), "--unified", "feet99"]),
                     "unknown unified skeleton 'feet99'; known: unified21, unified27")
     assert not run.exists()
     missing = tmp_path / "cfg" / "gone.toml"
     missing.write_text('skeletons = "nowhere.toml"\n')
-    _one_line_error(_cli(["--config", str(missing), "--data", spec, "--out", str(run)]),
+    one_line_error(_cli(["--config", str(missing), "--data", spec, "--out", str(run)]),
                     "nowhere.toml")
     assert not run.exists()
