@@ -121,11 +121,8 @@ def _run_config(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
                    threads=cfg.threads), ckpt
 
 
-def train(config: TrainConfig | dict, progress: bool = True) -> Path:
-    """Train (or resume) a student as `config` (a TrainConfig, or a dict of its fields) says;
-    returns the run directory."""
-    if not isinstance(config, TrainConfig):
-        config = TrainConfig.from_dict(config)
+def train(config: TrainConfig, progress: bool = True) -> Path:
+    """Train (or resume) a student as `config` says; returns the run directory."""
     cfg, resume = _run_config(config)
     rank, world, device = ddp.setup()
     if device.type == "cpu":

@@ -28,6 +28,7 @@ from uniskel.core.skeletons import (
 from uniskel.evaluation.export import export_onnx
 from uniskel.pipeline.teachers import read_info
 from uniskel.student.checkpoint import load_checkpoint, load_student, student_unified
+from uniskel.student.config import TrainConfig
 from uniskel.student.data import PoseSamples, match_stores
 from uniskel.student.train import train
 
@@ -81,13 +82,11 @@ def _steps_file(folder: Path) -> Path:
     return path
 
 
-def _train_cfg(specs, stores, out, **kw) -> dict:
-    cfg = dict(data=list(specs), stores=[str(s) for s in stores], out=str(out), model="tiny",
-               input_wh=list(INPUT_WH), epochs=1, batch_size=8, workers=0, val_fraction=0.0,
-               lr=3e-3, warmup_steps=1, max_steps=2, save_every_s=0.0,
-               threads=1)  # one thread: fast on a busy machine
-    cfg.update(kw)
-    return cfg
+def _train_cfg(specs, stores, out) -> TrainConfig:
+    return TrainConfig(data=list(specs), stores=[str(s) for s in stores], out=str(out),
+                       model="tiny", input_wh=INPUT_WH, epochs=1, batch_size=8, workers=0,
+                       val_fraction=0.0, lr=3e-3, warmup_steps=1, max_steps=2, save_every_s=0.0,
+                       threads=1)  # one thread: fast on a busy machine
 
 
 def _finite_losses(run: Path) -> list[dict]:
