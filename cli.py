@@ -13,7 +13,13 @@ from click.core import ParameterSource
 
 from uniskel.core.errors import UniError
 from uniskel.core.files import check_output_path
-from uniskel.student.config import DEFAULTS, TrainConfig, command_config, input_wh
+from uniskel.student.config import (
+    DEFAULTS,
+    TrainConfig,
+    command_config,
+    field_type,
+    input_wh,
+)
 
 
 class _Group(click.Group):
@@ -98,6 +104,7 @@ class TrainCommand(click.Command):
 
 
 _TRAIN_TYPES = {"out": OutPath(file_okay=False, path_type=Path),
+                "init": click.Path(path_type=Path),
                 "stores": click.Path(path_type=Path)}
 
 
@@ -115,13 +122,17 @@ def _train_option(f: Field) -> click.Option:
         kw.update(multiple=True, default=(), type=_TRAIN_TYPES.get(f.name))
     elif meta["choices"]:
         kw["type"] = click.Choice(meta["choices"])
+        if default in ("", None):  # filled in by the config (a recipe's), not a choice itself
+            kw["default"] = None
     else:
-        kw["type"] = _TRAIN_TYPES.get(f.name, type(default))
+        kw["type"] = _TRAIN_TYPES.get(f.name, field_type(f.name))
     return click.Option([decl, f.name], **kw)
 
 
 def _shown(value) -> str:
     """A config default as --help writes it."""
+    if value is None:  # a recipe's (student/config.py RECIPES)
+        return "by recipe"
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, list | dict | tuple):
@@ -341,14 +352,18 @@ def report_cmd(runs: tuple[Path, ...], data: tuple[str, ...], out: Path | None,
 
 
 @uni.command("export")
-@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("run", metavar="MODEL", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=OutPath(dir_okay=False, path_type=Path),
               help="The ONNX file to write (described: usable as a teacher).")
-@click.option("--name", help="Model name in its metadata.", show_default="the run's name")
-@click.option("--skeleton", help="Keep only this skeleton's channels (e.g. coco17 for a "
-              "COCO-only teacher).", show_default="all of the student's unified skeleton")
+@click.option("--name", help="Model name in its metadata.",
+              show_default="the run's name, or the checkpoint file's")
+@click.option("--skeleton", help="A run: keep only this skeleton's channels (e.g. coco17 for a "
+              "COCO-only teacher). An MMPose checkpoint: its keypoints' skeleton.",
+              show_default="all of the student's unified skeleton; a checkpoint's own")
 def export_cmd(run: Path, out: Path, name: str | None, skeleton: str | None) -> None:
-    """Export a student to ONNX (dynamic batch), checked against PyTorch, teacher-described."""
+    """Export MODEL to ONNX (dynamic batch), checked against PyTorch, teacher-described. MODEL:
+    a student run (directory or .pt) or an MMPose RTMPose checkpoint (.pth; architecture, width,
+    keypoints and input size read from its weights)."""
     from uniskel.evaluation.export import export_onnx
 
     path, diff = export_onnx(run, out, name, skeleton)

@@ -1,14 +1,21 @@
 """Models → their unified skeleton's keypoints per person box (`uni predict`, evaluate's start).
 
 A MODEL is a student (run directory or .pt checkpoint) or a described ONNX model (an exported
-student or any teacher). Both become a `Predictor`: person crops → heatmaps in the order of its
-unified skeleton (a student's: the one it was trained with, from its checkpoint; a teacher's:
-unified21, or its own when that holds all of unified21) plus the mask of those keypoints the
-model knows; a teacher's missing keypoints get score 0 at (0, 0).
+student or any teacher). Both become a `Predictor`: person crops → keypoints in crop pixels in
+the order of its unified skeleton (a student's: the one it was trained with, from its
+checkpoint; a teacher's: unified21, or its own when that holds all of unified21) plus the mask
+of those keypoints the model knows; a teacher's missing keypoints get score 0 at (0, 0).
 
-Top-down on given boxes: crop (core.crops, the model's padding), run with the flip test,
-decode peaks (core.heatmaps), map heatmap pixels back through the inverse of
-crop → heatmap ∘ image → crop. Keypoint score = heatmap peak value.
+Top-down on given boxes: crop (core.crops, the model's padding), run with the flip test, decode
+to crop pixels, map them back through the inverse of image → crop.
+- Heatmap models: flip test = merged maps (core.heatmaps.merge_flipped), peaks decoded
+  (core.heatmaps), heatmap px → crop px by the inverse of geometry.crop_to_heatmap; keypoint
+  score = heatmap peak value.
+- SimCC models (RTMPose students, SimCC ONNX models): MMPose's way (RTMCCHead.predict): flip
+  test = mean of the plain and core.simcc.flip_simcc'd mirrored logits, core.simcc.decode_simcc;
+  keypoint score = the smaller of the two raw maxima (MMPose's score: raw logits, not
+  probabilities, for ONNX models whatever their declared activation). MMPose rescores RTMPose
+  with the same keypoint threshold, so KEYPOINT_SCORE_THRESHOLD applies to these as it does.
 Instance score (MMPose "bbox_keypoint" rescoring): box score × mean of the keypoint scores
 above KEYPOINT_SCORE_THRESHOLD among the keypoints the model knows (0 when none is).
 
@@ -32,8 +39,9 @@ from tqdm import tqdm
 from uniskel.core.crops import DEFAULT_MEAN, DEFAULT_STD, crop_person, normalize, read_image
 from uniskel.core.draw import draw_box, draw_skeleton, save_rgb
 from uniskel.core.errors import UniError
-from uniskel.core.geometry import PADDING, apply, compose, crop_to_heatmap, invert
+from uniskel.core.geometry import PADDING, apply, crop_to_heatmap, invert
 from uniskel.core.heatmaps import decode_heatmaps, merge_flipped
+from uniskel.core.simcc import decode_simcc, flip_simcc
 from uniskel.core.skeletons import UNIFIED, Skeleton, native_to_unified
 from uniskel.evaluation.coco_results import read_detections, result_record, write_results
 from uniskel.pipeline.devices import parse_device
@@ -43,11 +51,31 @@ from uniskel.student.checkpoint import load_student, run_name, student_unified
 KEYPOINT_SCORE_THRESHOLD = 0.2  # MMPose's keypoint_score_thr for instance rescoring
 
 
+def heatmap_keypoints(heatmaps: np.ndarray, input_wh: tuple[int, int]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """heatmaps (N, K, h, w) of (w, h) crops → coords (N, K, 2) float64 crop px, scores (N, K)."""
+    coords, scores = decode_heatmaps(heatmaps)  # heatmap px
+    to_crop = invert(crop_to_heatmap(input_wh, (heatmaps.shape[3], heatmaps.shape[2])))
+    return apply(to_crop, coords), scores
+
+
+def simcc_keypoints(plain: tuple[np.ndarray, np.ndarray],
+                    flipped: tuple[np.ndarray, np.ndarray] | None, flip_index: np.ndarray,
+                    split: float) -> tuple[np.ndarray, np.ndarray]:
+    """SimCC outputs (simcc_x (N, K, Wb), simcc_y (N, K, Hb)) of the crops and, for the flip
+    test, of their mirrors → coords (N, K, 2) crop px, scores (N, K) (RTMCCHead.predict)."""
+    x, y = plain
+    if flipped is not None:
+        fx, fy = flip_simcc(flipped[0], flipped[1], flip_index)
+        x, y = (x + fx) * 0.5, (y + fy) * 0.5
+    return decode_simcc(x, y, split)
+
+
 class Predictor:
-    """crops (N, H, W, 3) uint8 RGB → heatmaps (N, U, h, w) float32 in `unified`'s order.
+    """crops (N, H, W, 3) uint8 RGB → keypoints in crop pixels in `unified`'s order.
 
     name, input_wh (w, h), padding (crop box = person box × padding), unified (its U keypoints),
-    known: (U,) bool.
+    known: (U,) bool. A heatmap predictor need only define `heatmaps`.
     """
 
     name: str
@@ -57,7 +85,13 @@ class Predictor:
     known: np.ndarray
 
     def heatmaps(self, crops: np.ndarray, flip_test: bool = True) -> np.ndarray:
+        """→ (N, U, h, w) float32 (heatmap models only)."""
         raise NotImplementedError
+
+    def keypoints(self, crops: np.ndarray, flip_test: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """→ coords (N, U, 2) crop px, scores (N, U)."""
+        return heatmap_keypoints(self.heatmaps(crops, flip_test), self.input_wh)
 
 
 class StudentPredictor(Predictor):
@@ -72,16 +106,41 @@ class StudentPredictor(Predictor):
         self.unified = unified
         self.known = np.ones(unified.num_keypoints, dtype=bool)
 
-    def heatmaps(self, crops: np.ndarray, flip_test: bool = True) -> np.ndarray:
+    def _outputs(self, crops: np.ndarray, flip_test: bool) -> list:
+        """The model's outputs for the crops and (flip test) their mirrors: heatmaps (N, K, h, w)
+        or SimCC pairs, as float32 numpy."""
         x = torch.from_numpy(normalize(crops, DEFAULT_MEAN, DEFAULT_STD)).to(self.device)
+        outs = []
         with torch.inference_mode():
-            # Negatives clipped, as Teacher does for activation "none": the exported ONNX
-            # student then decodes exactly like this one.
-            plain = self.model(x).float().clamp_(min=0).cpu().numpy()  # (N, K, h, w)
-            if not flip_test:
-                return plain
-            flipped = self.model(x.flip(-1)).float().clamp_(min=0).cpu().numpy()
-        return merge_flipped(plain, flipped, self.unified.flip_index)
+            for inp in (x, x.flip(-1)) if flip_test else (x,):
+                out = self.model(inp)
+                outs.append(tuple(o.float().cpu().numpy() for o in out)
+                            if isinstance(out, (tuple, list)) else out.float().cpu().numpy())
+        return outs
+
+    def _merged(self, outs: list) -> np.ndarray:
+        """Heatmap outputs (plain, and mirrored for the flip test) → (N, K, h, w) maps."""
+        # Negatives clipped, as Teacher does for activation "none": the exported ONNX
+        # student then decodes exactly like this one.
+        maps = [np.maximum(o, 0.0) for o in outs]
+        if len(maps) == 1:
+            return maps[0]
+        return merge_flipped(maps[0], maps[1], self.unified.flip_index)
+
+    def heatmaps(self, crops: np.ndarray, flip_test: bool = True) -> np.ndarray:
+        outs = self._outputs(crops, flip_test)
+        if isinstance(outs[0], tuple):
+            raise TypeError(f"{self.name} is a SimCC student: it has no heatmaps")
+        return self._merged(outs)
+
+    def keypoints(self, crops: np.ndarray, flip_test: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        outs = self._outputs(crops, flip_test)
+        if not isinstance(outs[0], tuple):
+            return heatmap_keypoints(self._merged(outs), self.input_wh)
+        split = outs[0][0].shape[-1] / self.input_wh[0]  # bins per crop pixel (RTMPose: 2)
+        return simcc_keypoints(outs[0], outs[1] if flip_test else None,
+                               self.unified.flip_index, split)
 
 
 class OnnxPredictor(Predictor):
@@ -101,6 +160,20 @@ class OnnxPredictor(Predictor):
         n, k, h, w = hm.shape
         return native_to_unified(hm.reshape(n, k, h * w), self.skeleton, self.unified).reshape(
             n, self.unified.num_keypoints, h, w)
+
+    def keypoints(self, crops: np.ndarray, flip_test: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        if self.teacher.info.head != "simcc":
+            return super().keypoints(crops, flip_test)
+        n = len(crops)
+        x, y = self.teacher.simcc_outputs(
+            np.concatenate([crops, crops[:, :, ::-1]]) if flip_test else crops)
+        coords, scores = simcc_keypoints(
+            (x[:n], y[:n]), (x[n:], y[n:]) if flip_test else None, self.skeleton.flip_index,
+            self.teacher.info.simcc_split)  # native order
+        kp = native_to_unified(np.concatenate([coords, scores[..., None]], -1), self.skeleton,
+                               self.unified)
+        return kp[..., :2], kp[..., 2]
 
 
 def torch_device(device: str) -> str | None:
@@ -161,13 +234,9 @@ def predict_boxes(predictor: Predictor, items: list[tuple[Path, np.ndarray]],
                                        predictor.padding)
             crops.append(crop)
             affines.append(affine)
-        hm = predictor.heatmaps(np.stack(crops), flip_test)  # (B, U, hh, hw)
-        coords, scores = decode_heatmaps(hm)  # heatmap px (B, U, 2), (B, U)
-        hm_wh = (hm.shape[3], hm.shape[2])
-        to_grid = crop_to_heatmap((w, h), hm_wh)
+        coords, scores = predictor.keypoints(np.stack(crops), flip_test)  # crop px (B, U, 2)
         for j, i in enumerate(idx):
-            back = invert(compose(to_grid, affines[j]))  # heatmap px → image px
-            out[i, :, :2] = apply(back, coords[j])
+            out[i, :, :2] = apply(invert(affines[j]), coords[j])  # crop px → image px
             out[i, :, 2] = scores[j]
         bar.update(len(idx))
     bar.close()

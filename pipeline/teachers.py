@@ -373,3 +373,16 @@ class Teacher:
         if not flip_test:
             return hm
         return merge_flipped(hm[:n], hm[n:], self.skeleton.flip_index)
+
+    def simcc_outputs(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """crops: (N, H, W, 3) uint8 RGB → a SimCC head's raw outputs, native order, no
+        activation: simcc_x (N, K, Wb), simcc_y (N, K, Hb) float32 (what MMPose decodes)."""
+        if self.info.head != "simcc":
+            raise UniError(f"{self.path}: a {self.info.head} head has no SimCC outputs")
+        w, h = self.info.input_wh
+        if crops.ndim != 4 or crops.shape[1:] != (h, w, 3):
+            raise ValueError(f"crops must be (N, {h}, {w}, 3), got {crops.shape}")
+        x = normalize(crops, self.info.mean, self.info.std, self.info.bgr)  # (N, 3, H, W)
+        k = self.info.num_keypoints
+        px, py = self._run(np.ascontiguousarray(x))
+        return px[:, :k].astype(np.float32), py[:, :k].astype(np.float32)

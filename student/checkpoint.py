@@ -1,12 +1,12 @@
 """Student checkpoints: find, save atomically, load safely, rebuild the model.
 
-A checkpoint is a dict: model, optimizer, LR scheduler and grad-scaler state dicts, the run's
-position (epoch, step, step_in_epoch, best validation loss, and mid-epoch the epoch's running
-loss sums and the unreadable samples met so far), val_loss, the RNG states, the resolved config
-(TrainConfig.to_dict), the teacher names and the run's unified skeleton (its whole definition,
-Skeleton.to_json, so a model is rebuilt, evaluated and exported without the skeleton file it
-was trained with): everything a resume needs to continue exactly, at an epoch end or mid-epoch.
-Everything in it is a tensor or a plain Python value, so it loads with
+A checkpoint is a dict: model, optimizer, LR scheduler, grad-scaler and EMA (or None) state
+dicts, the run's position (epoch, step, step_in_epoch, best validation loss, and mid-epoch the
+epoch's running loss sums and the unreadable samples met so far), val_loss, the RNG states, the
+resolved config (TrainConfig.to_dict), the teacher names and the run's unified skeleton (its
+whole definition, Skeleton.to_json, so a model is rebuilt, evaluated and exported without the
+skeleton file it was trained with): everything a resume needs to continue exactly, at an epoch
+end or mid-epoch. Everything in it is a tensor or a plain Python value, so it loads with
 ``torch.load(..., weights_only=True)``: a checkpoint from someone else can be evaluated without
 running whatever a pickle might hold; one that holds anything else is refused in one line.
 """
@@ -29,6 +29,7 @@ from uniskel.core.killpoints import kill_point
 from uniskel.core.skeletons import Skeleton
 from uniskel.student.config import TrainConfig
 from uniskel.student.models import build_model
+from uniskel.student.optim import EMA
 
 CHECKPOINT_NAMES = ("best.pt", "last.pt")  # what a run directory offers, in order of preference
 
@@ -41,6 +42,7 @@ class TrainState:
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
+    ema: EMA | None = None  # the weights' moving average (config ema), None without
 
 
 @dataclass
@@ -111,14 +113,20 @@ def load_student(path: Path) -> tuple[torch.nn.Module, dict]:
     ckpt = load_checkpoint(path)
     cfg = ckpt["config"]
     unified = student_unified(ckpt, str(path))
-    model = build_model(cfg["model"], unified.num_keypoints)
+    model = build_model(cfg["model"], unified.num_keypoints, tuple(cfg["input_wh"]))
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(model_weights(ckpt))
     except RuntimeError as e:  # e.g. a head whose channels disagree with the recorded skeleton
         raise UniError(f"{path}: the weights do not fit a {cfg['model']} student with "
                        f"{unified.num_keypoints} keypoints ({unified.name}): "
                        f"{str(e).splitlines()[0]}") from None
     return model.eval(), cfg
+
+
+def model_weights(ckpt: dict) -> dict:
+    """The weights a checkpoint's model is used with: the moving average when the run kept one
+    (as MMPose's EMAHook saves it), else the trained weights."""
+    return ckpt["ema"]["module"] if ckpt.get("ema") else ckpt["model"]
 
 
 def seed_rngs(seed: int) -> None:
@@ -150,6 +158,7 @@ def save_checkpoint(path: Path, state: TrainState, pos: Position, cfg: TrainConf
     `unified`: the skeleton of the model's output channels (recorded whole)."""
     ckpt = {"model": state.model.state_dict(), "optimizer": state.opt.state_dict(),
             "scheduler": state.sched.state_dict(), "scaler": state.scaler.state_dict(),
+            "ema": state.ema.state_dict() if state.ema is not None else None,
             **asdict(pos), "val_loss": val_loss, "rng": rng_states(), "config": cfg.to_dict(),
             "teachers": teachers, "unified": unified.to_json()}
 
@@ -173,5 +182,7 @@ def restore(ckpt: dict, state: TrainState) -> Position:
     state.sched.load_state_dict(ckpt["scheduler"])
     if ckpt["scaler"]:  # a disabled scaler's state is empty, and loading {} is refused
         state.scaler.load_state_dict(ckpt["scaler"])
+    if state.ema is not None:
+        state.ema.load_state_dict(ckpt["ema"])
     set_rng_states(ckpt["rng"])
     return Position(**{f.name: ckpt[f.name] for f in fields(Position)})

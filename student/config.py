@@ -31,7 +31,23 @@ from uniskel.core.errors import UniError
 from uniskel.core.files import check_output_path, write_text
 from uniskel.core.sizes import parse_input_size
 
-MODEL_SIZES = ("tiny", "small", "base")  # student/models.py's MODELS, in its order
+# student/models.py's heatmap nets (MODELS), then student/rtmpose.py's RTMPOSE_ARCHS, in order.
+MODEL_SIZES = ("tiny", "small", "base", "rtmpose-t", "rtmpose-s", "rtmpose-m")
+SCHEDULES = ("cosine", "rtmpose")
+AUGMENTS = ("mmpose", "rtmpose")
+# Training recipes: the defaults of the fields a config leaves unset (None). "uni" is the heatmap
+# nets' own; "rtmpose" is MMPose's RTMPose recipe (configs/body_2d_keypoint/rtmpose/coco/
+# rtmpose-t_8xb256-420e_coco-256x192.py; docs/conventions.md "RTMPose students").
+RECIPES: dict[str, dict] = {
+    "uni": dict(lr=2e-3, weight_decay=0.01, warmup_steps=100, schedule="cosine",
+                augment="mmpose", ema=False, clip_grad=0.0, decay_norm_bias=True),
+    "rtmpose": dict(lr=4e-3, weight_decay=0.05, warmup_steps=1000, schedule="rtmpose",
+                    augment="rtmpose", ema=True, clip_grad=0.0, decay_norm_bias=False),
+}
+# Where MMPose's per-size configs differ from rtmpose-m's (the recipe above): rtmpose-t's has
+# weight decay 0 and its EMAHook commented out, rtmpose-s's weight decay 0.
+RTMPOSE_SIZES: dict[str, dict] = {"rtmpose-t": dict(weight_decay=0.0, ema=False),
+                                  "rtmpose-s": dict(weight_decay=0.0)}
 KD_LOSSES = ("kl", "mse")
 KD_DECAYS = ("none", "linear")
 RUN_STATE = ("resume",)  # fields that are the invocation's, not the configuration's
@@ -61,18 +77,45 @@ class TrainConfig:
                                      shown=f"{100 * VAL_FRACTION:g} % of --data held out")
     stores: tuple[str, ...] = _key(
         (), "Teacher stores (folders of *.h5 or files); none = ground truth only.")
-    out: str = _key("", "Run directory.")
-    model: str = _key("tiny", "Student size: tiny ≈1M, small ≈5M, base ≈16M parameters.",
-                      choices=MODEL_SIZES)
+    out: str = _key("", "Run directory (required).", shown=False)
+    model: str = _key("tiny", "Student: heatmap nets tiny ≈1M, small ≈5M, base ≈16M parameters; "
+                      "RTMPose (CSPNeXt + SimCC head, MMPose's) rtmpose-t 3.3M, -s 5.5M, "
+                      "-m 13.6M.", choices=MODEL_SIZES)
+    init: str = _key("", "Start from these weights: an MMPose RTMPose checkpoint (.pth), a "
+                     "CSPNeXt backbone, a uni run or a state dict; keypoint rows map by name.",
+                     shown="fresh weights")
+    init_skeleton: str = _key("", "The --init checkpoint's skeleton, where it records none and "
+                              "its keypoint count is ambiguous.", shown="from the checkpoint")
     input_wh: tuple[int, int] = _key(
         (192, 256), "Crop size HxW, as papers write it (256x192: 256 high).",
         option="--input-size")
     epochs: int = _key(10)
     batch_size: int = _key(32, "Per process.")
-    lr: float = _key(2e-3, "AdamW peak learning rate, cosine schedule.")
-    weight_decay: float = _key(0.01, "AdamW weight decay.", option=False)
-    warmup_steps: int = _key(100, "Linear warm-up steps (at most a tenth of the run's).",
-                             option=False)
+    recipe: str = _key("", "Defaults for lr, weight_decay, warmup_steps, schedule, augment, ema, "
+                       "clip_grad, decay_norm_bias: uni or rtmpose (MMPose's RTMPose recipe).",
+                       shown="rtmpose for rtmpose-*, else uni", choices=tuple(RECIPES))
+    lr: float | None = _key(None, "AdamW peak learning rate.",
+                            shown=f"{RECIPES['uni']['lr']:g} (uni), "
+                            f"{RECIPES['rtmpose']['lr']:g} (rtmpose)")
+    weight_decay: float | None = _key(None, "AdamW weight decay.", option=False)
+    warmup_steps: int | None = _key(None, "Linear warm-up steps (at most a tenth of the run's).",
+                                    option=False)
+    schedule: str | None = _key(None, "cosine: warm-up, cosine to 1 %; rtmpose: warm-up, flat "
+                                "to half the epochs, cosine to 5 % (by step).", option=False,
+                                choices=SCHEDULES)
+    augment: str | None = _key(None, "mmpose: flip, shift, scale, rotate (HRNet ranges); "
+                               "rtmpose: + half-body, truncated normals, HSV, blur, dropout.",
+                               shown="mmpose (uni), rtmpose (rtmpose)", choices=AUGMENTS)
+    ema: bool | None = _key(None, "Keep an exponential moving average of the weights (MMPose's "
+                            "ExpMomentumEMA); checkpoints' evaluated weights are the average.",
+                            option=False)
+    clip_grad: float | None = _key(None, "Clip the gradients' global norm; 0 = no clipping.",
+                                   option=False)
+    decay_norm_bias: bool | None = _key(None, "Weight decay on norm layers and biases too "
+                                        "(RTMPose: no).", option=False)
+    sample_ratio: dict[str, float] = _key(
+        {}, "KIND=F; repeat: each dataset of that kind gives round(len × F) persons per epoch "
+        "(MMPose's sample_ratio_factor).", shown="every person once")
     workers: int = _key(2, "DataLoader worker processes.")
     gt_weight: float = _key(0.3, "Ground-truth loss weight.")
     kd_weight: dict[str, float] = _key(
@@ -111,6 +154,20 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             object.__setattr__(self, f.name, _convert(f.name, getattr(self, f.name)))
+        # The recipe fills what the config leaves unset, so a resolved config (config.toml, a
+        # checkpoint's) holds every value and reads back the same whatever the defaults become.
+        if not self.recipe:
+            object.__setattr__(self, "recipe", "rtmpose" if self.model.startswith("rtmpose")
+                               else "uni")
+        if self.recipe not in RECIPES:
+            raise UniError(f"config: recipe must be one of {', '.join(RECIPES)}, got "
+                           f"{self.recipe!r}")
+        recipe = RECIPES[self.recipe]
+        if self.recipe == "rtmpose":
+            recipe = {**recipe, **RTMPOSE_SIZES.get(self.model, {})}
+        for name, value in recipe.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, _convert(name, value))
         _check(self)
 
     @classmethod
@@ -137,11 +194,21 @@ DEFAULTS: dict = {  # field → default, as plain values (lists), like to_dict's
     for f in fields(TrainConfig)}
 
 
+def field_type(name: str) -> type:
+    """A field's declared type, without the None of a recipe-filled field (float | None → float)."""
+    hint = HINTS[name]
+    args = [a for a in getattr(hint, "__args__", ()) if a is not type(None)]
+    return args[0] if type(None) in getattr(hint, "__args__", ()) else hint
+
+
 def _convert(name: str, value):
     """A field's value as its declared type: sequences → tuples, numbers cast, TEACHER=VALUE
     items parsed, skeleton files made absolute (a config.toml is read back from anywhere);
-    other strings are checked (_check), not converted, but a path becomes its str."""
-    hint = HINTS[name]
+    other strings are checked (_check), not converted, but a path becomes its str. None stays
+    None (a recipe-filled field not set)."""
+    if value is None:
+        return None
+    hint = field_type(name)
     try:
         if hint is bool:
             return bool(value)
@@ -169,8 +236,20 @@ def _check(c: TrainConfig) -> None:
         raise UniError("config: 'out' (the run directory) is required")
     if c.model not in MODEL_SIZES:
         raise UniError(f"config: unknown model {c.model!r}; known: {', '.join(MODEL_SIZES)}")
+    for key, known in (("schedule", SCHEDULES), ("augment", AUGMENTS)):
+        if getattr(c, key) not in known:
+            raise UniError(f"config: {key} must be one of {', '.join(known)}, got "
+                           f"{getattr(c, key)!r}")
+    if c.clip_grad < 0 or c.warmup_steps < 0:
+        raise UniError("config: clip_grad and warmup_steps must be ≥ 0")
+    for kind, f in c.sample_ratio.items():
+        if not (math.isfinite(f) and f > 0):
+            raise UniError(f"--sample-ratio {kind}: must be a positive number, got {f}")
     if c.kd_loss not in KD_LOSSES:
         raise UniError(f"config: kd_loss must be one of {', '.join(KD_LOSSES)}")
+    if c.model.startswith("rtmpose") and c.kd_loss != "kl":
+        raise UniError(f"config: kd_loss {c.kd_loss!r} is for heatmap students; RTMPose "
+                       "students distil with the paper's SimCC KL (kd_loss kl)")
     for name, decay in c.kd_decay.items():
         if decay not in KD_DECAYS:
             raise UniError(f"--kd-decay {name}: {decay!r} is not one of {', '.join(KD_DECAYS)}")
@@ -186,7 +265,7 @@ def _check(c: TrainConfig) -> None:
 def _finite(c: TrainConfig) -> None:
     """A NaN or infinite weight or rate would train on garbage (or stop at the first step):
     refused here, before any data is read."""
-    for key in ("lr", "weight_decay", "gt_weight", "kd_beta", "save_every_s"):
+    for key in ("lr", "weight_decay", "gt_weight", "kd_beta", "save_every_s", "clip_grad"):
         if not math.isfinite(getattr(c, key)):
             raise UniError(f"config: {key} must be a finite number, got {getattr(c, key)}")
     for name, w in c.kd_weight.items():
@@ -223,7 +302,7 @@ def parse_assignments(items: list | tuple | dict, option: str, cast: Callable) -
         for item in items:
             name, sep, value = str(item).partition("=")
             if not sep or not name:
-                raise UniError(f"{option}: expected TEACHER=VALUE, got {item!r}")
+                raise UniError(f"{option}: expected NAME=VALUE, got {item!r}")
             pairs.append((name, value))
     out = {}
     for name, value in pairs:

@@ -1,12 +1,13 @@
 """Stage-two samples: image → augmented crop, GT heatmaps, and cached teacher targets warped by
 the very same augmentation.
 
-Augmentation follows MMPose's RandomFlip + RandomBBoxTransform (top-down), with the classic
-HRNet/SimpleBaseline ranges: horizontal flip p = 0.5; box shift uniform ±0.16 of the box size
-with p = 0.3; box scale normal(1, 0.35) clipped to 0.65…1.35 (p = 1); rotation normal(0, 40°)
-clipped to ±80° with p = 0.6. No half-body transform. Each sample's parameters come from an
-RNG seeded by (seed, epoch, index), so a resumed run replays exactly the same crops whatever
-the worker count.
+Augmentation (student/augment.py): "mmpose", MMPose's RandomFlip + RandomBBoxTransform with the
+classic HRNet/SimpleBaseline ranges, or "rtmpose", RTMPose's recipe (half-body, truncated
+normals, then pixel-only HSV, blur, coarse dropout on the crop). Either way the crop is one
+affine warp, and the GT and cached teacher targets go through that same affine. Each sample's
+draws come from an RNG seeded by (seed, epoch, index), so a resumed run replays exactly the
+same crops whatever the worker count. With per-dataset sample ratios an epoch's items are a
+seeded function of (seed, epoch) too (student/sampling.py).
 
 Keypoint channels: the run's unified skeleton (U keypoints, unified21 by default; a run may
 choose another, student/run_data.py). GT keypoints map from each dataset's native order into it by
@@ -44,47 +45,22 @@ from uniskel.core.geometry import (
     warp_heatmaps,
 )
 from uniskel.core.heatmaps import SIGMA, gaussian_heatmaps
+from uniskel.core.simcc import SIMCC_SPLIT, simcc_labels, simcc_sigma
 from uniskel.core.skeletons import UNIFIED, Skeleton, native_to_unified
 from uniskel.stores.reader import StoreReader, open_store
 from uniskel.stores.verify import missing_instances
+from uniskel.student.augment import (
+    Augment,
+    RTMPoseAugment,
+    View,
+    body_halves,
+    photometric,
+    sample_rtmpose_view,
+    sample_view,
+)
+from uniskel.student.sampling import epoch_items
 
 _PEAK_EPS = 1e-6  # a cached map with a lower peak is empty: the teacher saw nothing there
-
-
-@dataclass(frozen=True)
-class Augment:
-    """MMPose-style ranges (see the module docstring)."""
-
-    flip_prob: float = 0.5
-    shift: float = 0.16
-    shift_prob: float = 0.3
-    scale: tuple[float, float] = (0.65, 1.35)
-    rotation: float = 40.0
-    rotation_prob: float = 0.6
-
-
-@dataclass(frozen=True)
-class View:
-    """One crop's augmentation parameters (crop_person's arguments)."""
-
-    shift: tuple[float, float] = (0.0, 0.0)
-    scale: float = 1.0
-    rotation: float = 0.0
-    flip: bool = False
-
-
-def sample_view(rng: np.random.Generator, aug: Augment) -> View:
-    """Random view, as MMPose's RandomBBoxTransform + RandomFlip draw it."""
-    shift = rng.uniform(-1.0, 1.0, 2) * aug.shift
-    if rng.random() >= aug.shift_prob:
-        shift = np.zeros(2)
-    lo, hi = aug.scale
-    scale = float(np.clip(rng.normal() * (hi - lo) / 2 + (hi + lo) / 2, lo, hi))
-    rotation = float(np.clip(rng.normal() * aug.rotation, -2 * aug.rotation, 2 * aug.rotation))
-    if rng.random() >= aug.rotation_prob:
-        rotation = 0.0
-    flip = bool(rng.random() < aug.flip_prob)
-    return View((float(shift[0]), float(shift[1])), scale, rotation, flip)
 
 
 @dataclass(frozen=True)
@@ -157,10 +133,25 @@ def teacher_targets(heatmaps: np.ndarray, a_teacher: np.ndarray, skeleton: Skele
     return np.ascontiguousarray(targets), spatial, weights
 
 
+def simcc_gt(keypoints: np.ndarray, a_crop: np.ndarray, flip: bool, input_wh: tuple[int, int],
+             unified: Skeleton = UNIFIED) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SimCC GT for one view (MMPose's SimCCLabel, core/simcc.py). keypoints: (U, 3) [x, y, v]
+    in `unified`'s order; a_crop: image → crop (2, 3).
+
+    Returns x labels (U, W·split), y labels (U, H·split) float32 and weights (U,) float32.
+    """
+    pts = apply(a_crop, keypoints[:, :2])  # (U, 2) crop px
+    vis = keypoints[:, 2] > 0
+    if flip:
+        pts, vis = pts[unified.flip_index], vis[unified.flip_index]
+    return simcc_labels(pts, vis, input_wh, simcc_sigma(input_wh), SIMCC_SPLIT)
+
+
 class PoseSamples(torch.utils.data.Dataset):
     """All instances of several datasets, as training (augmented) or validation samples.
 
-    Item i → dict: image (3, H, W) float32, gt_heatmaps (U, h, w), gt_weights (U,),
+    Item i → dict: image (3, H, W) float32, gt_heatmaps (U, h, w) — or for head "simcc"
+    gt_simcc_x (U, W·2) and gt_simcc_y (U, H·2) — gt_weights (U,),
     kd_targets (T, U, h, w), kd_masks (T, 1, h, w), kd_weights (T, U), index; or
     {"skipped": "path: reason (format instance id)"} when the image cannot be read, or
     {"damaged": "store: reason"} when a cached target fails its checksum (one line, even from
@@ -171,11 +162,18 @@ class PoseSamples(torch.utils.data.Dataset):
 
     def __init__(self, datasets: list[Dataset], input_wh: tuple[int, int],
                  teachers: list[str] = (), sources: dict[tuple[str, str], TeacherSource] = None,
-                 augment: Augment | None = Augment(), seed: int = 0,
+                 augment: Augment | RTMPoseAugment | None = Augment(), seed: int = 0,
                  padding: float = PADDING, sigma: float = SIGMA,
-                 instances: list[tuple[int, int]] | None = None, unified: Skeleton = UNIFIED):
+                 instances: list[tuple[int, int]] | None = None, unified: Skeleton = UNIFIED,
+                 head: str = "heatmap", sample_ratio: list[float] | None = None,
+                 stage2_from: int | None = None):
         self.datasets = datasets
+        # RTMPose's second stage (mmdet's PipelineSwitchHook): its milder augmentation from
+        # epoch stage2_from on.
+        self.stage1, self.stage2_from = augment, stage2_from
         self.unified = unified
+        self.head = head  # "heatmap": GT heatmaps; "simcc": GT SimCC labels (core/simcc.py)
+        self.upper, self.lower = body_halves(unified)  # for the half-body transform
         self.input_wh = tuple(input_wh)
         w, h = self.input_wh
         if w % 4 or h % 4:
@@ -190,8 +188,14 @@ class PoseSamples(torch.utils.data.Dataset):
         self.sigma = sigma
         # (M, 2) int64 (dataset index, row) pairs; default: everything. An array, not tuples:
         # forked DataLoader workers read it without touching (and so copying) Python objects.
-        self.items = (np.asarray(instances, np.int64).reshape(-1, 2) if instances is not None
-                      else all_items(datasets))
+        self.base_items = (np.asarray(instances, np.int64).reshape(-1, 2)
+                           if instances is not None else all_items(datasets))
+        # Per-dataset ratios (MMPose's sample_ratio_factor): each epoch takes a seeded window
+        # of round(n × ratio) of each dataset's items (student/sampling.py); None: all, once.
+        self.sample_ratio = None if sample_ratio is None else list(sample_ratio)
+        self._by_dataset = [self.base_items[self.base_items[:, 0] == d]
+                            for d in range(len(datasets))]
+        self.items = self._epoch_items()
         self._to_grid = crop_to_heatmap(self.input_wh, self.hm_wh)
 
     def __len__(self) -> int:
@@ -199,11 +203,28 @@ class PoseSamples(torch.utils.data.Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self.items = self._epoch_items()
+        if isinstance(self.stage1, RTMPoseAugment) and self.stage2_from is not None:
+            self.augment = self.stage1.stage2() if epoch >= self.stage2_from else self.stage1
 
-    def view(self, index: int) -> View:
+    def _epoch_items(self) -> np.ndarray:
+        """(M, 2) int64 (dataset index, row) of this epoch: every item once, or the windows."""
+        if self.sample_ratio is None:
+            return self.base_items
+        picks = epoch_items([len(b) for b in self._by_dataset], self.sample_ratio, self.seed,
+                            self.epoch)  # (M, 2) (dataset, position in its items)
+        return np.concatenate([np.zeros((0, 2), np.int64)] + [
+            self._by_dataset[d][picks[picks[:, 0] == d, 1]] for d in range(len(self.datasets))])
+
+    def view(self, index: int, rng: np.random.Generator, keypoints: np.ndarray,
+             bbox: np.ndarray) -> View:
+        """This sample's augmentation (keypoints: (U, 3) unified order, image px)."""
         if self.augment is None:
             return View()
-        return sample_view(np.random.default_rng([self.seed, self.epoch, index]), self.augment)
+        if isinstance(self.augment, RTMPoseAugment):
+            return sample_rtmpose_view(rng, self.augment, keypoints, bbox, self.upper,
+                                       self.lower, self.input_wh[0] / self.input_wh[1])
+        return sample_view(rng, self.augment)
 
     def __getitem__(self, index: int) -> dict:
         d, i = self.items[index].tolist()
@@ -213,12 +234,21 @@ class PoseSamples(torch.utils.data.Dataset):
             image = read_image(inst.image_path)
         except UniError as e:
             return {"skipped": f"{e} ({ds.kind.name} instance {inst.instance_id})"}
-        v = self.view(index)
-        crop, a_crop = crop_person(image, inst.bbox, self.input_wh, self.padding, v.rotation,
-                                   v.scale, v.shift, v.flip)
-        a_grid = compose(self._to_grid, a_crop)
         kp = native_to_unified(inst.keypoints, ds.skeleton, self.unified)  # (U, 3)
-        gt, gt_w = gt_targets(kp, a_grid, v.flip, self.hm_wh, self.unified, self.sigma)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        v = self.view(index, rng, kp, inst.bbox)
+        box = inst.bbox if v.box is None else np.asarray(v.box, np.float64)
+        crop, a_crop = crop_person(image, box, self.input_wh, self.padding, v.rotation,
+                                   v.scale, v.shift, v.flip)
+        if isinstance(self.augment, RTMPoseAugment):  # pixels only: the geometry is a_crop
+            crop = photometric(crop, rng, self.augment)
+        a_grid = compose(self._to_grid, a_crop)
+        if self.head == "simcc":
+            gt_x, gt_y, gt_w = simcc_gt(kp, a_crop, v.flip, self.input_wh, self.unified)
+            gt = {"gt_simcc_x": torch.from_numpy(gt_x), "gt_simcc_y": torch.from_numpy(gt_y)}
+        else:
+            hm, gt_w = gt_targets(kp, a_grid, v.flip, self.hm_wh, self.unified, self.sigma)
+            gt = {"gt_heatmaps": torch.from_numpy(hm)}
         w, h = self.hm_wh
         t, u = len(self.teachers), self.unified.num_keypoints
         kd = np.zeros((t, u, h, w), np.float32)
@@ -237,8 +267,8 @@ class PoseSamples(torch.utils.data.Dataset):
                 return {"damaged": str(e)}
             kd[j], kd_mask[j], kd_w[j] = teacher_targets(maps, a_teacher, src.skeleton, a_grid,
                                                          v.flip, self.hm_wh, self.unified)
-        return {"image": torch.from_numpy(normalize(crop[None])[0]),
-                "gt_heatmaps": torch.from_numpy(gt), "gt_weights": torch.from_numpy(gt_w),
+        return {"image": torch.from_numpy(normalize(crop[None])[0]), **gt,
+                "gt_weights": torch.from_numpy(gt_w),
                 "kd_targets": torch.from_numpy(kd), "kd_masks": torch.from_numpy(kd_mask),
                 "kd_weights": torch.from_numpy(kd_w), "index": index}
 

@@ -1,5 +1,6 @@
 """Student networks: normalised crops (N, 3, H, W) → unified heatmaps (N, U, H/4, W/4), one
-channel per keypoint of the run's unified skeleton (U = 21 for the default, unified21).
+channel per keypoint of the run's unified skeleton (U = 21 for the default, unified21); and
+`build_model`, which also builds the RTMPose students (student/rtmpose.py: SimCC outputs).
 
 One plain design in three widths. A stride-4 stem, inverted-residual (MobileNetV2-style,
 depthwise) stages down to stride 32, then a light FPN-style decoder back up to stride 4 (each
@@ -16,6 +17,7 @@ from torch import nn
 
 from uniskel.core.errors import UniError
 from uniskel.core.skeletons import UNIFIED
+from uniskel.student.rtmpose import RTMPOSE_ARCHS, build_rtmpose
 
 # name → (stem width, widths of the stride 8 / 16 / 32 stages, blocks per stage, expansion,
 #         decoder width). Parameter counts are checked in tests/test_student_models.py.
@@ -86,11 +88,21 @@ class Student(nn.Module):
         return self.head(y)
 
 
-def build_model(name: str, num_keypoints: int = UNIFIED.num_keypoints) -> Student:
-    """A fresh student by name: tiny (≈1M parameters), small (≈5M), base (≈16M), with
-    `num_keypoints` output channels (the run's unified skeleton's; 21 by default)."""
+def model_head(name: str) -> str:
+    """'heatmap' for uni's heatmap nets, 'simcc' for RTMPose students."""
+    return "simcc" if name in RTMPOSE_ARCHS else "heatmap"
+
+
+def build_model(name: str, num_keypoints: int = UNIFIED.num_keypoints,
+                input_wh: tuple[int, int] = (192, 256)) -> nn.Module:
+    """A fresh student by name with `num_keypoints` outputs (the run's unified skeleton's; 21
+    by default): a heatmap net tiny (≈1M parameters), small (≈5M), base (≈16M) — any input
+    divisible by 4 — or an RTMPose rtmpose-t / -s / -m (student/rtmpose.py), whose SimCC head
+    is built for `input_wh` (w, h)."""
+    if name in RTMPOSE_ARCHS:
+        return build_rtmpose(name, num_keypoints, tuple(input_wh))
     if name not in MODELS:
-        raise UniError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+        raise UniError(f"unknown model {name!r}; known: {', '.join([*MODELS, *RTMPOSE_ARCHS])}")
     return Student(*MODELS[name], num_keypoints=num_keypoints)
 
 

@@ -23,10 +23,10 @@ from uniskel.core.datasets import Dataset, load_dataset
 from uniskel.core.errors import UniError
 from uniskel.core.skeletons import Skeleton, load_skeleton_file, unified_skeleton
 from uniskel.student import ddp
+from uniskel.student.augment import Augment, RTMPoseAugment
 from uniskel.student.checkpoint import student_unified
 from uniskel.student.config import TrainConfig, teacher_weights
 from uniskel.student.data import (
-    Augment,
     PoseSamples,
     check_stores,
     collate,
@@ -35,6 +35,7 @@ from uniskel.student.data import (
     split_items,
     teacher_skeletons,
 )
+from uniskel.student.models import model_head
 
 
 @dataclass
@@ -78,14 +79,17 @@ def build_data(cfg: TrainConfig, rank: int, world: int, device: torch.device, pr
     bad, first = ddp.broadcast(damage)
     train_items = drop_damaged(bad, first, train_sets, train_items, cfg.skip_corrupt,
                                rank == 0)
-    input_wh = cfg.input_wh
-    train_ds = PoseSamples(train_sets, input_wh, teachers, sources, Augment(), cfg.seed,
-                           instances=train_items, unified=unified)
+    input_wh, head = cfg.input_wh, model_head(cfg.model)
+    augment = RTMPoseAugment() if cfg.augment == "rtmpose" else Augment()
+    train_ds = PoseSamples(train_sets, input_wh, teachers, sources, augment, cfg.seed,
+                           instances=train_items, unified=unified, head=head,
+                           sample_ratio=sample_ratio_list(cfg.sample_ratio, train_sets),
+                           stage2_from=rtmpose_stage2_epoch(cfg.epochs))
     if val_sets:
-        val_ds = PoseSamples(val_sets, input_wh, augment=None, unified=unified)
+        val_ds = PoseSamples(val_sets, input_wh, augment=None, unified=unified, head=head)
     elif held_items:
         val_ds = PoseSamples(train_sets, input_wh, augment=None, instances=held_items,
-                             unified=unified)
+                             unified=unified, head=head)
     else:
         val_ds = None
     if len(train_ds) == 0:
@@ -106,6 +110,25 @@ def build_data(cfg: TrainConfig, rank: int, world: int, device: torch.device, pr
                                 generator=loader_generator(cfg.seed, -1))
     return cfg, Data(teachers, unified, train_ds, sampler, val_loader, loader_kw,
                      steps_per_epoch, total_steps)
+
+
+def rtmpose_stage2_epoch(epochs: int) -> int:
+    """The first epoch of RTMPose's second augmentation stage: its configs switch for the last
+    30 of 420 epochs; a run of another length switches for the same share (at least one)."""
+    return epochs - max(1, round(epochs * 30 / 420))
+
+
+def sample_ratio_list(ratios: dict[str, float], datasets: list[Dataset]) -> list[float] | None:
+    """--sample-ratio KIND=F → one factor per dataset (1 for kinds not named); None when none
+    is given. UniError for a kind no --data dataset has."""
+    if not ratios:
+        return None
+    kinds = {ds.kind.name for ds in datasets}
+    for kind in ratios:
+        if kind not in kinds:
+            raise UniError(f"--sample-ratio {kind}: no --data dataset is of that kind "
+                           f"(kinds: {', '.join(sorted(kinds))})")
+    return [ratios.get(ds.kind.name, 1.0) for ds in datasets]
 
 
 def say_coverage(unified: Skeleton, datasets: list[Dataset], teachers: list[Skeleton]) -> None:

@@ -49,19 +49,13 @@ from uniskel.student.checkpoint import (
     seed_rngs,
 )
 from uniskel.student.config import TrainConfig, read_config_file, write_config
-from uniskel.student.losses import heatmap_mse, total_loss
+from uniskel.student.init import init_weights
+from uniskel.student.losses import total_loss, validation_terms
 from uniskel.student.models import build_model
+from uniskel.student.optim import EMA, lr_factor, param_groups, rtmpose_lr_factor
+from uniskel.student.rtmpose import RTMPose
 from uniskel.student.run_data import Data, build_data, loader_generator, say
 from uniskel.student.runlog import RunLog
-
-
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """The learning rate at `step` as a fraction of the peak: linear warm-up over `warmup`
-    steps, then cosine down to 1 % at `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
 def _autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
@@ -82,13 +76,12 @@ def _evaluate(model: torch.nn.Module, loader: DataLoader | None, cfg: TrainConfi
         for batch in loader:
             if "image" not in batch:
                 continue
+            x = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
             with _autocast(cfg, device):
-                pred = model(batch["image"].to(device))
-            w = batch["gt_weights"].to(device)
-            loss = heatmap_mse(pred, batch["gt_heatmaps"].to(device), w)
-            n = float(w.sum().clamp(min=1.0))
-            total += float(loss) * n
-            count += n
+                pred = model(x["image"])
+            weighted, n = validation_terms(pred, x)
+            total += float(weighted)
+            count += float(n)
     model.train()
     total, count = ddp.all_sum([total, count], device)
     return total / count if count else None
@@ -147,6 +140,7 @@ class Run:
     device: torch.device
     saved_at: float  # time.monotonic() of the last checkpoint (rank 0's clock decides)
     saved_step: int | None  # the step last.pt holds, None before the first
+    first_clip: list[torch.nn.Parameter] | None = None  # clipped to norm 1 at step one
 
     def lr(self) -> float:
         """The learning rate of the step at r.pos.step (the schedule's current one)."""
@@ -158,12 +152,32 @@ def _train(cfg: TrainConfig, resume: dict | None, rank: int, world: int, device:
     cfg, d = build_data(cfg, rank, world, device, progress, resume)
     out = Path(cfg.out)
     seed_rngs(cfg.seed)
-    model = build_model(cfg.model, d.unified.num_keypoints).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model = build_model(cfg.model, d.unified.num_keypoints, cfg.input_wh)
+    first_clip = None
+    if cfg.init and resume is None:  # a resume restores its own weights
+        line = init_weights(Path(cfg.init), model, cfg.model, d.unified,
+                            cfg.init_skeleton or None)
+        if rank == 0:
+            say(f"uni: --init {line}")
+        if isinstance(model, RTMPose):
+            # Fresh keypoint rows start at zero (the mapped keypoints then predict exactly what
+            # the checkpoint did), where ScaleNorm's x / max(|x|, eps) gives them a ~1e6
+            # gradient: Adam's second moment would then stall those rows for ~1/(1-β2)·ln 1e12
+            # steps. Step one clips that layer's gradient norm to 1 (student/init.py).
+            first_clip = list(model.head.final_layer.parameters())
+    model = model.to(device)
+    params = (model.parameters() if cfg.decay_norm_bias
+              else param_groups(model, cfg.weight_decay))
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = max(1, min(cfg.warmup_steps, d.total_steps // 10 or 1))
-    sched = LambdaLR(opt, lambda step: lr_factor(step, warmup, d.total_steps))
+    if cfg.schedule == "rtmpose":
+        sched = LambdaLR(opt, lambda step: rtmpose_lr_factor(
+            step, warmup, d.total_steps, d.steps_per_epoch, cfg.epochs))
+    else:
+        sched = LambdaLR(opt, lambda step: lr_factor(step, warmup, d.total_steps))
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
-    state = TrainState(model, opt, sched, scaler)
+    ema = EMA(model) if cfg.ema else None
+    state = TrainState(model, opt, sched, scaler, ema)
     pos = restore(resume, state) if resume is not None else Position()
     log = None
     if rank == 0:
@@ -171,7 +185,7 @@ def _train(cfg: TrainConfig, resume: dict | None, rank: int, world: int, device:
         write_config(out / "config.toml", cfg)
         log = RunLog(out, d.teachers, pos.step if cfg.resume else None)
     r = Run(cfg, d, state, ddp.wrap(model, world, device), pos, log, rank, device,
-            time.monotonic(), pos.step if resume is not None else None)
+            time.monotonic(), pos.step if resume is not None else None, first_clip)
     try:
         while pos.epoch < cfg.epochs and pos.step < d.total_steps:
             rate = _epoch(r, world, progress)
@@ -247,7 +261,7 @@ def _step(r: Run, batch: dict) -> tuple[dict[str, float] | None, bool]:
             pred = r.net(x["image"])
         loss, terms = total_loss(pred, x, r.d.teachers, cfg.gt_weight, cfg.kd_weight,
                                  cfg.kd_decay, cfg.kd_loss, cfg.kd_beta,
-                                 pos.step / r.d.total_steps)
+                                 pos.step / r.d.total_steps, cfg.input_wh)
     bad = terms is not None and not math.isfinite(terms["total"])
     due = (r.rank == 0 and cfg.save_every_s > 0
            and time.monotonic() - r.saved_at >= cfg.save_every_s)
@@ -262,8 +276,16 @@ def _step(r: Run, batch: dict) -> tuple[dict[str, float] | None, bool]:
         opt, scaler = r.state.opt, r.state.scaler
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        if cfg.clip_grad > 0 or (r.first_clip and pos.step == 0):
+            scaler.unscale_(opt)
+        if r.first_clip and pos.step == 0:
+            torch.nn.utils.clip_grad_norm_(r.first_clip, 1.0)
+        if cfg.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(r.state.model.parameters(), cfg.clip_grad)
         scaler.step(opt)
         scaler.update()
+        if r.state.ema is not None:
+            r.state.ema.update(r.state.model, pos.step + 1)
         n = len(x["image"])
         pos.seen += n
         for k, v in terms.items():
@@ -274,7 +296,9 @@ def _step(r: Run, batch: dict) -> tuple[dict[str, float] | None, bool]:
 def _epoch_end(r: Run, rate: float) -> None:
     """Validation, the epoch's metrics row, best.pt when validation improved, last.pt."""
     pos = r.pos
-    val = _evaluate(r.state.model, r.d.val_loader, r.cfg, r.device)
+    # With EMA, the averaged weights are the run's model (validated, saved as best, exported).
+    model = r.state.ema.module if r.state.ema is not None else r.state.model
+    val = _evaluate(model, r.d.val_loader, r.cfg, r.device)
     if r.log is not None:
         means = {k: v / pos.seen for k, v in pos.sums.items()} if pos.seen else {}
         r.log.row(pos.epoch, pos.step, means, r.lr(), rate, val)

@@ -83,7 +83,7 @@ def test_warped_cache_equals_teacher_on_augmented_crop(setup, input_wh, v, pick)
     sets, store_dir = setup
     teachers, _, sources = match_stores([store_dir], sets)
     samples = PoseSamples(sets, input_wh, teachers, sources)
-    samples.view = lambda index: v
+    samples.view = lambda index, *_: v
     index = pick % len(samples)
     d, i = samples.items[index]
     inst, ds = sets[d].instances[i], sets[d]
@@ -111,7 +111,7 @@ def test_teacher_channels_follow_gt_channels_on_flip(setup):
     samples = PoseSamples(sets, (96, 128), teachers, sources)
     checked = 0
     for flip in (False, True):
-        samples.view = lambda index, flip=flip: View(rotation=25.0, scale=1.1, flip=flip)
+        samples.view = lambda index, *_, flip=flip: View(rotation=25.0, scale=1.1, flip=flip)
         for index in range(0, len(samples), 7):
             s = samples[index]
             gt_xy, _ = decode_heatmaps(s["gt_heatmaps"].numpy()[None])

@@ -9,6 +9,7 @@ from uniskel.core.errors import UniError
 from uniskel.student.config import MODEL_SIZES
 from uniskel.student.losses import heatmap_kl, heatmap_mse, kd_weight_at, total_loss
 from uniskel.student.models import MODELS, build_model, count_parameters
+from uniskel.student.rtmpose import RTMPOSE_ARCHS
 
 
 @pytest.mark.parametrize("name,lo,hi", [("tiny", 0.8e6, 1.3e6), ("small", 4e6, 6e6),
@@ -24,8 +25,8 @@ def test_sizes_and_output_shape(name, lo, hi):
 def test_unknown_model():
     with pytest.raises(UniError, match="unknown model 'huge'"):
         build_model("huge")
-    # The config offers (and --model lists) exactly the sizes there are, torch-free.
-    assert MODEL_SIZES == tuple(MODELS)
+    # The config offers (and --model lists) exactly the models there are, torch-free.
+    assert MODEL_SIZES == (*MODELS, *RTMPOSE_ARCHS)
 
 
 def _blob(x: float, y: float, h: int = 16, w: int = 12) -> torch.Tensor:
