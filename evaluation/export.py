@@ -136,7 +136,7 @@ def load_rtmpose_checkpoint(path: Path, skeleton: str | None = None
         model.load_state_dict(state)
     except RuntimeError as e:
         raise UniError(f"{path}: the weights do not fit an {arch} with {k} keypoints at "
-                       f"{wh[0]}x{wh[1]}: {str(e).splitlines()[0]}") from None
+                       f"{wh[1]}x{wh[0]} (HxW): {str(e).splitlines()[0]}") from None
     return model.eval(), sk
 
 

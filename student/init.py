@@ -159,7 +159,7 @@ def _found(state: dict[str, Tensor]) -> str:
     """What architecture a state dict holds, in words, for error lines."""
     try:
         arch, k, (w, h) = arch_from_state_dict(state)
-        return f"{arch} ({k} keypoints, input {w}x{h})"
+        return f"{arch} ({k} keypoints, input {h}x{w} HxW)"
     except UniError:
         pass
     stem = state.get("stem.0.0.weight")
@@ -205,7 +205,7 @@ def init_weights(path: Path, model: nn.Module, model_name: str, unified: Skeleto
                 mw, mh = model.input_wh
                 key = "head.cls_x.weight" if cw != mw else "head.cls_y.weight"
                 raise UniError(f"{where}: {key} {tuple(state[key].shape)}: the checkpoint's "
-                               f"input size is {cw}x{ch}, the model's {mw}x{mh}")
+                               f"input size is {ch}x{cw} (HxW), the model's {mh}x{mw}")
         elif any(k.startswith("backbone.") for k in state):  # backbone only; head stays fresh
             ignored += [k for k in state if not k.startswith("backbone.")]
             state = {k: v for k, v in state.items() if k.startswith("backbone.")}

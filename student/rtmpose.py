@@ -277,7 +277,8 @@ def build_rtmpose(name: str, num_keypoints: int, input_wh: tuple[int, int]) -> R
                        f"(known: {', '.join(RTMPOSE_ARCHS)})")
     w, h = input_wh
     if w <= 0 or h <= 0 or w % 32 or h % 32:
-        raise UniError(f"input_size: RTMPose needs width and height divisible by 32, got {w}x{h}")
+        raise UniError("input size: RTMPose needs width and height divisible by 32, got "
+                       f"{h}x{w} (HxW)")
     if num_keypoints < 1:
         raise UniError(f"num_keypoints: RTMPose needs at least one keypoint, got {num_keypoints}")
     return RTMPose(name, num_keypoints, (w, h))
@@ -324,7 +325,7 @@ def arch_from_state_dict(state: dict[str, Tensor]) -> tuple[str, int, tuple[int,
                        f"are no input size divisible by 32 at split {SIMCC_SPLIT}")
     mlp_key = "head.mlp.1.weight"
     if _shape(state, mlp_key, 2)[1] != (w // 32) * (h // 32):
-        raise UniError(f"state dict: {mlp_key!r} columns do not fit input {w}x{h}")
+        raise UniError(f"state dict: {mlp_key!r} columns do not fit input {h}x{w} (HxW)")
     return name, k_out, (w, h)
 
 

@@ -200,14 +200,14 @@ def _bad_files(tmp_path: Path, coco_t) -> list[tuple[Path, str, str]]:
     out.append((tmp_path / "tiny.pt", "small", "stem.0.0.weight"))  # heatmap nets' widths
     s_state = _coco_rtmpose("rtmpose-s").state_dict()
     _mmpose_file(tmp_path / "s.pth", s_state)
-    out.append((tmp_path / "s.pth", "rtmpose-t", "rtmpose-s (17 keypoints, input 96x128)"))
+    out.append((tmp_path / "s.pth", "rtmpose-t", "rtmpose-s (17 keypoints, input 128x96 HxW)"))
     out.append((tmp_path / "s.pth", "tiny", "rtmpose-s"))
     torch.save({"state_dict": {k: v for k, v in s_state.items() if k.startswith("backbone.")}},
                tmp_path / "s_backbone.pth")
     out.append((tmp_path / "s_backbone.pth", "rtmpose-t", "backbone.stem.0.conv.weight is "
                 "(16, 3, 3, 3) in the checkpoint, (12, 3, 3, 3) in the model"))
     _mmpose_file(tmp_path / "big.pth", _coco_rtmpose(wh=(128, 160)).state_dict())
-    out.append((tmp_path / "big.pth", "rtmpose-t", "input size is 128x160, the model's 96x128"))
+    out.append((tmp_path / "big.pth", "rtmpose-t", "input size is 160x128 (HxW), the model's 128x96"))
     out.append((tmp_path / "missing.pth", "rtmpose-t", "checkpoint not found"))
     return out
 
