@@ -17,6 +17,7 @@ from pathlib import Path
 import common
 import memory
 import parity
+import rtmpose
 import scale
 import stage_one
 import stage_two
@@ -27,7 +28,7 @@ from uniskel.core.files import write_text
 # Design measurements from earlier runs (store format, dataset reader, threads): appended as is.
 DESIGN = Path(__file__).with_name("earlier_runs.md")
 GROUPS = {"stage_one": stage_one, "store": store, "stage_two": stage_two, "memory": memory,
-          "parity": parity, "scale": scale}
+          "parity": parity, "scale": scale, "rtmpose": rtmpose}
 SMALL = {"instances": 1000, "batch_size": 32, "codecs": list(store.CODECS), "steps": 30,
          "workers": 1, "student": "tiny", "sizes": [1000, 20000], "train_steps": 20,
          "epochs": 4, "seeds": 2, "big_teacher": "base",

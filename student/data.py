@@ -95,10 +95,13 @@ def gt_targets(keypoints: np.ndarray, a_grid: np.ndarray, flip: bool, hm_wh: tup
 
 def teacher_targets(heatmaps: np.ndarray, a_teacher: np.ndarray, skeleton: Skeleton,
                     a_grid: np.ndarray, flip: bool, hm_wh: tuple[int, int],
-                    unified: Skeleton = UNIFIED
+                    unified: Skeleton = UNIFIED, power: float = 1.0
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cached maps (K, ht, wt) in `skeleton`'s native order, with their image → teacher grid
     affine → this view's targets in `unified`'s channels.
+
+    power: the peak-normalised maps are raised to it before the warp (SimCC students: β, the
+    paper's sharpening, which must precede the warp; student/losses.py simcc_kd).
 
     Returns targets (U, h, w) float32 peak-normalised (each channel ÷ its cached peak), spatial
     mask (1, h, w) float32 (1 where the teacher's grid covers the pixel), and keypoint weights
@@ -121,6 +124,8 @@ def teacher_targets(heatmaps: np.ndarray, a_teacher: np.ndarray, skeleton: Skele
     peak = heatmaps.reshape(k, -1).max(-1)  # (k,)
     alive = peak > _PEAK_EPS
     norm = heatmaps / np.where(alive, peak, 1.0)[:, None, None]
+    if power != 1.0:
+        norm = norm ** power
     warped = warp_heatmaps(norm.astype(np.float32), m, hm_wh)  # (k, h, w)
     # Mass kept in view; |det| converts teacher-grid area to student-grid area. (The warped
     # peak would under-rate keypoints whenever the student grid is coarser than the teacher's.)
@@ -166,13 +171,14 @@ class PoseSamples(torch.utils.data.Dataset):
                  padding: float = PADDING, sigma: float = SIGMA,
                  instances: list[tuple[int, int]] | None = None, unified: Skeleton = UNIFIED,
                  head: str = "heatmap", sample_ratio: list[float] | None = None,
-                 stage2_from: int | None = None):
+                 stage2_from: int | None = None, kd_power: float = 1.0):
         self.datasets = datasets
         # RTMPose's second stage (mmdet's PipelineSwitchHook): its milder augmentation from
         # epoch stage2_from on.
         self.stage1, self.stage2_from = augment, stage2_from
         self.unified = unified
         self.head = head  # "heatmap": GT heatmaps; "simcc": GT SimCC labels (core/simcc.py)
+        self.kd_power = kd_power  # teacher maps ** kd_power before the warp (teacher_targets)
         self.upper, self.lower = body_halves(unified)  # for the half-body transform
         self.input_wh = tuple(input_wh)
         w, h = self.input_wh
@@ -266,7 +272,8 @@ class PoseSamples(torch.utils.data.Dataset):
             except UniError as e:  # damaged since it was checked: the loop refuses or skips it
                 return {"damaged": str(e)}
             kd[j], kd_mask[j], kd_w[j] = teacher_targets(maps, a_teacher, src.skeleton, a_grid,
-                                                         v.flip, self.hm_wh, self.unified)
+                                                         v.flip, self.hm_wh, self.unified,
+                                                         self.kd_power)
         return {"image": torch.from_numpy(normalize(crop[None])[0]), **gt,
                 "gt_weights": torch.from_numpy(gt_w),
                 "kd_targets": torch.from_numpy(kd), "kd_masks": torch.from_numpy(kd_mask),

@@ -69,7 +69,10 @@ def safe_load(path: Path) -> object:
         if m:
             raise UniError(f"{path}: holds pickled objects ({m.group(1)}); uni loads weights "
                            "only and will not run code from a checkpoint") from None
-        raise UniError(f"{path}: not a readable checkpoint ({io_reason(e, 120)})") from None
+        # torch opens with advice to retry with weights_only=False; its reason comes last.
+        why = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
+        raise UniError(f"{path}: not a readable checkpoint "
+                       f"({why.group(1) if why else io_reason(e, 120)})") from None
     except Exception as e:  # torch raises several types for a file that is no checkpoint
         raise UniError(f"{path}: not a readable checkpoint ({io_reason(e, 120)})") from None
 

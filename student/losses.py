@@ -19,8 +19,9 @@ much of the teacher's peak survives the crop (student.data's kd_weights).
 SimCC students (RTMPose: pred is a (simcc_x, simcc_y) pair) use MMPose's losses instead:
 - GT: simcc_kl, MMPose's KLDiscretLoss(beta=10, label_softmax=True, label_beta=10) on
   core.simcc labels. Like MMPose it sums over the batch and divides by K only.
-- KD "kl": simcc_kd, the paper's KD on each axis: the cached teacher map's marginal p
-  resampled onto the bins, target softmax(β·log p) = p^β / Σ p^β, student log_softmax(β·pred),
+- KD "kl": simcc_kd, the paper's KD on each axis: target softmax(β·log p) = p^β / Σ p^β of the
+  teacher's marginal p — the marginal of its β-sharpened map, warped (student.data) and
+  resampled onto the bins — against the student's log_softmax(β·pred),
   reduced as the paper's code reduces it (DWPose's KDLoss: full KL, mean over samples and
   keypoints), so the paper's weights weigh GT and KD as its code did. "mse" is refused.
 """
@@ -100,14 +101,13 @@ def _nearest(pos: np.ndarray, g: int, device: torch.device) -> torch.Tensor:
                            device=device)
 
 
-def _axis_kd(pred: torch.Tensor, log_p: torch.Tensor, seen: torch.Tensor,
+def _axis_kd(pred: torch.Tensor, log_target: torch.Tensor, seen: torch.Tensor,
              beta: float) -> torch.Tensor:
-    """One axis: pred (N, K, B) logits, log_p (N, K, B) teacher log-probabilities, seen (N, 1, B)
-    bool → (N, K) KL(softmax(β·log p) ‖ softmax(β·pred)), both distributions over the seen bins
-    only."""
+    """One axis: pred (N, K, B) logits, log_target (N, K, B) the target's logits, seen (N, 1, B)
+    bool → (N, K) KL(softmax(log_target) ‖ softmax(β·pred)), both over the seen bins only."""
     n, k, b = pred.shape
     inside = seen.expand(n, k, b)
-    t = torch.where(inside, beta * log_p, _MASKED_LOGIT)
+    t = torch.where(inside, log_target, _MASKED_LOGIT)
     s = torch.where(inside, beta * pred.float(), _MASKED_LOGIT)
     log_t = torch.log_softmax(t, -1)
     log_s = torch.log_softmax(s, -1)
@@ -115,7 +115,7 @@ def _axis_kd(pred: torch.Tensor, log_p: torch.Tensor, seen: torch.Tensor,
     return torch.where(inside, log_t.exp() * (log_t - log_s), 0.0).sum(-1)  # (N, K)
 
 
-_LOG_FLOOR = 1e-20  # p below this counts as this: β·log stays finite and far above masked bins
+_LOG_FLOOR = 1e-20  # p below this counts as this: log p stays finite and far above masked bins
 
 
 def teacher_marginals(teacher_maps: torch.Tensor, spatial: torch.Tensor,
@@ -146,13 +146,18 @@ def simcc_kd(pred_x: torch.Tensor, pred_y: torch.Tensor, teacher_maps: torch.Ten
              split: float = SIMCC_SPLIT, beta: float = 10.0) -> torch.Tensor:
     """The paper's KD for a SimCC student from a cached 2-D teacher map → scalar.
 
-    pred_x: (N, K, Wb), pred_y: (N, K, Hb) logits; teacher_maps: (N, K, h, w) peak-normalised
-    on the student's input/4 grid (student.data); spatial: (N, 1, h, w) 1 where the teacher saw;
-    weights: (N, K). Per axis, with p the teacher's marginal (teacher_marginals):
-    KL(softmax(β·log p) ‖ log_softmax(β·pred)) over the bins the teacher saw; the two axes'
-    sum averaged over the (sample, keypoint) pairs by weight — the reduction of the paper's
-    KDLoss (DWPose's, mmpose/models/losses/logit_dis_loss.py: KL summed over bins, x + y, mean
-    over samples and keypoints), with uni's coverage weights as heatmap_kl has them.
+    pred_x: (N, K, Wb), pred_y: (N, K, Hb) logits; teacher_maps: (N, K, h, w) the teacher's
+    peak-normalised map raised to the power β before it was warped onto the student's input/4
+    grid (student.data, kd_power); spatial: (N, 1, h, w) 1 where the teacher saw; weights:
+    (N, K). The paper's target per axis is softmax(β·log p) = p^β / Σ p^β of the teacher's own
+    marginal p; the teacher's map is the outer product of its marginals, so its β-th power is
+    the outer product of those targets, and its marginal (teacher_marginals) is the target —
+    also under rotation, where sharpening after the warp would marginalise the teacher's flat
+    floor instead of its peak (bench/simcc_store.py). KL(target ‖ log_softmax(β·pred)) over the
+    bins the teacher saw; the two axes' sum averaged over the (sample, keypoint) pairs by
+    weight — the reduction of the paper's KDLoss (DWPose's, mmpose/models/losses/
+    logit_dis_loss.py: KL summed over bins, x + y, mean over samples and keypoints), with uni's
+    coverage weights as heatmap_kl has them.
     """
     wb, hb = pred_x.shape[-1], pred_y.shape[-1]
     if (wb, hb) != (num_bins(input_wh[0], split), num_bins(input_wh[1], split)):

@@ -84,7 +84,8 @@ def build_data(cfg: TrainConfig, rank: int, world: int, device: torch.device, pr
     train_ds = PoseSamples(train_sets, input_wh, teachers, sources, augment, cfg.seed,
                            instances=train_items, unified=unified, head=head,
                            sample_ratio=sample_ratio_list(cfg.sample_ratio, train_sets),
-                           stage2_from=rtmpose_stage2_epoch(cfg.epochs))
+                           stage2_from=rtmpose_stage2_epoch(cfg.epochs),
+                           kd_power=cfg.kd_beta if head == "simcc" else 1.0)
     if val_sets:
         val_ds = PoseSamples(val_sets, input_wh, augment=None, unified=unified, head=head)
     elif held_items:

@@ -207,7 +207,8 @@ def _bad_files(tmp_path: Path, coco_t) -> list[tuple[Path, str, str]]:
     out.append((tmp_path / "s_backbone.pth", "rtmpose-t", "backbone.stem.0.conv.weight is "
                 "(16, 3, 3, 3) in the checkpoint, (12, 3, 3, 3) in the model"))
     _mmpose_file(tmp_path / "big.pth", _coco_rtmpose(wh=(128, 160)).state_dict())
-    out.append((tmp_path / "big.pth", "rtmpose-t", "input size is 160x128 (HxW), the model's 128x96"))
+    out.append((tmp_path / "big.pth", "rtmpose-t",
+                "input size is 160x128 (HxW), the model's 128x96"))
     out.append((tmp_path / "missing.pth", "rtmpose-t", "checkpoint not found"))
     return out
 

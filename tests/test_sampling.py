@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from uniskel.core.errors import UniError
+from uniskel.student.data import PoseSamples
 from uniskel.student.sampling import BODY7_FACTORS, epoch_items
 
 SIZES = [50, 37, 11, 0]
@@ -61,3 +62,30 @@ def test_bad_arguments():
 
 def test_body7_factors():
     assert list(BODY7_FACTORS.values()) == [1, 0.3, 0.5, 0.3, 0.3, 0.4, 0.3]
+
+
+class _Ids:
+    """Just what PoseSamples reads to list items: a dataset's instance ids."""
+
+    def __init__(self, n: int):
+        self.instance_ids = np.arange(n)
+
+
+def test_pose_samples_take_each_epochs_windows_of_their_training_items():
+    sets = [_Ids(40), _Ids(10)]
+    held = {(0, 3), (1, 7)}  # e.g. the validation slice: never trained on
+    items = [(d, i) for d, ds in enumerate(sets) for i in range(len(ds.instance_ids))
+             if (d, i) not in held]
+    ds = PoseSamples(sets, (48, 64), instances=items, sample_ratio=[0.5, 2.0], seed=3)
+    lengths = set()
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        lengths.add(len(ds))
+        got = ds.items.tolist()
+        assert sum(d == 0 for d, _ in got) == round(39 * 0.5)
+        assert sum(d == 1 for d, _ in got) == round(9 * 2.0)
+        assert not held & {tuple(x) for x in got}
+        again = PoseSamples(sets, (48, 64), instances=items, sample_ratio=[0.5, 2.0], seed=3)
+        again.set_epoch(epoch)  # a resumed run (or another DDP rank) gets the same items
+        assert again.items.tolist() == got
+    assert lengths == {round(39 * 0.5) + round(9 * 2.0)}  # the sampler's length never changes

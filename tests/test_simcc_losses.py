@@ -8,6 +8,11 @@ import pytest
 import torch
 
 from uniskel.core.errors import UniError
+from uniskel.core.geometry import apply, compose, crop_affine, crop_to_heatmap
+from uniskel.core.simcc import simcc_sigma
+from uniskel.core.skeletons import SKELETONS, UNIFIED
+from uniskel.pipeline.teachers import simcc_to_grid
+from uniskel.student.data import teacher_targets
 from uniskel.student.losses import (
     simcc_kd,
     simcc_kl,
@@ -86,12 +91,13 @@ def _batch(n: int = 2, k: int = 3):
 def test_simcc_kd_is_zero_for_a_student_matching_the_target_and_is_the_hand_formula():
     px, py, maps, spatial, w = _batch()
     p_x, p_y, _, _ = teacher_marginals(maps, spatial, WH)
-    # softmax(β·log p) is the target: a student with logits log p matches it exactly.
-    assert float(simcc_kd(p_x.log(), p_y.log(), maps, spatial, w, WH)) == pytest.approx(
+    # The maps arrive β-sharpened (student.data), so p itself is the target: a student with
+    # logits log p / β matches it exactly.
+    assert float(simcc_kd(p_x.log() / 10, p_y.log() / 10, maps, spatial, w, WH)) == pytest.approx(
         0.0, abs=1e-5)
     got = simcc_kd(px, py, maps, spatial, w, WH, 2.0, 10.0)
     # The paper's KDLoss: full KL per row (not ÷ bins), x + y, mean over (sample, keypoint).
-    rows = sum(_kl_rows(pr.double().numpy(), 10 * np.log(p.double().numpy()), 10.0)
+    rows = sum(_kl_rows(pr.double().numpy(), np.log(p.double().numpy()), 10.0)
                * pr.shape[-1] for pr, p in ((px, p_x), (py, p_y)))
     assert float(got) == pytest.approx(rows.sum() / float(w.sum()), rel=1e-4)
 
@@ -145,3 +151,41 @@ def test_total_loss_with_a_simcc_student():
         total_loss((px, py), batch, ["a", "b"], kd_loss="mse", **kw)
     s, n = validation_terms((px, py), batch)
     assert n == 5.0 and s == pytest.approx(terms["gt"] * 3, rel=1e-6)
+
+
+def _softmax(v: np.ndarray) -> np.ndarray:
+    e = np.exp(v - v.max())
+    return e / e.sum()
+
+
+@pytest.mark.parametrize("truth,rotation", [((70.3, 101.7), 0.0), ((150.0, 60.0), 30.0),
+                                            ((150.0, 60.0), -50.0), ((30.0, 40.0), -50.0)])
+def test_kd_target_of_a_flat_simcc_teacher_follows_a_rotated_view(truth, rotation):
+    """A trained RTMPose's SimCC output is softmax of label-scale logits: a peak only e^1 above
+    a flat floor. Its cached map (outer product of the marginals, as stage one stores it) must
+    be sharpened before the warp (teacher_targets' power): sharpened after, a rotated view's
+    marginal follows the floor's bulk instead of the keypoint (bench/simcc_store.py)."""
+    input_wh, hm_wh, beta = (192, 256), (48, 64), 10.0
+    truth = np.array(truth)  # image px; the teacher saw the image as its own crop
+    bins = np.arange(2 * 192), np.arange(2 * 256)
+    px, py = (_softmax(np.exp(-(b - 2 * t) ** 2 / (2 * s * s)))
+              for b, t, s in zip(bins, truth, simcc_sigma(input_wh), strict=True))
+    gx, gy = (simcc_to_grid(p, 2.0, 4.0, n) for p, n in ((px, 48), (py, 64)))
+    maps = np.repeat((gy[:, None] * gx[None, :])[None], 17, 0)  # (17, 64, 48) coco17
+    a_teacher = crop_to_heatmap(input_wh, hm_wh)
+    a_crop = crop_affine(np.array([95.5, 127.5]), np.array([192.0, 256.0]), input_wh, rotation)
+    a_grid = compose(crop_to_heatmap(input_wh, hm_wh), a_crop)
+    want = apply(a_crop, truth[None])[0]  # crop px in the student's view
+    shifts = {}
+    for power in (1.0, beta):
+        t, spatial, _ = teacher_targets(maps, a_teacher, SKELETONS["coco17"], a_grid, False,
+                                        hm_wh, UNIFIED, power)
+        p_x, p_y, _, _ = teacher_marginals(torch.from_numpy(t)[None],
+                                           torch.from_numpy(spatial)[None], input_wh)
+        if power == 1.0:  # the paper's softmax(β·log p) taken after the warp
+            p_x, p_y = (torch.softmax(beta * p.clamp(min=1e-20).log(), -1) for p in (p_x, p_y))
+        got = np.array([int(p_x[0, 0].argmax()), int(p_y[0, 0].argmax())]) / 2.0
+        shifts[power] = float(np.hypot(*(got - want)))
+    assert shifts[beta] < 4.0, shifts  # within one pixel of the input/4 grid it was warped on
+    if rotation:
+        assert shifts[1.0] > 4 * shifts[beta] + 4.0, shifts
