@@ -40,6 +40,7 @@ import torch
 from uniskel.core.crops import crop_person, normalize, read_image
 from uniskel.core.datasets import load_dataset
 from uniskel.core.geometry import compose
+from uniskel.core.heatmaps import merge_flipped
 from uniskel.core.skeletons import NUM_UNIFIED, native_to_unified
 from uniskel.evaluation.export import export_onnx
 from uniskel.pipeline.cache import cache_teachers
@@ -301,10 +302,26 @@ def loader(args: argparse.Namespace, datasets, teachers, sources
 # --------------------------------------------------------------------------- 4. export
 
 
-def exported_teacher(args: argparse.Namespace, demo: Path) -> tuple[list[float], list[float],
-                                                                     int, float, str]:
-    """(bare loop crops/s runs, cache-teachers crops/s runs, crops, end-to-end crops/s, loads)
-    for rtmpose-t exported from an MMPose-format checkpoint (random weights, seed 0)."""
+def simcc_to_maps_seconds(teacher: Teacher, crops: np.ndarray, batch: int) -> float:
+    """Seconds Teacher.predict spends turning SimCC outputs into store maps (softmax, bins →
+    grid, outer product, flip merge) over `crops`, session.run excluded."""
+    total = 0.0
+    for s in range(0, len(crops), batch):
+        x = normalize(crops[s:s + batch], teacher.info.mean, teacher.info.std, teacher.info.bgr)
+        n = len(x)
+        outs = teacher._run(np.ascontiguousarray(np.concatenate([x, x[..., ::-1]])))
+        t0 = time.perf_counter()
+        hm = teacher._to_heatmaps(outs)
+        merge_flipped(hm[:n], hm[n:], teacher.skeleton.flip_index)
+        total += time.perf_counter() - t0
+    return total
+
+
+def exported_teacher(args: argparse.Namespace, demo: Path
+                     ) -> tuple[list[float], list[float], int, float, dict[str, float], str]:
+    """(bare loop crops/s runs, cache-teachers crops/s runs, crops, end-to-end crops/s, seconds
+    per step of the same work, loads) for rtmpose-t exported from an MMPose-format checkpoint
+    (random weights, seed 0)."""
     ckpt, onnx_path = args.work / "rtm_rtmpose-t.pth", args.work / "rtm_rtmpose-t.onnx"
     torch.manual_seed(0)
     model = build_rtmpose("rtmpose-t", 17, INPUT_WH)
@@ -329,7 +346,11 @@ def exported_teacher(args: argparse.Namespace, demo: Path) -> tuple[list[float],
             cached.append(rate)
             wall.append(end_to_end)
     shutil.rmtree(args.work / "rtm_cache", ignore_errors=True)
-    return bare, cached, len(crops), float(np.median(wall)), (
+    parts = stage_one.breakdown(onnx_path, instances, args.batch_size,
+                                args.work / "rtm_parts.h5")
+    parts["of which SimCC → maps + flip merge"] = simcc_to_maps_seconds(teacher, crops,
+                                                                        args.batch_size)
+    return bare, cached, len(crops), float(np.median(wall)), parts, (
         f"{load_before} before, {common.load()} after")
 
 
@@ -347,7 +368,7 @@ def run(args: argparse.Namespace) -> str:
     times, mm, step_loads = steps(args, datasets, teachers, skeletons, sources)
     rate, parts, n_loader, decode640, demo_wh, loader_loads = loader(args, datasets, teachers,
                                                                      sources)
-    bare, cached, n_crops, wall_rate, export_loads = exported_teacher(args, demo)
+    bare, cached, n_crops, wall_rate, export_parts, export_loads = exported_teacher(args, demo)
 
     # 2. step
     med = {k: float(np.median(v)) for k, v in times.items()}
@@ -366,6 +387,8 @@ def run(args: argparse.Namespace) -> str:
                    f"fastest steps {low[uni17] / mm_low:.2f}); both K = 17, GT SimCC KL loss, "
                    f"AdamW, {THREADS} threads.")
     else:
+        step_rows.append(["MMPose 1.3.2 RTMPose-t K=17", "not measured (set MMPOSE_PYTHON)",
+                          "—", "—", "—"])
         mm_line = ("uni ÷ MMPose RTMPose-t step: not measured (set MMPOSE_PYTHON to a python "
                    "with MMPose 1.3.2, e.g. the scratch venv tests/data/mmpose_ref/README.md "
                    "describes).")
@@ -375,14 +398,18 @@ def run(args: argparse.Namespace) -> str:
     gpu_rate = GPU_PEAK * GPU_UTIL / (2 * train_macs)
     log_rate = LOG_IMAGES_PER_S * LOG_MACS / (PUBLISHED["rtmpose-t"][1] * 1e9)
     total = sum(parts.values())
-    part_rows = [[k, f"{1e3 * v / (2 * n_loader):.2f}", f"{100 * v / total:.0f} %"]
+    part_rows = [[k, f"{1e3 * v / n_loader:.2f}", f"{100 * v / total:.0f} %"]
                  for k, v in sorted(parts.items(), key=lambda kv: -kv[1])]
-    part_rows.append(["total (step by step)", f"{1e3 * total / (2 * n_loader):.2f}", "100 %"])
-    decode_demo = parts["image decode"] / (2 * n_loader)
+    part_rows.append(["total (step by step)", f"{1e3 * total / n_loader:.2f}", "100 %"])
+    decode_demo = parts["image decode"] / n_loader
     coco_ms = 1e3 * (1 / rate - decode_demo + decode640)  # the measured rate, decode swapped
 
     # 4. export
     r_export = float(np.median(cached)) / float(np.median(bare))
+    export_total = sum(v for k, v in export_parts.items() if not k.startswith("of which"))
+    export_rows = [[k, f"{1e3 * v / n_crops:.2f}", f"{100 * v / export_total:.0f} %"]
+                   for k, v in export_parts.items()]
+    export_rows.append(["total", f"{1e3 * export_total / n_crops:.2f}", "100 %"])
 
     size_table = common.table(
         ["arch", "uni params", "uni (M)", "MMPose published", "mmengine local params",
@@ -459,6 +486,12 @@ beforehand); runs interleaved, {export_loads}.
 
 - **cache-teachers ÷ bare loop = {r_export:.2f}** (goal ≥ 0.90:
   {common.verdict(r_export >= 0.9)}); end to end incl. start-up {wall_rate:,.0f} crops/s.
+
+Where cache-teachers' time goes (bench/stage_one.py's step-by-step split, ms per crop; infer =
+`Teacher.predict` less normalise: session.run on crop + mirror, then the SimCC outputs turned
+into the store's 64×48 maps):
+
+{common.table(["step", "ms per crop", "share"], export_rows)}
 """
 
 

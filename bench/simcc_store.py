@@ -13,7 +13,9 @@ softmax(β·log p), which for p = softmax(ℓ) is the same thing, so every gap b
 Options, each through the project's own code (pipeline.teachers, stores.encode, student.data,
 student.losses):
 - 2-D input/4 (today's store): softmax → simcc_to_grid → outer product, uint8 + zstd,
-  teacher_targets warp, teacher_marginals.
+  teacher_targets warp, teacher_marginals; "β after the warp" sharpens the warped marginals
+  (uni before the fix), "sharpen first" raises the map to the power β before the warp (what
+  student.data does for SimCC students now).
 - 2-D input/2: the same on a 96x128 grid (store and student-side grid).
 - 1-D: p_x (K, 384), p_y (K, 512) stored uint8 + zstd; at training time either the
   outer product on an input/2 or input/1 grid then the same warp + marginals, or "1-D exact":
@@ -240,7 +242,7 @@ def run_case(rng, n: int, view: str, sigma_f: float, amp: float, reps: int) -> l
     m = [compose(a_sc[i], invert(a_tc)) for i in range(n)]  # teacher crop → student crop
     rows = []
 
-    # 2-D maps through the store (today: input/4).
+    # 2-D maps through the store (today: input/4, sharpened first).
     seen_ref = None
     for name, grid in (("2-D input/4 (today)", (48, 64)), ("2-D input/2", (96, 128))):
         maps = stub_teacher(grid)._to_heatmaps([lx_t, ly_t])  # (n, K, h, w)
@@ -249,7 +251,8 @@ def run_case(rng, n: int, view: str, sigma_f: float, amp: float, reps: int) -> l
         if seen_ref is None:
             seen_ref = (s_x, s_y)
         ms = timed(lambda deq=deq, grid=grid: grid_marginals(deq[:1], a_tc, a_sc[:1], grid), reps)
-        rows.append((name, *compare(p_x, p_y, s_x, s_y, own_x, own_y, valid),
+        rows.append((name + ", β after the warp",
+                     *compare(p_x, p_y, s_x, s_y, own_x, own_y, valid),
                      bytes_per_instance(maps[:50]), ms))
         # The same stored map sharpened (power β) before the warp, marginals used as is.
         sharp = sharpen_maps(deq)
@@ -292,7 +295,8 @@ def run_case(rng, n: int, view: str, sigma_f: float, amp: float, reps: int) -> l
 
             p_x, p_y, s_x, s_y = build(slice(0, n))
             ms = timed(lambda build=build: build(slice(0, 1)), reps)
-            rows.append((name, *compare(p_x, p_y, s_x, s_y, own_x, own_y, valid), b1, ms))
+            rows.append((name + ", β after the warp",
+                         *compare(p_x, p_y, s_x, s_y, own_x, own_y, valid), b1, ms))
     return rows
 
 

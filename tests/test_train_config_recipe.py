@@ -30,7 +30,7 @@ def test_heatmap_nets_keep_uni_defaults_and_given_values_win():
     assert (c.recipe, c.lr, c.weight_decay, c.augment, c.ema) == ("uni", 2e-3, 0.01, "mmpose",
                                                                   False)
     c = _cfg(model="rtmpose-s", lr=1e-3, ema=False, recipe="rtmpose")
-    assert (c.lr, c.ema, c.weight_decay) == (1e-3, False, 0.05)
+    assert (c.lr, c.ema, c.weight_decay) == (1e-3, False, 0.0)
     c = _cfg(model="tiny", recipe="rtmpose")
     assert c.augment == "rtmpose"
 
