@@ -45,5 +45,9 @@ def normalize(crops: np.ndarray, mean=DEFAULT_MEAN, std=DEFAULT_STD, bgr: bool =
               ) -> np.ndarray:
     """crops: (N, H, W, 3) uint8 RGB → (N, 3, H, W) float32 model input."""
     x = crops[..., ::-1] if bgr else crops
-    x = (x.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    # One cast-and-transpose copy, then in place: the same float32 arithmetic as
+    # (x - mean) / std, in a third of the passes over the batch.
+    x = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+    x -= np.asarray(mean, np.float32)[:, None, None]
+    x /= np.asarray(std, np.float32)[:, None, None]
+    return x
