@@ -25,7 +25,7 @@ from uniskel.core.datasets import Dataset
 from uniskel.core.geometry import compose, crop_to_heatmap
 from uniskel.pipeline.teachers import Teacher, read_info
 from uniskel.stores.verify import StoreCheck
-from uniskel.student.data import TeacherSource
+from uniskel.student.sources import TeacherSource
 
 _LAST_IMAGE: dict[str, np.ndarray] = {}  # per process: both teachers crop the same image
 

@@ -47,10 +47,11 @@ from uniskel.pipeline.cache import cache_teachers
 from uniskel.pipeline.teachers import Teacher
 from uniskel.student.augment import RTMPoseAugment, photometric
 from uniskel.student.config import teacher_weights
-from uniskel.student.data import PoseSamples, collate, match_stores, simcc_gt, teacher_targets
+from uniskel.student.data import PoseSamples, collate, simcc_gt, teacher_targets
 from uniskel.student.losses import total_loss
 from uniskel.student.models import build_model, count_parameters
 from uniskel.student.rtmpose import RTMPOSE_ARCHS, build_rtmpose, count_flops
+from uniskel.student.sources import match_stores
 
 INPUT_WH = (192, 256)  # (w, h): the RTMPose COCO configs' 256x192
 # MMPose's README (projects/rtmpose/README.md, body 2d, COCO, 256x192): params (M), GFLOPs.
@@ -423,7 +424,7 @@ def run(args: argparse.Namespace) -> str:
           "1.00"],
          ["cache-teachers, 1 worker (in process)", f"{np.median(cached):,.0f}",
           str(len(cached)), f"{r_export:.2f}"]])
-    return f"""## RTMPose students
+    return f"""## 7. RTMPose students
 
 ### Size: uni's RTMPose against MMPose
 

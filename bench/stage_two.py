@@ -30,10 +30,12 @@ from uniskel.core.datasets import load_dataset
 from uniskel.core.skeletons import NUM_UNIFIED
 from uniskel.pipeline.cache import cache_teachers
 from uniskel.pipeline.teachers import read_info
+from uniskel.student.augment import Augment
 from uniskel.student.config import TrainConfig, teacher_weights
-from uniskel.student.data import Augment, PoseSamples, collate, match_stores
+from uniskel.student.data import PoseSamples, collate
 from uniskel.student.losses import total_loss
 from uniskel.student.models import build_model
+from uniskel.student.sources import match_stores
 from uniskel.student.train import train
 
 

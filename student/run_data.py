@@ -26,16 +26,9 @@ from uniskel.student import ddp
 from uniskel.student.augment import Augment, RTMPoseAugment
 from uniskel.student.checkpoint import student_unified
 from uniskel.student.config import TrainConfig, teacher_weights
-from uniskel.student.data import (
-    PoseSamples,
-    check_stores,
-    collate,
-    drop_damaged,
-    match_stores,
-    split_items,
-    teacher_skeletons,
-)
+from uniskel.student.data import PoseSamples, collate, split_items
 from uniskel.student.models import model_head
+from uniskel.student.sources import check_stores, drop_damaged, match_stores, teacher_skeletons
 
 
 @dataclass

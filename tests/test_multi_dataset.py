@@ -29,7 +29,8 @@ from uniskel.evaluation.export import export_onnx
 from uniskel.pipeline.teachers import read_info
 from uniskel.student.checkpoint import load_checkpoint, load_student, student_unified
 from uniskel.student.config import TrainConfig
-from uniskel.student.data import PoseSamples, match_stores
+from uniskel.student.data import PoseSamples
+from uniskel.student.sources import match_stores
 from uniskel.student.train import train
 
 INPUT_WH = (48, 64)

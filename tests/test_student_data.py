@@ -21,7 +21,9 @@ from uniskel.core.geometry import (
 )
 from uniskel.core.heatmaps import decode_heatmaps
 from uniskel.core.skeletons import SKELETONS
-from uniskel.student.data import Augment, PoseSamples, View, collate, match_stores
+from uniskel.student.augment import Augment, View
+from uniskel.student.data import PoseSamples, collate
+from uniskel.student.sources import match_stores
 
 TEACHERS = {"coco_t": "coco17", "mpii_t": "mpii16"}
 

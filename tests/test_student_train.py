@@ -23,9 +23,10 @@ from uniskel.core.datasets import load_dataset
 from uniskel.core.errors import UniError
 from uniskel.student.checkpoint import load_checkpoint, load_student
 from uniskel.student.config import TrainConfig, read_config_file, teacher_weights
-from uniskel.student.data import PoseSamples, collate, match_stores
+from uniskel.student.data import PoseSamples, collate
 from uniskel.student.losses import total_loss
 from uniskel.student.models import build_model
+from uniskel.student.sources import match_stores
 from uniskel.student.train import train
 
 REPO = Path(__file__).resolve().parents[1]
