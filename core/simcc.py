@@ -64,18 +64,14 @@ def simcc_labels(points: np.ndarray, visible: np.ndarray, input_wh: tuple[int, i
     radius = sig * 3
     x = np.arange(0, wb, 1, dtype=np.float32)
     y = np.arange(0, hb, 1, dtype=np.float32)
-    for i in range(k):
-        if weights[i] < 0.5:
-            weights[i] = 0.0
-            continue
-        mu = mus[i]
-        left, top = mu - radius
-        right, bottom = mu + radius + 1
-        if left >= wb or top >= hb or right < 0 or bottom < 0:
-            weights[i] = 0.0
-            continue
-        tx[i] = np.exp(-((x - mu[0]) ** 2) / (2 * sig[0] ** 2))
-        ty[i] = np.exp(-((y - mu[1]) ** 2) / (2 * sig[1] ** 2))
+    left_top, right_bottom = mus - radius, mus + radius + 1  # (K, 2) each
+    reachable = ((left_top[:, 0] < wb) & (left_top[:, 1] < hb)
+                 & (right_bottom[:, 0] >= 0) & (right_bottom[:, 1] >= 0))
+    keep = (weights >= 0.5) & reachable  # (K,)
+    weights[~keep] = 0.0
+    # Vectorised over keypoints; the same float64 arithmetic per row as MMPose's loop.
+    tx[keep] = np.exp(-((x[None] - mus[keep, :1]) ** 2) / (2 * sig[0] ** 2))
+    ty[keep] = np.exp(-((y[None] - mus[keep, 1:]) ** 2) / (2 * sig[1] ** 2))
     return tx, ty, weights
 
 

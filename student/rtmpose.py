@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from uniskel.core.errors import UniError
+from uniskel.core.simcc import SIMCC_SPLIT
 
 # name → (deepen_factor, widen_factor), from the RTMPose COCO configs.
 RTMPOSE_ARCHS: dict[str, tuple[float, float]] = {
@@ -34,7 +35,6 @@ PER_KEYPOINT_KEYS = ("head.final_layer.weight", "head.final_layer.bias")
 # CSPNeXt arch 'P5': in_channels, out_channels, num_blocks, add_identity, use_spp.
 _P5 = ((64, 128, 3, True, False), (128, 256, 6, True, False),
        (256, 512, 6, True, False), (512, 1024, 3, False, True))
-SIMCC_SPLIT = 2.0
 _GAU_HIDDEN, _GAU_S, _GAU_EXPANSION = 256, 128, 2
 _FINAL_KERNEL = 7
 # The configs use SyncBN with torch's defaults (eps 1e-5, momentum 0.1), not CSPNeXt's own

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,18 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "samples"  # real sample annotations + images (samples/README.md)
 MODELS = DATA / "models"  # a real pretrained teacher (samples/models/README.md)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread for a module (`pytestmark = pytest.mark.usefixtures(...)`): small
+    convolutions on a busy 2-core box spin-wait up to 10× slower on two OpenMP threads."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def one_line_error(result, *fragments: str) -> str:

@@ -3,7 +3,6 @@ onnxruntime and pipeline.teachers.Teacher run like PyTorch."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +23,7 @@ WH = (96, 128)  # (w, h)
 COCO = SKELETONS["coco17"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Small convolutions on a busy 2-core box run faster on one thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _rtmpose(k: int, seed: int = 0):

@@ -1,6 +1,5 @@
 """RTMPose student (uniskel/student/rtmpose.py): MMPose's sizes, shapes, state-dict reading."""
 
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -19,13 +18,7 @@ from uniskel.student.rtmpose import (
 PUBLISHED = {"rtmpose-t": (3.34, 0.36), "rtmpose-s": (5.47, 0.68), "rtmpose-m": (13.59, 1.93)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny convolutions: two OpenMP threads on a busy 2-core box spin-wait 10x slower than one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
