@@ -40,9 +40,10 @@ AUGMENTS = ("mmpose", "rtmpose")
 # rtmpose-t_8xb256-420e_coco-256x192.py; docs/conventions.md "RTMPose students").
 RECIPES: dict[str, dict] = {
     "uni": dict(lr=2e-3, weight_decay=0.01, warmup_steps=100, schedule="cosine",
-                augment="mmpose", ema=False, clip_grad=0.0, decay_norm_bias=True),
+                augment="mmpose", ema=False, clip_grad=0.0, decay_norm_bias=True, sync_bn=False),
     "rtmpose": dict(lr=4e-3, weight_decay=0.05, warmup_steps=1000, schedule="rtmpose",
-                    augment="rtmpose", ema=True, clip_grad=0.0, decay_norm_bias=False),
+                    augment="rtmpose", ema=True, clip_grad=0.0, decay_norm_bias=False,
+                    sync_bn=True),
 }
 # Where MMPose's per-size configs differ from rtmpose-m's (the recipe above): rtmpose-t's has
 # weight decay 0 and its EMAHook commented out, rtmpose-s's weight decay 0.
@@ -113,6 +114,9 @@ class TrainConfig:
                                    option=False)
     decay_norm_bias: bool | None = _key(None, "Weight decay on norm layers and biases too "
                                         "(RTMPose: no).", option=False)
+    sync_bn: bool | None = _key(None, "BatchNorm statistics over all GPUs of a DDP run "
+                                "(SyncBatchNorm, as RTMPose's configs); CPU runs keep "
+                                "per-process BatchNorm (gloo has no SyncBatchNorm).", option=False)
     sample_ratio: dict[str, float] = _key(
         {}, "KIND=F; repeat: each dataset of that kind gives round(len × F) persons per epoch "
         "(MMPose's sample_ratio_factor).", shown="every person once")

@@ -44,6 +44,14 @@ def cpu_threads(world: int, workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // world - workers)
 
 
+def sync_batchnorm(model: torch.nn.Module, world: int, device: torch.device) -> torch.nn.Module:
+    """BatchNorm layers as SyncBatchNorm under a multi-GPU run (same parameters, buffers and
+    state_dict keys, so checkpoints load into the plain model), else the model itself."""
+    if world == 1 or device.type != "cuda":
+        return model
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def wrap(model: torch.nn.Module, world: int, device: torch.device) -> torch.nn.Module:
     """The model as DistributedDataParallel when there are several processes, else itself."""
     if world == 1:

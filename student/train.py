@@ -166,6 +166,8 @@ def _train(cfg: TrainConfig, resume: dict | None, rank: int, world: int, device:
             # steps. Step one clips that layer's gradient norm to 1 (student/init.py).
             first_clip = list(model.head.final_layer.parameters())
     model = model.to(device)
+    if cfg.sync_bn:
+        model = ddp.sync_batchnorm(model, world, device)
     params = (model.parameters() if cfg.decay_norm_bias
               else param_groups(model, cfg.weight_decay))
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
