@@ -183,11 +183,15 @@ class DatasetKind:
     # Other keypoint counts the (single) field may carry; the first K are the skeleton's.
     file_keypoints: tuple[int, ...] = ()
     image_root: str = "images"  # default, relative to the annotation file's folder
+    # OKS scale (and area ranges) of a coco_ap kind: 0 = each person's annotated area (COCO);
+    # F > 0 = F × box width × height, xtcocotools' use_area=False (docs/conventions.md "Metrics").
+    area_from_box: float = 0.0
 
     def to_json(self) -> dict:
         return {"name": self.name, "reader": self.reader, "skeleton": self.skeleton,
                 "metric": self.metric, "fields": dict(self.fields),
-                "file_keypoints": list(self.file_keypoints), "image_root": self.image_root}
+                "file_keypoints": list(self.file_keypoints), "image_root": self.image_root,
+                "area_from_box": self.area_from_box}
 
 
 @dataclass
@@ -252,8 +256,8 @@ def _skeleton(name: str, t: dict, where: str) -> Skeleton:
 
 
 def _kind(name: str, t: dict, where: str, skeletons: dict[str, Skeleton]) -> DatasetKind:
-    _keys(t, ("reader", "skeleton", "metric", "fields", "file_keypoints", "image_root"),
-          ("reader", "skeleton", "metric"), where)
+    _keys(t, ("reader", "skeleton", "metric", "fields", "file_keypoints", "image_root",
+              "area_from_box"), ("reader", "skeleton", "metric"), where)
     if not _NAME.fullmatch(name):
         raise UniError(f"{where}: name {name!r} must be lowercase letters, digits and _ "
                        "(starting with a letter)")
@@ -288,8 +292,13 @@ def _kind(name: str, t: dict, where: str, skeletons: dict[str, Skeleton]) -> Dat
     root = t.get("image_root", "images")
     if not isinstance(root, str) or not root:
         raise UniError(f"{where} field 'image_root': expected a folder name")
+    scale = t.get("area_from_box", 0.0)
+    if (not isinstance(scale, int | float) or isinstance(scale, bool) or not 0 <= scale < 1e3
+            or scale != scale):
+        raise UniError(f"{where} field 'area_from_box': expected 0 (the annotated area) or a "
+                       "positive factor of box width × height")
     return DatasetKind(name, t["reader"], t["skeleton"], t["metric"], tuple(fields_.items()),
-                       tuple(counts), root)
+                       tuple(counts), root, float(scale))
 
 
 def parse_definitions(data: dict, src: str, known: dict[str, Skeleton]) -> Definitions:

@@ -107,13 +107,24 @@ def _named(values: np.ndarray, names: list[str]) -> dict[str, float | None]:
 # --------------------------------------------------------------------------- metrics
 
 
+def oks_area(kind, box: list | np.ndarray, area: float | None) -> float:
+    """A person's OKS scale, which COCOeval also bins into area ranges: the annotated area, or
+    (kind.area_from_box > 0) that factor × box w × h, as xtcocotools' use_area=False and
+    crowdposetools' 0.53 do; a missing area falls back to the box's."""
+    if kind.area_from_box > 0:
+        return float(kind.area_from_box * box[2] * box[3])
+    return float(area) if isinstance(area, int | float) else float(box[2] * box[3])
+
+
 def coco_gt(ds: Dataset, keep: np.ndarray) -> dict:
     """The dataset as COCO ground truth with keypoints `keep` (K,) bool; persons the reader
-    skipped (crowd, nothing labelled) come from the file as ignored ones."""
+    skipped (crowd, nothing labelled) come from the file as ignored ones. Each area is its
+    kind's OKS scale (oks_area)."""
     images = ds.image_ids.tolist()
     kp = ds.keypoints[:, keep]  # (N, S, 3)
     anns = [{"id": iid, "image_id": images[im], "category_id": 1, "iscrowd": 0,
-             "bbox": box.tolist(), "area": float(area), "keypoints": k.reshape(-1).tolist(),
+             "bbox": box.tolist(), "area": oks_area(ds.kind, box, float(area)),
+             "keypoints": k.reshape(-1).tolist(),
              "num_keypoints": int((k[:, 2] > 0).sum())}
             for iid, im, box, area, k in zip(ds.instance_ids.tolist(), ds.image_index.tolist(),
                                              ds.bboxes, ds.areas, kp, strict=True)]
@@ -127,7 +138,7 @@ def coco_gt(ds: Dataset, keep: np.ndarray) -> dict:
         area = a.get("area")
         anns.append({"id": a["id"], "image_id": a["image_id"], "category_id": 1,
                      "iscrowd": int(bool(a.get("iscrowd", 0))), "bbox": box,
-                     "area": float(area) if isinstance(area, int | float) else box[2] * box[3],
+                     "area": oks_area(ds.kind, box, area),
                      "keypoints": zeros, "num_keypoints": 0})
     return {"images": [{"id": i} for i in images], "annotations": anns,
             "categories": [{"id": 1, "name": "person"}]}
@@ -158,7 +169,9 @@ def evaluate_coco_ap(ds: Dataset, res: Results) -> dict:
     if res.instance_ids is not None:
         pred = _per_person(ds, res, np.nan)[:, keep]
         per, _ = oks_accuracy([None if np.isnan(p).all() else p for p in pred],
-                              ds.keypoints[:, keep], ds.areas, sigmas)
+                              ds.keypoints[:, keep], np.array([
+                                  oks_area(ds.kind, b, a) for b, a in zip(
+                                      ds.bboxes, ds.areas.tolist(), strict=True)]), sigmas)
         out.update(per_keypoint=_named(per, names), per_keypoint_metric=PER_KEYPOINT_AP)
     out.update(scored_keypoints=names, instances=len(ds.instance_ids), predicted=len(res.scores),
                instance_score="box score (1.0 for GT boxes) x mean keypoint score above 0.2")

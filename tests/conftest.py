@@ -28,6 +28,28 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+# The README's describe-teacher line for BlazePose: everything model-specific is in these options.
+BLAZEPOSE_DESCRIBE = ["--skeleton", "blazepose33", "--head", "heatmap", "--output", "Identity_3",
+                      "--keypoint-channels", "33", "--activation", "sigmoid", "--mean", "0,0,0",
+                      "--std", "255,255,255", "--name", "blazepose-full"]
+
+
+@pytest.fixture(scope="session")
+def blazepose(tmp_path_factory) -> Path:
+    """MediaPipe's BlazePose (samples/models) described as a teacher, as the README does it:
+    into a folder that does not exist yet (describe-teacher creates it)."""
+    from click.testing import CliRunner
+
+    from uniskel.cli import uni
+
+    out = tmp_path_factory.mktemp("blazepose") / "models" / "blazepose.onnx"
+    model = DATA / "models/blazepose_full_256.onnx"
+    result = CliRunner().invoke(uni, ["describe-teacher", str(model), *BLAZEPOSE_DESCRIBE,
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
 def one_line_error(result, *fragments: str) -> str:
     """A CliRunner result or a finished subprocess: exit 2, one 'uni: error:' line on stderr
     holding every fragment (progress bars aside), no traceback. Returns the line."""

@@ -22,7 +22,6 @@ from uniskel.pipeline.teachers import Teacher
 from uniskel.stores.reader import open_store
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = REPO / "samples/models/blazepose_full_256.onnx"
 
 
 def _readme_example() -> str:
@@ -30,24 +29,10 @@ def _readme_example() -> str:
     text = (REPO / "README.md").read_text()
     return text[text.index("## A real model on real images"):]
 
-# The README's describe-teacher line: everything model-specific is in these options.
-DESCRIBE = ["--skeleton", "blazepose33", "--head", "heatmap", "--output", "Identity_3",
-            "--keypoint-channels", "33", "--activation", "sigmoid", "--mean", "0,0,0",
-            "--std", "255,255,255", "--name", "blazepose-full"]
-
-
 def _run(*args) -> str:
     result = CliRunner().invoke(uni, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     return result.output
-
-
-@pytest.fixture(scope="module")
-def blazepose(tmp_path_factory) -> Path:
-    # Into a folder that does not exist yet, as in the README (describe-teacher creates it).
-    out = tmp_path_factory.mktemp("blazepose") / "models" / "blazepose.onnx"
-    _run("describe-teacher", MODEL, *DESCRIBE, "--out", out)
-    return out
 
 
 @pytest.fixture(scope="module")
