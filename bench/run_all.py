@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 
 import common
+import eval_speed
 import memory
 import parity
 import rtmpose
@@ -28,12 +29,13 @@ from uniskel.core.files import write_text
 # Design measurements from earlier runs (store format, dataset reader, threads): appended as is.
 DESIGN = Path(__file__).with_name("earlier_runs.md")
 GROUPS = {"stage_one": stage_one, "store": store, "stage_two": stage_two, "memory": memory,
-          "parity": parity, "scale": scale, "rtmpose": rtmpose}
+          "parity": parity, "scale": scale, "rtmpose": rtmpose, "eval_speed": eval_speed}
 SMALL = {"instances": 1000, "batch_size": 32, "codecs": list(store.CODECS), "steps": 30,
          "workers": 1, "student": "tiny", "sizes": [1000, 20000], "train_steps": 20,
          "epochs": 4, "seeds": 2, "big_teacher": "base",
          "quick": False, "scale_sizes": [10000, 150000], "at": 60.0, "ingest": 6400,
-         "verify_rows": 20000}
+         "verify_rows": 20000, "eval_images": 6000, "eval_persons": 11000,
+         "eval_predictions": 25000, "eval_rounds": 3, "crowd_images": 2000, "skip_uni": False}
 BIG = {**SMALL, "instances": 5000, "steps": 100, "workers": 4, "epochs": 10, "seeds": 3}
 
 

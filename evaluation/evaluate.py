@@ -9,17 +9,24 @@ model knows but does not predict (a teacher's missing ones, at (0, 0) with score
 
 Metrics (docs/conventions.md "Metrics"), by the dataset kind's metric:
 - coco_ap (COCO, Halpe, AIC, CrowdPose, PoseTrack18, OCHuman, Human-Art, …): pycocotools
-  COCOeval on the scored keypoints with the dataset's own sigmas: AP, AP50, AP75, AP-M, AP-L, AR.
+  COCOeval on the scored keypoints with the dataset's own sigmas (maxDets 20): AP, AP50, AP75,
+  AP-M, AP-L, AR, AR50, AR75.
   Persons the reader skips (crowd, nothing labelled) stay in the ground truth as ignored, as
   pycocotools treats them in the file itself. On GT boxes also per keypoint ("OKS accuracy"):
   the share of labelled keypoints whose keypoint similarity exp(-d² / (2 · area · (2σ)²))
   reaches t, averaged over t = 0.50, 0.55, …, 0.95; a missing prediction is a miss.
-  Where the images carry a crowd index (CrowdPose) also AP-easy / AP-medium / AP-hard: AP on the
-  images of each crowd class alone (core/datasets.py CROWD_CLASSES), None for an empty one.
+  CrowdPose reports crowdposetools' figures (no AP-M / AP-L: it scores the 'all' area range
+  only) and AP(E) / AP(M) / AP(H): AP on the images of each crowd class alone
+  (core/datasets.py CROWD_CLASSES), None for an empty one; "official" lists them in its order.
+  COCO-WholeBody also reports "body AP", "foot AP" (COCOeval on that part's keypoints and
+  sigmas alone, a person with none of them labelled ignored, as myeval_body.py /
+  myeval_foot.py do) and "body+foot AP" (= AP), with their AR.
   With --boxes, a detection whose box centre lies in an ignore region of its frame (PoseTrack)
   is dropped before the model runs.
-- pckh (MPII): PCKh@0.5 per joint; "Mean" pools all joints but pelvis and thorax.
-- pck_bbox (sub-JHMDB): PCK@0.2 of max(w, h) of the person box per joint; "Mean" pools all.
+- pckh (MPII): PCKh@0.5 per joint; "Mean" pools all joints but pelvis and thorax (weighted by
+  counts, as the official MPII code and MMPose's MpiiPCKAccuracy do).
+- pck_bbox (sub-JHMDB): PCK@0.2 of max(w, h) of the person box per joint; "Mean" is the
+  unweighted mean of the per-joint PCKs, MMPose's JhmdbPCKAccuracy 'PCK'.
 """
 
 from __future__ import annotations
@@ -62,6 +69,8 @@ MPII_GROUPS = (("Head", ("head_top",)), ("Shoulder", ("left_shoulder", "right_sh
                ("Elbow", ("left_elbow", "right_elbow")), ("Wrist", ("left_wrist", "right_wrist")),
                ("Hip", ("left_hip", "right_hip")), ("Knee", ("left_knee", "right_knee")),
                ("Ankle", ("left_ankle", "right_ankle")))
+# MMPose's JhmdbPCKAccuracy rows ('Head PCK', 'Sho PCK', …): MPII_GROUPS' joints, its labels.
+JHMDB_GROUP_LABELS = ("Head", "Sho", "Elb", "Wri", "Hip", "Knee", "Ank")
 METRIC_NAMES = {"coco_ap": "AP", "pckh": "PCKh@0.5", "pck_bbox": "PCK@0.2"}
 
 
@@ -152,19 +161,66 @@ def _per_person(ds: Dataset, res: Results, missing: float) -> np.ndarray:
     return out
 
 
-def evaluate_coco_ap(ds: Dataset, res: Results) -> dict:
-    """OKS AP on the scored keypoints, the dataset's sigmas."""
-    keep = scored_mask(ds, res.unified)
-    sigmas = dataset_sigmas(ds.skeleton)[keep]
+# The official figures of a kind whose tool reports other ones than COCO's stats[0..5], in
+# that tool's order (docs/conventions.md "Metrics"). CrowdPose: crowdposetools' summarize
+# (Jeff-sjtu/CrowdPose crowdpose-api/PythonAPI/crowdposetools/cocoeval.py, _summarizeKps:
+# maxDets 20, area 'all' only, so no AP-M / AP-L), AP(E/M/H) on the images of each crowd class.
+CROWD_FIGURES = ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP(E)", "AP(M)", "AP(H)")
+CROWD_KINDS = ("crowdpose",)
+CROWD_LABELS = {"easy": "AP(E)", "medium": "AP(M)", "hard": "AP(H)"}
+# COCO-WholeBody (jin-s13/COCO-WholeBody evaluation/myeval_body.py, myeval_foot.py; MMPose's
+# CocoWholeBodyMetric): each part is COCOeval on that part's keypoints with its sigmas alone.
+PART_NAMES = {"keypoints": "body", "foot_kpts": "foot"}
+PART_FIGURES = ("AP", "AR")
+
+
+def kind_parts(ds: Dataset) -> dict[str, np.ndarray]:
+    """{part name: (K,) bool} for a kind whose keypoints come from several fields (WholeBody's
+    body and foot), else {}."""
+    if len(ds.kind.fields) < 2:
+        return {}
+    out, start = {}, 0
+    for field, count in ds.kind.fields:
+        mask = np.zeros(ds.skeleton.num_keypoints, bool)
+        mask[start:start + count] = True
+        out[PART_NAMES.get(field, field.removesuffix("_kpts"))] = mask
+        start += count
+    return out
+
+
+def _coco_ap_on(ds: Dataset, res: Results, keep: np.ndarray,
+                subsets: dict[str, list[int]] | None = None) -> dict:
+    """COCOeval (evaluation/oks.py) on the keypoints `keep` (K,) bool alone, their sigmas."""
     results = [{"image_id": int(im), "category_id": 1, "score": float(s),
                 "keypoints": kp[keep].reshape(-1).tolist()}
                for im, s, kp in zip(res.image_ids, res.scores, res.keypoints, strict=True)]
-    classes = crowd_classes(ds.crowd_index) if np.isfinite(ds.crowd_index).any() else {}
-    subsets = {f"AP-{c}": ds.image_ids[m].tolist() for c, m in classes.items()}
-    out = {"metric": "AP", **coco_eval(coco_gt(ds, keep), results, sigmas, subsets)}
+    return coco_eval(coco_gt(ds, keep), results, dataset_sigmas(ds.skeleton)[keep], subsets)
+
+
+def evaluate_coco_ap(ds: Dataset, res: Results) -> dict:
+    """OKS AP on the scored keypoints, the dataset's sigmas; and the kind's official figures
+    ("official", in its tool's order) where they differ from COCO's."""
+    keep = scored_mask(ds, res.unified)
+    sigmas = dataset_sigmas(ds.skeleton)[keep]
+    crowd = ds.kind.name in CROWD_KINDS
+    classes = crowd_classes(ds.crowd_index) if crowd else {}
+    subsets = {CROWD_LABELS[c]: ds.image_ids[m].tolist() for c, m in classes.items()}
+    out = {"metric": "AP", **_coco_ap_on(ds, res, keep, subsets)}
     out["value"] = out["AP"]
-    if classes:
+    if crowd:
         out["crowd_images"] = {c: int(m.sum()) for c, m in classes.items()}
+        for k in ("AP-M", "AP-L"):  # crowdposetools scores the 'all' area range alone
+            out.pop(k)
+        out["official"] = {k: out[k] for k in CROWD_FIGURES}
+    parts = kind_parts(ds)
+    if parts:
+        official = {}
+        for part, mask in parts.items():
+            got = _coco_ap_on(ds, res, keep & mask) if (keep & mask).any() else {}
+            official.update({f"{part} {k}": got.get(k) for k in PART_FIGURES})
+        whole = "+".join(parts)
+        official.update({f"{whole} {k}": out[k] for k in PART_FIGURES})
+        out.update(official, official=official)
     names = [n for n, k in zip(keypoint_names(ds.skeleton), keep, strict=True) if k]
     if res.instance_ids is not None:
         pred = _per_person(ds, res, np.nan)[:, keep]
@@ -179,7 +235,9 @@ def evaluate_coco_ap(ds: Dataset, res: Results) -> dict:
 
 
 def _pck_like(ds: Dataset, res: Results, lengths_fn, exclude: tuple[str, ...],
-              label: str, description: str) -> dict:
+              label: str, description: str, pooled: bool = True) -> dict:
+    """Per joint and "Mean": pooled (correct / counted over the joints) or, `pooled` False,
+    the unweighted mean of the per-joint figures of the joints with a visible label."""
     if res.instance_ids is None:
         raise UniError(f"{ds.spec.annotations}: {label} scores ground-truth persons: its "
                        "results need 'instance_id' (not detector boxes)")
@@ -189,12 +247,22 @@ def _pck_like(ds: Dataset, res: Results, lengths_fn, exclude: tuple[str, ...],
     per, counts = lengths_fn(pred, ds.keypoints[..., :2], (ds.keypoints[..., 2] > 0) & has)
     per = np.where(has, per, np.nan)
     in_mean = has & np.array([n not in exclude for n in names]) & (counts > 0)
-    mean = pooled_mean(per, counts, in_mean)
+    if pooled:
+        mean = pooled_mean(per, counts, in_mean)
+    else:
+        mean = float(np.mean(per[in_mean])) if in_mean.any() else 0.0
     return {"metric": label, "value": mean, "Mean": mean,
             "per_keypoint": _named(per, names),
             "scored_keypoints": [n for n, m in zip(names, in_mean, strict=True) if m],
             "per_keypoint_metric": description, "instances": len(ds.instance_ids),
             "predicted": len(res.scores)}
+
+
+def _groups(per: dict[str, float | None], labels: tuple[str, ...]) -> dict[str, float]:
+    """MMPose's summary rows: each group's joints averaged with equal weight."""
+    return {label: float(np.mean([per[n] for n in members]))
+            for label, (_, members) in zip(labels, MPII_GROUPS, strict=True)
+            if all(per.get(n) is not None for n in members)}
 
 
 def require_head_boxes(dataset: Dataset) -> None:
@@ -213,17 +281,17 @@ def evaluate_pckh(ds: Dataset, res: Results) -> dict:
         raise UniError(f"{ds.spec.annotations}: record {bad}: head box has zero size")
     out = _pck_like(ds, res, lambda p, g, v: pckh(p, g, v, heads), MPII_MEAN_EXCLUDES,
                     "PCKh@0.5", PER_KEYPOINT_PCKH)
-    per = out["per_keypoint"]
-    out["groups"] = {label: float(np.mean([per[n] for n in members]))
-                     for label, members in MPII_GROUPS
-                     if all(per.get(n) is not None for n in members)}
+    out["groups"] = _groups(out["per_keypoint"], tuple(label for label, _ in MPII_GROUPS))
     return out
 
 
 def evaluate_pck_bbox(ds: Dataset, res: Results) -> dict:
-    """PCK@0.2 of max(box w, h) per joint and pooled over every scored joint."""
-    return _pck_like(ds, res, lambda p, g, v: pck_bbox(p, g, v, ds.bboxes), (), "PCK@0.2",
-                     PER_KEYPOINT_PCK)
+    """PCK@0.2 of max(box w, h) per joint; "Mean" as MMPose's JhmdbPCKAccuracy 'PCK' (the
+    unweighted mean of the per-joint PCKs, keypoint_pck_accuracy's avg_acc) and its rows."""
+    out = _pck_like(ds, res, lambda p, g, v: pck_bbox(p, g, v, ds.bboxes), (), "PCK@0.2",
+                    PER_KEYPOINT_PCK, pooled=False)
+    out["groups"] = _groups(out["per_keypoint"], JHMDB_GROUP_LABELS)
+    return out
 
 
 EVALUATORS = {"coco_ap": evaluate_coco_ap, "pckh": evaluate_pckh, "pck_bbox": evaluate_pck_bbox}
@@ -373,19 +441,25 @@ def evaluate(specs: list[str], model: Path | Predictor | None = None,
             for spec, ds, res in zip(specs, datasets, per_ds, strict=True)}
 
 
+def _fmt(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2f}"
+
+
 def format_results(results: dict[str, dict]) -> str:
     """A readable table per dataset: headline numbers, then one line per keypoint."""
     lines = []
     for spec, r in results.items():
-        extra = "  ".join(f"{k} {r[k]:.2f}" for k in ("AP50", "AP75", "AP-M", "AP-L", "AR")
-                          if r.get(k) is not None)
+        keys = ("AP50", "AP75", "AP-M", "AP-L", "AR", "AR50", "AR75")
+        extra = "  ".join(f"{k} {r[k]:.2f}" for k in keys if r.get(k) is not None)
         lines.append(f"{spec}")
         lines.append(f"  {r['metric']:<10}{r['value']:7.2f}  {extra}".rstrip())
         if "crowd_images" in r:
             n = r["crowd_images"]
             lines.append("  by crowd index: " + "  ".join(
-                f"AP-{c} {'—' if r[f'AP-{c}'] is None else format(r[f'AP-{c}'], '.2f')} "
-                f"({n[c]} images)" for c in n))
+                f"{CROWD_LABELS[c]} {_fmt(r[CROWD_LABELS[c]])} ({n[c]} images)" for c in n))
+        parts = {} if "crowd_images" in r else r.get("official", {})
+        if parts:
+            lines.append("  by part: " + "  ".join(f"{k} {_fmt(v)}" for k, v in parts.items()))
         lines.append(f"  instances {r['instances']}, predicted {r['predicted']} "
                      f"({r['boxes']} boxes); scored keypoints: {r['scored']}")
         if "groups" in r:

@@ -17,15 +17,16 @@ import numpy as np
 
 OKS_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # COCOeval's iouThrs
 NMS_THRESHOLD = 0.9  # MMPose's nms_thr / oks_thr for COCO
-# pycocotools' stats[0..5]; -1 there (no ground truth of that size) becomes None.
-STATS = ("AP", "AP50", "AP75", "AP-M", "AP-L", "AR")
+# pycocotools' keypoint stats[0..7]; -1 there (no ground truth of that size) becomes None.
+STATS = ("AP", "AP50", "AP75", "AP-M", "AP-L", "AR", "AR50", "AR75")
 
 
 def coco_eval(gt: dict, results: list[dict], sigmas: np.ndarray,
               subsets: dict[str, list[int]] | None = None) -> dict[str, float | None]:
-    """pycocotools keypoint COCOeval (quietly) → {"AP", "AP50", "AP75", "AP-M", "AP-L", "AR"},
-    0–100. gt: a COCO-format dict; results: COCO keypoint results with K = len(sigmas)
-    (neither is modified: COCOeval writes into both, so it gets copies). No results: all 0.
+    """pycocotools keypoint COCOeval (quietly) → {"AP", "AP50", "AP75", "AP-M", "AP-L", "AR",
+    "AR50", "AR75"}, 0–100, at maxDets 20 (pycocotools' keypoint default, crowdposetools'
+    too). gt: a COCO-format dict; results: COCO keypoint results with K = len(sigmas) (neither
+    is modified: COCOeval writes into both, so it gets copies). No results: all 0.
     subsets {name: image ids}: also each one's AP on those images alone (CrowdPose's easy /
     medium / hard), None where it has no image or no person to find."""
     from pycocotools.coco import COCO

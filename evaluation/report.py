@@ -4,8 +4,11 @@ One row per model, one column per dataset and its kind's metric ("coco AP", "mpi
 "aic AP", "jhmdb PCK@0.2", …; a kind given twice gets its annotation file's stem too).
 "Average" is the paper's average accuracy (docs/conventions.md "Metrics"): the mean of the coco
 AP and mpii PCKh columns, present when the table has both; other columns are reported but not
-averaged. Under the table, which keypoints each column scored ("aic AP: 14 of aic14"; per model
-when models of different unified skeletons score different ones).
+averaged. Under the table, each kind's official figures where its tool reports more than the
+column's one (CrowdPose's AP … AP(H), COCO-WholeBody's body / foot / body+foot AP and AR, under
+their official names: docs/conventions.md "Metrics"), then which keypoints each column scored
+("aic AP: 14 of aic14"; per model when models of different unified skeletons score different
+ones).
 Outputs: markdown on stdout; report.md, report.csv and report.png (grouped bars) in --out.
 """
 
@@ -58,6 +61,20 @@ def scored_notes(results: dict[str, dict[str, dict]]) -> list[str]:
             f"{k} ({', '.join(n for n, v in by_model.items() if v == k)})" for k in kinds)
         lines.append(f"{cols[s]}: {text}")
     return lines
+
+
+def official_notes(results: dict[str, dict[str, dict]]) -> list[str]:
+    """{model: {spec: evaluate result}} → one line per column and model whose result has the
+    kind's "official" figures: "crowdpose AP, student: AP 20.20 · … · AP(E) —"."""
+    specs, cols = _spec_columns(results)
+    return [f"{cols[s]}, {name}: " + " · ".join(
+                f"{k} {'—' if v is None else f'{v:.2f}'}" for k, v in per[s]["official"].items())
+            for s in specs for name, per in results.items() if "official" in per.get(s, {})]
+
+
+def official_text(lines: list[str]) -> str:
+    return "\n\nOfficial figures (each kind's own tool, its names):\n" + "\n".join(
+        f"- {n}" for n in lines) if lines else ""
 
 
 def notes_text(notes: list[str]) -> str:
@@ -122,15 +139,17 @@ def bar_chart(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def write_report(rows: list[dict], out_dir: Path, notes: list[str] = ()) -> list[Path]:
-    """report.md (the table and `notes`), report.csv (empty cell = not evaluated) and
-    report.png into out_dir."""
+def write_report(rows: list[dict], out_dir: Path, notes: list[str] = (),
+                 official: list[str] = ()) -> list[Path]:
+    """report.md (the table, the `official` figures and `notes`), report.csv (the columns'
+    values; empty cell = not evaluated) and report.png into out_dir."""
     if not rows:
         raise UniError("report: no rows to write")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "report.md"
-    write_text(md, markdown_table(rows) + notes_text(list(notes)) + "\n")
+    write_text(md, markdown_table(rows) + official_text(list(official)) + notes_text(list(notes))
+               + "\n")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
@@ -158,6 +177,6 @@ def report(runs: list[Path], specs: list[str], out_dir: Path | None = None,
         per_ds = parse_results(records, datasets, str(run), predictor.unified)
         results[name] = {s: evaluate_dataset(ds, res)
                          for s, ds, res in zip(specs, datasets, per_ds, strict=True)}
-    rows, notes = report_rows(results), scored_notes(results)
-    written = write_report(rows, out_dir, notes) if out_dir is not None else []
-    return markdown_table(rows) + notes_text(notes), written
+    rows, notes, official = report_rows(results), scored_notes(results), official_notes(results)
+    written = write_report(rows, out_dir, notes, official) if out_dir is not None else []
+    return markdown_table(rows) + official_text(official) + notes_text(notes), written

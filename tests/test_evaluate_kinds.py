@@ -98,9 +98,9 @@ def test_crowdpose_ap_by_crowd_index(data_dir, tmp_path):
     records = gt_records(ds, jitter=10.0, seed=4)
     r = evaluate([spec], predictions=write(tmp_path / "p.json", records))[spec]
     assert r["crowd_images"] == {"easy": 0, "medium": 2, "hard": 0}
-    assert r["AP-medium"] == pytest.approx(r["AP"], abs=1e-9) and 0 < r["AP"] < 100
-    assert r["AP-easy"] is None and r["AP-hard"] is None
-    assert "AP-medium" in ev_mod.format_results({spec: r})
+    assert r["AP(M)"] == pytest.approx(r["AP"], abs=1e-9) and 0 < r["AP"] < 100
+    assert r["AP(E)"] is None and r["AP(H)"] is None
+    assert "AP(M)" in ev_mod.format_results({spec: r})
     raw = json.loads(ds.spec.annotations.read_text())
     for im, ci in zip(raw["images"], (0.05, 0.9), strict=True):
         im["crowdIndex"] = ci
@@ -108,18 +108,18 @@ def test_crowdpose_ap_by_crowd_index(data_dir, tmp_path):
     path.write_text(json.dumps(raw))
     split = f"crowdpose:{path}:{data_dir}/crowdpose/images"
     r = evaluate([split], predictions=write(tmp_path / "p.json", records))[split]
-    assert r["crowd_images"] == {"easy": 1, "medium": 0, "hard": 1} and r["AP-medium"] is None
-    for cls, image in (("AP-easy", raw["images"][0]), ("AP-hard", raw["images"][1])):
+    assert r["crowd_images"] == {"easy": 1, "medium": 0, "hard": 1} and r["AP(M)"] is None
+    for cls, image in (("AP(E)", raw["images"][0]), ("AP(H)", raw["images"][1])):
         one = {**raw, "images": [image],
                "annotations": [a for a in raw["annotations"] if a["image_id"] == image["id"]]}
         alone = load_dataset(f"crowdpose:{write(tmp_path / 'one.json', one)}:"
                              f"{data_dir}/crowdpose/images")
         mine = [x for x in records if x["image_id"] == image["id"]]
         assert r[cls] == pytest.approx(direct_on_copy(alone, mine, tmp_path)[0], abs=1e-9)
-    assert r["AP-easy"] != r["AP-hard"]
+    assert r["AP(E)"] != r["AP(H)"]
     line = next(x for x in ev_mod.format_results({split: r}).splitlines()
                 if "by crowd index" in x)
-    assert "AP-medium — (0 images)" in line and "AP-easy" in line
+    assert "AP(M) — (0 images)" in line and "AP(E)" in line
 
 
 def test_unified27_student_scores_halpe_feet(tmp_path, data_dir):
