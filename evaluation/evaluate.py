@@ -116,29 +116,25 @@ def _named(values: np.ndarray, names: list[str]) -> dict[str, float | None]:
 # --------------------------------------------------------------------------- metrics
 
 
-def oks_area(kind, box: list | np.ndarray, area: float | None) -> float:
-    """A person's OKS scale, which COCOeval also bins into area ranges: the annotated area, or
-    (kind.area_from_box > 0) that factor × box w × h, as xtcocotools' use_area=False and
-    crowdposetools' 0.53 do; a missing area falls back to the box's."""
+def oks_areas(kind, boxes: np.ndarray, areas: np.ndarray) -> np.ndarray:
+    """Persons' OKS scales, which COCOeval also bins into area ranges. boxes: (N, 4) x, y, w,
+    h; areas: (N,) annotated, NaN where a file gives none → (N,) float64: the annotated area
+    (w × h where missing), or (kind.area_from_box > 0) that factor × w × h, as xtcocotools'
+    use_area=False and crowdposetools' 0.53 do."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     if kind.area_from_box > 0:
-        return float(kind.area_from_box * box[2] * box[3])
-    return float(area) if isinstance(area, int | float) else float(box[2] * box[3])
+        return kind.area_from_box * boxes[:, 2] * boxes[:, 3]
+    areas = np.asarray(areas, np.float64)
+    return np.where(np.isnan(areas), boxes[:, 2] * boxes[:, 3], areas)
 
 
-def coco_gt(ds: Dataset, keep: np.ndarray) -> dict:
-    """The dataset as COCO ground truth with keypoints `keep` (K,) bool; persons the reader
-    skipped (crowd, nothing labelled) come from the file as ignored ones. Each area is its
-    kind's OKS scale (oks_area)."""
-    images = ds.image_ids.tolist()
-    kp = ds.keypoints[:, keep]  # (N, S, 3)
-    anns = [{"id": iid, "image_id": images[im], "category_id": 1, "iscrowd": 0,
-             "bbox": box.tolist(), "area": oks_area(ds.kind, box, float(area)),
-             "keypoints": k.reshape(-1).tolist(),
-             "num_keypoints": int((k[:, 2] > 0).sum())}
-            for iid, im, box, area, k in zip(ds.instance_ids.tolist(), ds.image_index.tolist(),
-                                             ds.bboxes, ds.areas, kp, strict=True)]
+def file_ignored(ds: Dataset) -> list[dict]:
+    """The persons the reader skipped (crowd, nothing labelled), read back from the file as
+    ignored COCO annotations without keypoints, each with its OKS scale; [] for other readers.
+    Read once per evaluation: coco_gt takes it for every keypoint subset scored."""
     raw = ds.read_annotations() if ds.kind.reader == "coco" else {}
-    have, image_set, zeros = set(ds.instance_ids.tolist()), set(images), [0] * (3 * kp.shape[1])
+    have, image_set = set(ds.instance_ids.tolist()), set(ds.image_ids.tolist())
+    anns = []
     for a in raw.get("annotations", []) if isinstance(raw, dict) else []:
         box = a.get("bbox")
         if (a.get("id") in have or a.get("image_id") not in image_set or not isinstance(box, list)
@@ -147,8 +143,30 @@ def coco_gt(ds: Dataset, keep: np.ndarray) -> dict:
         area = a.get("area")
         anns.append({"id": a["id"], "image_id": a["image_id"], "category_id": 1,
                      "iscrowd": int(bool(a.get("iscrowd", 0))), "bbox": box,
-                     "area": oks_area(ds.kind, box, area),
-                     "keypoints": zeros, "num_keypoints": 0})
+                     "area": float(area) if isinstance(area, int | float) else np.nan})
+    scales = oks_areas(ds.kind, [a["bbox"] for a in anns], [a["area"] for a in anns])
+    for a, scale in zip(anns, scales.tolist(), strict=True):
+        a["area"] = scale
+    return anns
+
+
+def coco_gt(ds: Dataset, keep: np.ndarray, areas: np.ndarray | None = None,
+            ignored: list[dict] | None = None) -> dict:
+    """The dataset as COCO ground truth with keypoints `keep` (K,) bool, each person's area its
+    OKS scale (oks_areas; `areas` (N,) when already computed), plus the file's skipped persons
+    as ignored ones (`ignored`: file_ignored's, read from the file when None)."""
+    images = ds.image_ids.tolist()
+    kp = ds.keypoints[:, keep]  # (N, S, 3)
+    if areas is None:
+        areas = oks_areas(ds.kind, ds.bboxes, ds.areas)
+    anns = [{"id": iid, "image_id": images[im], "category_id": 1, "iscrowd": 0,
+             "bbox": box.tolist(), "area": area, "keypoints": k.reshape(-1).tolist(),
+             "num_keypoints": int((k[:, 2] > 0).sum())}
+            for iid, im, box, area, k in zip(ds.instance_ids.tolist(), ds.image_index.tolist(),
+                                             ds.bboxes, areas.tolist(), kp, strict=True)]
+    zeros = [0] * (3 * kp.shape[1])
+    anns += [{**a, "keypoints": zeros, "num_keypoints": 0}
+             for a in (file_ignored(ds) if ignored is None else ignored)]
     return {"images": [{"id": i} for i in images], "annotations": anns,
             "categories": [{"id": 1, "name": "person"}]}
 
@@ -188,13 +206,15 @@ def kind_parts(ds: Dataset) -> dict[str, np.ndarray]:
     return out
 
 
-def _coco_ap_on(ds: Dataset, res: Results, keep: np.ndarray,
-                subsets: dict[str, list[int]] | None = None) -> dict:
-    """COCOeval (evaluation/oks.py) on the keypoints `keep` (K,) bool alone, their sigmas."""
+def _coco_ap_on(ds: Dataset, res: Results, keep: np.ndarray, areas: np.ndarray,
+                ignored: list[dict], subsets: dict[str, list[int]] | None = None) -> dict:
+    """COCOeval (evaluation/oks.py) on the keypoints `keep` (K,) bool alone, their sigmas;
+    areas and ignored persons as coco_gt takes them."""
     results = [{"image_id": int(im), "category_id": 1, "score": float(s),
                 "keypoints": kp[keep].reshape(-1).tolist()}
                for im, s, kp in zip(res.image_ids, res.scores, res.keypoints, strict=True)]
-    return coco_eval(coco_gt(ds, keep), results, dataset_sigmas(ds.skeleton)[keep], subsets)
+    return coco_eval(coco_gt(ds, keep, areas, ignored), results,
+                     dataset_sigmas(ds.skeleton)[keep], subsets)
 
 
 def evaluate_coco_ap(ds: Dataset, res: Results) -> dict:
@@ -205,7 +225,8 @@ def evaluate_coco_ap(ds: Dataset, res: Results) -> dict:
     crowd = ds.kind.name in CROWD_KINDS
     classes = crowd_classes(ds.crowd_index) if crowd else {}
     subsets = {CROWD_LABELS[c]: ds.image_ids[m].tolist() for c, m in classes.items()}
-    out = {"metric": "AP", **_coco_ap_on(ds, res, keep, subsets)}
+    areas, ignored = oks_areas(ds.kind, ds.bboxes, ds.areas), file_ignored(ds)  # once
+    out = {"metric": "AP", **_coco_ap_on(ds, res, keep, areas, ignored, subsets)}
     out["value"] = out["AP"]
     if crowd:
         out["crowd_images"] = {c: int(m.sum()) for c, m in classes.items()}
@@ -216,7 +237,8 @@ def evaluate_coco_ap(ds: Dataset, res: Results) -> dict:
     if parts:
         official = {}
         for part, mask in parts.items():
-            got = _coco_ap_on(ds, res, keep & mask) if (keep & mask).any() else {}
+            got = (_coco_ap_on(ds, res, keep & mask, areas, ignored) if (keep & mask).any()
+                   else {})
             official.update({f"{part} {k}": got.get(k) for k in PART_FIGURES})
         whole = "+".join(parts)
         official.update({f"{whole} {k}": out[k] for k in PART_FIGURES})
@@ -225,9 +247,7 @@ def evaluate_coco_ap(ds: Dataset, res: Results) -> dict:
     if res.instance_ids is not None:
         pred = _per_person(ds, res, np.nan)[:, keep]
         per, _ = oks_accuracy([None if np.isnan(p).all() else p for p in pred],
-                              ds.keypoints[:, keep], np.array([
-                                  oks_area(ds.kind, b, a) for b, a in zip(
-                                      ds.bboxes, ds.areas.tolist(), strict=True)]), sigmas)
+                              ds.keypoints[:, keep], areas, sigmas)
         out.update(per_keypoint=_named(per, names), per_keypoint_metric=PER_KEYPOINT_AP)
     out.update(scored_keypoints=names, instances=len(ds.instance_ids), predicted=len(res.scores),
                instance_score="box score (1.0 for GT boxes) x mean keypoint score above 0.2")

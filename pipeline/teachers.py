@@ -361,14 +361,17 @@ class Teacher:
         gy = simcc_to_grid(py, split, self.info.input_wh[1] / h, h)  # (N, K, h)
         return gy[..., :, None] * gx[..., None, :]
 
+    def _check_crops(self, crops: np.ndarray) -> None:
+        w, h = self.info.input_wh
+        if crops.ndim != 4 or crops.shape[1:] != (h, w, 3):
+            raise ValueError(f"crops must be (N, {h}, {w}, 3), got {crops.shape}")
+
     def predict(self, crops: np.ndarray, flip_test: bool = True) -> np.ndarray:
         """crops: (N, H, W, 3) uint8 RGB → (N, K, h, w) float32 soft heatmaps, native order.
 
         Flip test: core.heatmaps.merge_flipped of the crop's and its mirror's maps.
         """
-        w, h = self.info.input_wh
-        if crops.ndim != 4 or crops.shape[1:] != (h, w, 3):
-            raise ValueError(f"crops must be (N, {h}, {w}, 3), got {crops.shape}")
+        self._check_crops(crops)
         n = len(crops)
         if flip_test:  # mirrored as uint8: a quarter of the bytes of a float copy
             crops = np.concatenate([crops, crops[:, :, ::-1]])
@@ -383,10 +386,8 @@ class Teacher:
         activation: simcc_x (N, K, Wb), simcc_y (N, K, Hb) float32 (what MMPose decodes)."""
         if self.info.head != "simcc":
             raise UniError(f"{self.path}: a {self.info.head} head has no SimCC outputs")
-        w, h = self.info.input_wh
-        if crops.ndim != 4 or crops.shape[1:] != (h, w, 3):
-            raise ValueError(f"crops must be (N, {h}, {w}, 3), got {crops.shape}")
+        self._check_crops(crops)
         x = normalize(crops, self.info.mean, self.info.std, self.info.bgr)  # (N, 3, H, W)
         k = self.info.num_keypoints
-        px, py = self._run(np.ascontiguousarray(x))
+        px, py = self._run(x)
         return px[:, :k].astype(np.float32), py[:, :k].astype(np.float32)

@@ -184,8 +184,8 @@ class PoseSamples(torch.utils.data.Dataset):
         # Per-dataset ratios (MMPose's sample_ratio_factor): each epoch takes a seeded window
         # of round(n × ratio) of each dataset's items (student/sampling.py); None: all, once.
         self.sample_ratio = None if sample_ratio is None else list(sample_ratio)
-        self._by_dataset = [self.base_items[self.base_items[:, 0] == d]
-                            for d in range(len(datasets))]
+        self._by_dataset = None if sample_ratio is None else [
+            self.base_items[self.base_items[:, 0] == d] for d in range(len(datasets))]
         self.items = self._epoch_items()
         self._to_grid = crop_to_heatmap(self.input_wh, self.hm_wh)
 

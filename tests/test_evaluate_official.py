@@ -25,7 +25,7 @@ from faster_coco_eval import COCO, COCOeval_faster
 from uniskel.cli import uni
 from uniskel.core.datasets import load_dataset
 from uniskel.core.skeletons import get_kind, get_skeleton
-from uniskel.evaluation.evaluate import coco_gt, evaluate, format_results, oks_area
+from uniskel.evaluation.evaluate import coco_gt, evaluate, format_results, oks_areas
 from uniskel.evaluation.report import official_notes, report_rows, scored_notes, write_report
 
 # Official figures with the same predictions (BlazePose on the GT boxes, flip test), as issue 22
@@ -91,10 +91,10 @@ def test_oks_area_rules():
     area would pass is scored as the official tools score it)."""
     coco, crowdpose, aic = (get_kind(k) for k in ("coco", "crowdpose", "aic"))
     box = [10.0, 20.0, 100.0, 200.0]
-    assert oks_area(coco, box, 12345.0) == 12345.0
-    assert oks_area(coco, box, None) == 20000.0
-    assert oks_area(crowdpose, box, 12345.0) == pytest.approx(0.53 * 20000)
-    assert oks_area(aic, box, 12345.0) == pytest.approx(0.53 * 20000)
+    assert oks_areas(coco, [box], [12345.0]).tolist() == [12345.0]
+    assert oks_areas(coco, [box], [np.nan]).tolist() == [20000.0]  # no area in the file
+    assert oks_areas(crowdpose, [box], [12345.0]) == pytest.approx([0.53 * 20000])
+    assert oks_areas(aic, [box], [12345.0]) == pytest.approx([0.53 * 20000])
     assert get_skeleton(crowdpose.skeleton).num_keypoints == 14
 
 
