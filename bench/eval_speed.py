@@ -16,7 +16,7 @@ the arms run interleaved, round after round, and the median is reported.
 - faster-coco-eval (MiXaiLL76/faster_coco_eval, faster_coco_eval/core/cocoeval.py):
   COCOeval_faster, the same; for CrowdPose "keypoints_crowd" with use_area=False.
 - uni: uniskel.evaluation.evaluate.evaluate(["KIND:GT.json"], predictions=FILE) (images need
-  not exist to score a predictions file), which runs pycocotools (evaluation/oks.py).
+  not exist to score a predictions file), which runs faster-coco-eval (evaluation/oks.py).
 The CrowdPose rule (crowdposetools, Jeff-sjtu/CrowdPose, crowdpose-api/PythonAPI/crowdposetools/
 cocoeval.py: OKS and area ranges on 0.53 × box w × h) on a smaller set made the same way from
 samples/crowdpose: pycocotools gets a copy of the ground truth whose areas are 0.53 × w × h.
@@ -227,7 +227,7 @@ def _coco_part(args: argparse.Namespace, folder: Path) -> tuple[list[list[str]],
              f"{100 * _max_diff(ref, out['faster-coco-eval'][:10]):.2g} (10 stats)"]]
     if "uni evaluate" in out:
         u = out["uni evaluate"]
-        rows.append(["uni `evaluate --predictions` (pycocotools inside)",
+        rows.append(["uni `evaluate --predictions` (faster-coco-eval inside)",
                      f"{secs['uni evaluate']:.2f}",
                      f"{secs['pycocotools'] / secs['uni evaluate']:.2f}",
                      f"{_max_diff([100 * s for s in ref[:6]], [u[k] for k in UNI_KEYS]):.2g}"

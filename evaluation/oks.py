@@ -1,4 +1,4 @@
-"""OKS metrics (docs/conventions.md "Metrics"): pycocotools' COCOeval, OKS-NMS, OKS accuracy.
+"""OKS metrics (docs/conventions.md "Metrics"): COCOeval, OKS-NMS, OKS accuracy.
 
 The COCO top-down protocol as MMPose and HRNet run it on detector boxes: each box's keypoints
 are rescored (instance score = box score × mean keypoint score above 0.2, evaluation/predict.py
@@ -14,6 +14,7 @@ import copy
 import io
 
 import numpy as np
+from faster_coco_eval import COCO, COCOeval_faster
 
 OKS_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # COCOeval's iouThrs
 NMS_THRESHOLD = 0.9  # MMPose's nms_thr / oks_thr for COCO
@@ -23,51 +24,75 @@ STATS = ("AP", "AP50", "AP75", "AP-M", "AP-L", "AR", "AR50", "AR75")
 
 def coco_eval(gt: dict, results: list[dict], sigmas: np.ndarray,
               subsets: dict[str, list[int]] | None = None) -> dict[str, float | None]:
-    """pycocotools keypoint COCOeval (quietly) → {"AP", "AP50", "AP75", "AP-M", "AP-L", "AR",
-    "AR50", "AR75"}, 0–100, at maxDets 20 (pycocotools' keypoint default, crowdposetools'
-    too). gt: a COCO-format dict; results: COCO keypoint results with K = len(sigmas) (neither
-    is modified: COCOeval writes into both, so it gets copies). No results: all 0.
-    subsets {name: image ids}: also each one's AP on those images alone (CrowdPose's easy /
-    medium / hard), None where it has no image or no person to find."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
+    """COCOeval "keypoints" (faster-coco-eval's COCOeval_faster, quietly) → {"AP", "AP50",
+    "AP75", "AP-M", "AP-L", "AR", "AR50", "AR75"}, 0–100, at maxDets 20 (pycocotools' keypoint
+    default, crowdposetools' too). gt: a COCO-format dict; results: COCO keypoint results with
+    K = len(sigmas); neither is modified. No results: all 0. subsets {name: image ids}: also each
+    one's AP on those images alone (CrowdPose's easy / medium / hard), None where it has no
+    image or no person to find."""
     subsets = subsets or {}
-    if not results:  # loadRes cannot take an empty list; nothing found scores 0
+    if not results:  # nothing found scores 0
         return {k: 0.0 for k in STATS} | {k: 0.0 if ids else None for k, ids in subsets.items()}
-    gt = copy.deepcopy(gt)
-    # Fields the dataset reader does not require but pycocotools reads without a default.
+    # COCOeval writes "ignore" into the ground truth and area / id / bbox into the results:
+    # shallow copies of each record keep the caller's dicts as they were.
+    anns = []
     for a in gt["annotations"]:
+        a = dict(a)
+        # Fields the dataset reader does not require but COCOeval reads without a default.
         a.setdefault("category_id", 1)
         a["iscrowd"] = int(bool(a.get("iscrowd", 0)))  # PoseTrack writes JSON false
         if "area" not in a:
             a["area"] = float(a["bbox"][2] * a["bbox"][3]) if "bbox" in a else 0.0
         if "num_keypoints" not in a:
             a["num_keypoints"] = int(sum(v > 0 for v in a.get("keypoints", [])[2::3]))
-    if not gt.get("categories"):  # loadRes copies them; COCOeval takes its category ids there
-        cats = sorted({a["category_id"] for a in gt["annotations"]}) or [1]
-        gt["categories"] = [{"id": c, "name": str(c)} for c in cats]
+        anns.append(a)
+    cats = gt.get("categories") or [  # loadRes copies them; COCOeval takes category ids there
+        {"id": c, "name": str(c)} for c in sorted({a["category_id"] for a in anns}) or [1]]
+    dataset = {"images": gt["images"], "annotations": anns, "categories": cats}
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = gt
-        coco_gt.createIndex()
-        coco_dt = coco_gt.loadRes(copy.deepcopy(results))
-        ev = COCOeval(coco_gt, coco_dt, "keypoints")
-        ev.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-        out = {k: (None if s < 0 else 100 * float(s)) for k, s in zip(STATS, ev.stats,
+        coco_gt = COCO(dataset)
+        ev = COCOeval_faster(coco_gt, _load_results(coco_gt, results), "keypoints",
+                             kpt_oks_sigmas=np.asarray(sigmas, np.float64).tolist(),
+                             print_function=_quiet)
+        stats = _run(ev)
+        out = {k: (None if s < 0 else 100 * float(s)) for k, s in zip(STATS, stats,
                                                                       strict=False)}
         for name, ids in subsets.items():  # COCOeval again, on those images (crowdposetools)
             out[name] = None
             if ids:
                 ev.params.imgIds = sorted(ids)
-                ev.evaluate()
-                ev.accumulate()
-                ev.summarize()
-                out[name] = None if ev.stats[0] < 0 else 100 * float(ev.stats[0])
+                ap = _run(ev)[0]
+                out[name] = None if ap < 0 else 100 * float(ap)
     return out
+
+
+def _load_results(coco_gt: COCO, results: list[dict]) -> COCO:
+    """COCO.loadRes's keypoint branch (faster_coco_eval/core/coco.py, pycocotools' alike) with
+    the per-result np.min / np.max done once on an (N, K, 3) array: 1.7 s of a 9 s evaluation
+    of 25,000 results. Each result gets id i + 1, bbox and area = its keypoints' extent, as
+    loadRes gives them (every keypoint, labelled or not)."""
+    kp = np.asarray([r["keypoints"] for r in results], np.float64).reshape(len(results), -1, 3)
+    lo, hi = kp[..., :2].min(1), kp[..., :2].max(1)  # (N, 2) x, y
+    wh = hi - lo
+    area, boxes = (wh[:, 0] * wh[:, 1]).tolist(), np.concatenate([lo, wh], 1).tolist()
+    anns = [dict(r, id=i + 1, area=a, bbox=b)
+            for i, (r, a, b) in enumerate(zip(results, area, boxes, strict=True))]
+    res = COCO()
+    res.dataset = {"images": list(coco_gt.dataset["images"]), "annotations": anns,
+                   "categories": copy.deepcopy(coco_gt.dataset["categories"])}
+    res.createIndex()
+    return res
+
+
+def _quiet(*_args: object) -> None:
+    """COCOeval's print_function: uni reports the figures itself."""
+
+
+def _run(ev: COCOeval_faster) -> np.ndarray:
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return np.asarray(ev.stats, np.float64)
 
 
 def oks_between(a: np.ndarray, others: np.ndarray, area_a: float, areas: np.ndarray,

@@ -1,8 +1,11 @@
 """Each kind scored as its own benchmark scores it: uni's figures against an independent
 implementation of the official protocol on the same predictions (issue 22).
 
-Reference: faster-coco-eval (a maintained C++ COCOeval with custom sigmas, `use_area` and
-CrowdPose's `keypoints_crowd`), which reproduces crowdposetools' figures on samples/crowdpose.
+Reference: faster-coco-eval's own CrowdPose path (`keypoints_crowd` with use_area=False, its
+_summarizeKps_crowd), which reproduces crowdposetools' figures on samples/crowdpose; uni's
+evaluation runs faster-coco-eval's plain "keypoints" COCOeval on areas uni computes, so the two
+share the library but not the rule. pycocotools on the same 0.53-area files is the second
+reference (tests/test_evaluate_kinds.py), and the official figures below are the third.
 - CrowdPose: crowdposetools (Jeff-sjtu/CrowdPose, crowdpose-api/PythonAPI/crowdposetools/
   cocoeval.py): OKS and area ranges on 0.53 × box w × h.
 - AI Challenger: MMPose's AIC metric, xtcocotools with use_area=False: the same 0.53 × box.
@@ -26,6 +29,7 @@ from uniskel.cli import uni
 from uniskel.core.datasets import load_dataset
 from uniskel.core.skeletons import get_kind, get_skeleton
 from uniskel.evaluation.evaluate import coco_gt, evaluate, format_results, oks_areas
+from uniskel.evaluation.oks import coco_eval
 from uniskel.evaluation.report import official_notes, report_rows, scored_notes, write_report
 
 # Official figures with the same predictions (BlazePose on the GT boxes, flip test), as issue 22
@@ -96,6 +100,32 @@ def test_oks_area_rules():
     assert oks_areas(crowdpose, [box], [12345.0]) == pytest.approx([0.53 * 20000])
     assert oks_areas(aic, [box], [12345.0]) == pytest.approx([0.53 * 20000])
     assert get_skeleton(crowdpose.skeleton).num_keypoints == 14
+
+
+def test_a_person_between_the_two_area_rules():
+    """Hand-made: one person, box 100 × 200, one prediction 17 keypoints each off by d px,
+    σ = COCO's nose 0.026 everywhere, so OKS = exp(-d² / (2 s (2σ)²)) with s the OKS area. At
+    d = 8.4 px the annotated area (20,000) gives OKS 0.521 (a match at 0.5, AP50 100) and
+    0.53 × w × h (10,600) gives 0.298 (no match, AP50 0)."""
+    sigmas = np.full(17, 0.026)
+    box, d = [10.0, 20.0, 100.0, 200.0], 8.4
+    kp = np.stack([np.linspace(20, 100, 17), np.linspace(30, 210, 17), np.full(17, 2.0)], 1)
+    pred = kp.copy()
+    pred[:, 0] += d
+    figures = {}
+    for kind in ("coco", "crowdpose"):
+        area = float(oks_areas(get_kind(kind), [box], [20000.0])[0])
+        gt = {"images": [{"id": 1, "width": 200, "height": 300}],
+              "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0,
+                               "bbox": box, "area": area, "num_keypoints": 17,
+                               "keypoints": kp.reshape(-1).tolist()}]}
+        res = [{"image_id": 1, "category_id": 1, "score": 1.0,
+                "keypoints": pred.reshape(-1).tolist()}]
+        oks = np.exp(-d ** 2 / (2 * area * (2 * 0.026) ** 2))
+        figures[kind] = (oks, coco_eval(gt, res, sigmas)["AP50"])
+    assert figures["coco"][0] == pytest.approx(0.521, abs=1e-3) and figures["coco"][1] == 100.0
+    assert figures["crowdpose"][0] == pytest.approx(0.292, abs=1e-3)
+    assert figures["crowdpose"][1] == 0.0
 
 
 def test_ground_truth_areas_follow_the_kind(data_dir):
