@@ -21,6 +21,8 @@ Metrics (docs/conventions.md "Metrics"), by the dataset kind's metric:
   COCO-WholeBody also reports "body AP", "foot AP" (COCOeval on that part's keypoints and
   sigmas alone, a person with none of them labelled ignored, as myeval_body.py /
   myeval_foot.py do) and "body+foot AP" (= AP), with their AR.
+  PoseTrack18's primary figure is poseval's mAP (evaluation/posetrack.py): its rows Head, Shou,
+  Elb, Wri, Hip, Knee, Ankl, Total as "official" (Total is "value"), COCO-style AP second.
   With --boxes, a detection whose box centre lies in an ignore region of its frame (PoseTrack)
   is dropped before the model runs.
 - pckh (MPII): PCKh@0.5 per joint; "Mean" pools all joints but pelvis and thorax (weighted by
@@ -56,6 +58,7 @@ from uniskel.evaluation.coco_results import (
 )
 from uniskel.evaluation.oks import coco_eval, oks_accuracy, oks_nms
 from uniskel.evaluation.pck import pck_bbox, pckh, pooled_mean
+from uniskel.evaluation.posetrack import POSETRACK_KINDS, poseval_figures
 from uniskel.evaluation.predict import Predictor, instance_score, load_predictor, predict_boxes
 
 BOX_THRESHOLD = 0.0  # --box-threshold default: MMPose's det_bbox_thr for COCO val (all boxes)
@@ -243,6 +246,8 @@ def evaluate_coco_ap(ds: Dataset, res: Results) -> dict:
         whole = "+".join(parts)
         official.update({f"{whole} {k}": out[k] for k in PART_FIGURES})
         out.update(official, official=official)
+    if ds.kind.name in POSETRACK_KINDS:  # poseval's mAP first, COCO-style AP second
+        out.update(poseval_figures(ds, res, keep))
     names = [n for n, k in zip(keypoint_names(ds.skeleton), keep, strict=True) if k]
     if res.instance_ids is not None:
         pred = _per_person(ds, res, np.nan)[:, keep]
@@ -469,15 +474,16 @@ def format_results(results: dict[str, dict]) -> str:
     """A readable table per dataset: headline numbers, then one line per keypoint."""
     lines = []
     for spec, r in results.items():
-        keys = ("AP50", "AP75", "AP-M", "AP-L", "AR", "AR50", "AR75")
-        extra = "  ".join(f"{k} {r[k]:.2f}" for k in keys if r.get(k) is not None)
+        keys = ("AP", "AP50", "AP75", "AP-M", "AP-L", "AR", "AR50", "AR75")
+        extra = "  ".join(f"{k} {r[k]:.2f}" for k in keys
+                          if r.get(k) is not None and k != r["metric"])
         lines.append(f"{spec}")
         lines.append(f"  {r['metric']:<10}{r['value']:7.2f}  {extra}".rstrip())
         if "crowd_images" in r:
             n = r["crowd_images"]
             lines.append("  by crowd index: " + "  ".join(
                 f"{CROWD_LABELS[c]} {_fmt(r[CROWD_LABELS[c]])} ({n[c]} images)" for c in n))
-        parts = {} if "crowd_images" in r else r.get("official", {})
+        parts = {} if "crowd_images" in r or "groups" in r else r.get("official", {})
         if parts:
             lines.append("  by part: " + "  ".join(f"{k} {_fmt(v)}" for k, v in parts.items()))
         lines.append(f"  instances {r['instances']}, predicted {r['predicted']} "

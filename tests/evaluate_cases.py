@@ -29,7 +29,7 @@ KINDS = {  # spec, scored (unified21 model), metric; samples/README.md has the c
     "jhmdb": ("jhmdb:{d}/jhmdb/test_jhmdb_sub1.json", "14 of jhmdb15", "PCK@0.2"),
     # PoseTrack18 never labels the ears.
     "posetrack18": ("posetrack18:{d}/posetrack18/test_posetrack18_val.json", "15 of posetrack17",
-                    "AP"),
+                    "mAP"),  # poseval's mAP first, COCO-style AP beside it
 }
 
 

@@ -115,9 +115,9 @@ def test_report_over_four_kinds(tmp_path, data_dir, tiny_student_run, heatmap_te
                                  "--names", "student,teacher", "--no-flip-test"])
     assert r.exit_code == 0, r.output
     lines = r.stdout.strip().splitlines()
-    assert lines[0] == "| model | aic AP | crowdpose AP | jhmdb PCK@0.2 | posetrack18 AP |"
+    assert lines[0] == "| model | aic AP | crowdpose AP | jhmdb PCK@0.2 | posetrack18 mAP |"
     notes = ["- aic AP: 14 of aic14", "- crowdpose AP: 14 of crowdpose14",
-             "- jhmdb PCK@0.2: 14 of jhmdb15", "- posetrack18 AP: 15 of posetrack17"]
+             "- jhmdb PCK@0.2: 14 of jhmdb15", "- posetrack18 mAP: 15 of posetrack17"]
     assert lines[-4:] == notes
     assert (out / "report.md").read_text().strip().splitlines()[-4:] == notes
     with open(out / "report.csv") as f:
