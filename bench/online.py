@@ -2,7 +2,7 @@
 instead of reading the cached stores — the baseline that caching replaces.
 
 `OnlineTeacher` stands in for a StoreReader in a student.data.TeacherSource (train() and
-PoseSamples only use ``row_of``, ``done``, ``check()``, ``close()`` and
+PoseSamples only use ``row``, ``done``, ``check()``, ``close()`` and
 ``read(row) → (maps, affine image → teacher grid)``), so the maps are warped, flipped and
 masked by exactly the code that warps cached targets; the only
 difference is that they are fresh float32 teacher outputs rather than quantised stored ones.
@@ -44,7 +44,7 @@ class OnlineTeacher:
     def __init__(self, teacher_path: Path, dataset: Dataset, flip: bool = True, threads: int = 1):
         self.teacher_path, self.flip, self.threads = Path(teacher_path), flip, threads
         self.instances = dataset.instances
-        self.row_of = {inst.instance_id: r for r, inst in enumerate(self.instances)}
+        self.rows_of = dataset.rows_of  # instance ids → rows (-1: none)
         self.done = np.ones(len(self.instances), bool)
         self._teacher, self._pid = None, None
 
@@ -57,6 +57,10 @@ class OnlineTeacher:
                                     threads=self.threads)
             self._pid = os.getpid()
         return self._teacher
+
+    def row(self, instance_id: int) -> int:
+        """The row of an instance id, or -1 (as StoreReader.row)."""
+        return int(self.rows_of([instance_id])[0])
 
     def check(self, progress: bool = False, trust: bool = True) -> StoreCheck:
         return StoreCheck(problems=[], damaged={})  # nothing stored, nothing to verify

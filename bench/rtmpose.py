@@ -241,7 +241,7 @@ def loader_parts(ds: PoseSamples, idx: list[int], batch: int) -> dict[str, float
                 src = ds.sources.get((name, data.dataset_id))
                 if src is None:
                     continue
-                row = src.reader.row_of.get(inst.instance_id)
+                row = int(src.reader.rows(inst.instance_id)[0])
                 with timer("store read (2 teachers)"):
                     maps, a_teacher = src.reader.read(row)
                 with timer("teacher target warps (2 teachers)"):

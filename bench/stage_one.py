@@ -18,6 +18,7 @@ and after the cache runs; its mean is used. --quick: only 1 (1 worker) and 4, si
 from __future__ import annotations
 
 import argparse
+import itertools
 import pickle
 import shutil
 import time
@@ -113,7 +114,7 @@ def shipped_bytes(spec: str, paths: list[Path], batch: int, tasks: int = 8
                          THRESHOLD, CODEC) for p in paths]
     plan = plan_tasks(dataset_items(ds, ids), [np.zeros(len(ids), bool)] * len(paths), batch)
     shipped = floats = rows = 0
-    for result in local_results(specs, plan[:tasks]):
+    for result in local_results(specs, itertools.islice(plan, tasks)):
         shipped += len(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
         for part in result.parts:
             rows += len(part.rows)

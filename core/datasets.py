@@ -301,6 +301,7 @@ def load_dataset(spec: str | DataSpec, head_boxes: Path | None = None) -> Datase
         dataset_id = file_sha256(spec.annotations)
         if key is not None and key["dataset_id"] == dataset_id:  # unchanged while parsed
             save_columns(key, cols)
+            cols = load_columns(key) or cols  # memory-mapped, as a later start has them
     else:
         dataset_id = key["dataset_id"]
     return Dataset(spec, kind, skeleton, dataset_id, **vars(cols))

@@ -29,7 +29,6 @@ from tqdm import tqdm
 
 from uniskel.core.datasets import Dataset, load_dataset
 from uniskel.core.errors import UniError, io_reason
-from uniskel.core.files import atomic_write
 from uniskel.core.killpoints import kill_point
 from uniskel.pipeline.cache_plan import (
     StoreJob,
@@ -52,7 +51,9 @@ from uniskel.pipeline.cache_tasks import (
 )
 from uniskel.pipeline.devices import cuda_device_count, parse_device, resolve_device
 from uniskel.pipeline.teachers import Teacher
+from uniskel.stores.create import replace_store
 from uniskel.stores.encode import CODEC, THRESHOLD
+from uniskel.stores.lock import StoreLock, refuse_if_held, release_lock, take_lock
 from uniskel.stores.reader import open_store
 from uniskel.stores.writer import StoreWriter
 
@@ -166,7 +167,7 @@ def _run_dataset(jobs: list[StoreJob], run: Runner, spec_for: SpecFor, batch_siz
     for job, s in zip(jobs, summaries, strict=True):
         s.seconds = seconds
         if job.work_path != job.path:  # the rebuild replaces the old store (with skipped
-            atomic_write(job.path, lambda tmp: None, tmp=job.work_path)  # rows: resumable)
+            replace_store(job.work_path, job.path)  # rows: resumable), under its lock
         _with_sizes(s)
     return summaries
 
@@ -204,17 +205,34 @@ def _describing_teachers(paths: list[Path]) -> list[Teacher]:
     return models
 
 
+def _hold(path: Path, held: dict[Path, StoreLock]) -> None:
+    """Take the lock of the store a rebuild replaces, kept until the run ends (in `held`): no
+    other writer may write it meanwhile, and none is writing it now (else one line: wait)."""
+    if path not in held and path.parent.is_dir():  # else: taken once _make_stores made it
+        held[path] = take_lock(path)
+
+
 def _plan_stores(datasets: list[Dataset], models: list[Teacher], out_dir: Path, flip_test: bool,
-                 overwrite: bool, threshold: float
+                 overwrite: bool, threshold: float, held: dict[Path, StoreLock]
                  ) -> tuple[list[StoreSummary], list[list[StoreJob]]]:
-    """(summaries of the stores already complete, per dataset pass the jobs of the others)."""
+    """(summaries of the stores already complete, per dataset pass the jobs of the others).
+    A store another process is writing is refused first, in one line (wait for it or stop it);
+    a rebuild's store is locked (`held`) before anything of it is touched."""
     summaries, passes = [], []
     for ds in datasets:
         jobs = []
         for teacher in models:
-            job = prepare_store(teacher, ds, out_dir, flip_test, overwrite, threshold)
+            path = out_dir / store_name(teacher.info.name, ds)
+            if overwrite:
+                _hold(path, held)
+            else:
+                refuse_if_held(path)
+            try:
+                job = prepare_store(teacher, ds, out_dir, flip_test, overwrite, threshold)
+            except UniError:
+                refuse_if_held(path)  # a writer that started meanwhile: wait, not overwrite
+                raise
             if job is None:
-                path = out_dir / store_name(teacher.info.name, ds)
                 k, (w, h) = teacher.info.num_keypoints, teacher.heatmap_wh
                 summaries.append(_with_sizes(StoreSummary(
                     path, len(ds.instances), (k, h, w), up_to_date=True)))
@@ -225,9 +243,10 @@ def _plan_stores(datasets: list[Dataset], models: list[Teacher], out_dir: Path, 
     return summaries, passes
 
 
-def _make_stores(passes: list[list[StoreJob]], out_dir: Path, threshold: float) -> None:
+def _make_stores(passes: list[list[StoreJob]], out_dir: Path, threshold: float,
+                 held: dict[Path, StoreLock]) -> None:
     """Check every dataset's images, then make OUT and the new stores: only now, so that bad
-    input leaves nothing behind."""
+    input leaves nothing behind. A rebuild in an OUT made only now takes its store's lock."""
     for jobs in passes:
         check_images(jobs[0].dataset)
     try:
@@ -235,6 +254,8 @@ def _make_stores(passes: list[list[StoreJob]], out_dir: Path, threshold: float) 
     except OSError as e:
         raise UniError(f"--out {out_dir}: cannot create it ({io_reason(e)})") from None
     for job in (job for jobs in passes for job in jobs):
+        if job.work_path != job.path:
+            _hold(job.path, held)
         make_store(job, threshold)
 
 
@@ -297,20 +318,28 @@ def cache_teachers(data: list[str], teachers: list[Path], out_dir: Path,
     out_dir = Path(out_dir)
     datasets = [load_dataset(d) for d in data]
     models = _describing_teachers(teachers)
-    summaries, passes = _plan_stores(datasets, models, out_dir, flip_test, overwrite, threshold)
-    _make_stores(passes, out_dir, threshold)
-    if not passes:
+    held: dict[Path, StoreLock] = {}  # the stores rebuilt (--overwrite): locked till replaced
+    try:
+        summaries, passes = _plan_stores(datasets, models, out_dir, flip_test, overwrite,
+                                         threshold, held)
+        _make_stores(passes, out_dir, threshold, held)
+        if not passes:
+            return summaries
+        with _runner(workers, scheduler, scheduler_file, gpus, threads) as (run, threads):
+
+            def spec_for(job: StoreJob, attrs: dict) -> TeacherSpec:
+                return TeacherSpec(
+                    str(job.teacher.path.resolve()), job.teacher.sha256, threads, flip_test,
+                    device, float(attrs.get("threshold", THRESHOLD)),
+                    str(attrs.get("codec", CODEC)))
+
+            for jobs in passes:
+                summaries.extend(_run_dataset(jobs, run, spec_for, batch_size, strict,
+                                              progress))
         return summaries
-    with _runner(workers, scheduler, scheduler_file, gpus, threads) as (run, threads):
-
-        def spec_for(job: StoreJob, attrs: dict) -> TeacherSpec:
-            return TeacherSpec(
-                str(job.teacher.path.resolve()), job.teacher.sha256, threads, flip_test, device,
-                float(attrs.get("threshold", THRESHOLD)), str(attrs.get("codec", CODEC)))
-
-        for jobs in passes:
-            summaries.extend(_run_dataset(jobs, run, spec_for, batch_size, strict, progress))
-    return summaries
+    finally:
+        for lock in held.values():
+            release_lock(lock)
 
 
 def format_run_summary(s: StoreSummary, max_skipped: int = 20) -> str:

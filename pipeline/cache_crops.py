@@ -31,7 +31,7 @@ class Wanted(NamedTuple):
     """A person of one image and the teachers that want its crop."""
 
     item: int  # index into the task's items
-    bbox: tuple[float, ...]  # (x, y, w, h) image pixels
+    bbox: np.ndarray  # (4,) (x, y, w, h) image pixels
     teachers: list[int]  # indices into the task's teachers
 
 
@@ -89,7 +89,7 @@ def _crop_image(path: str, entries: list[Wanted], geoms: list[Geometry]) -> Imag
             g = geoms[t]
             t1 = time.perf_counter()
             if g not in made:
-                crop, affine = crop_person(image, np.asarray(entry.bbox), g.input_wh, g.padding)
+                crop, affine = crop_person(image, entry.bbox, g.input_wh, g.padding)
                 made[g] = crop, compose(crop_to_heatmap(g.input_wh, g.heatmap_wh), affine)
             out.append(Crop(entry.item, t, *made[g], time.perf_counter() - t1))
     return ImageCrops(decode_s, out, None)
@@ -104,10 +104,11 @@ class Cropped:
         self.task, self.teachers = task, teachers
         geoms = [_geometry(t) for t in teachers]
         groups: dict[str, list[Wanted]] = {}
-        for i, item in enumerate(task.items):
+        for i in range(len(task.rows)):
             wanting = [t for t, w in enumerate(task.wants) if w[i]]
             if wanting:
-                groups.setdefault(item.image_path, []).append(Wanted(i, item.bbox, wanting))
+                groups.setdefault(task.image_paths[task.image_of[i]], []).append(
+                    Wanted(i, task.bboxes[i], wanting))
         self._groups = list(groups.items())
         jobs = [(path, entries, geoms) for path, entries in self._groups]
         self._parts: list[Future | ImageCrops] = (
@@ -127,7 +128,7 @@ class Cropped:
             if image.problem is not None:
                 for entry in entries:
                     for t in entry.teachers:
-                        skipped[t][self.task.items[entry.item].instance_id] = image.problem
+                        skipped[t][int(self.task.instance_ids[entry.item])] = image.problem
             for c in image.crops:
                 found[c.teacher][c.item] = c
                 crop_s[c.teacher] += c.seconds
@@ -138,7 +139,7 @@ class Cropped:
                        crop_s: float) -> TeacherCrops:
         w, h = _geometry(self.teachers[t]).input_wh
         order = sorted(found)  # item order: the order a fresh run feeds the model
-        rows = np.asarray([self.task.items[i].row for i in order], np.int64)
+        rows = self.task.rows[np.asarray(order, np.int64)]
         crops = (np.stack([found[i].crop for i in order]) if order
                  else np.zeros((0, h, w, 3), np.uint8))
         affines = np.asarray([found[i].affine for i in order], np.float64).reshape(-1, 2, 3)

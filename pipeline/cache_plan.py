@@ -9,6 +9,7 @@ every model exactly the batches a fresh run would and each store comes out the s
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -24,20 +25,29 @@ from uniskel.stores.schema import StoreMeta
 from uniskel.stores.writer import StoreWriter, repair_store
 
 
-class Item(NamedTuple):
-    """One person to run: its store row and where its crop comes from (pickles small)."""
+class Items(NamedTuple):
+    """A dataset pass's persons in image order, as arrays (no object per person: a client's
+    memory stays flat in the dataset's size)."""
 
-    row: int  # row of the store (the same in every store of the dataset)
-    instance_id: int
-    image_path: str
-    bbox: tuple[float, ...]  # (x, y, w, h) image pixels
+    dataset: Dataset
+    rows: np.ndarray  # (N,) int64 store rows (the same in every store of the dataset), in order
+    at: np.ndarray  # (N,) int64 the dataset row of each entry of `rows`
 
 
 class Task(NamedTuple):
-    """One cut of a dataset's rows, in image order, for every teacher that needs some of it."""
+    """One cut of a dataset's rows, in image order, for every teacher that needs some of it;
+    arrays and each image path once, so that it pickles small."""
 
-    items: list[Item]
+    rows: np.ndarray  # (n,) int64 store rows
+    instance_ids: np.ndarray  # (n,) int64
+    bboxes: np.ndarray  # (n, 4) float64 (x, y, w, h) image pixels
+    image_paths: tuple[str, ...]  # the task's images, each once
+    image_of: np.ndarray  # (n,) int32 index into image_paths
     wants: list[np.ndarray]  # per teacher (n,) bool: the items its store still lacks
+
+    def instance_of(self, row: int) -> int:
+        """The instance id of a store row of this task."""
+        return int(self.instance_ids[np.flatnonzero(self.rows == row)[0]])
 
 
 @dataclass(frozen=True)
@@ -59,34 +69,54 @@ def store_name(teacher_name: str, dataset: Dataset) -> str:
 # --------------------------------------------------------------------------- tasks
 
 
-def dataset_items(dataset: Dataset, instance_ids: np.ndarray) -> list[Item]:
-    """A store's rows (its instance ids (N,)) as items in image order, ties by store row."""
+def dataset_items(dataset: Dataset, instance_ids: np.ndarray) -> Items:
+    """A store's rows (its instance ids (N,)) in image order (by image path), ties by store
+    row."""
     at = dataset.rows_of(instance_ids)  # (N,) dataset row of each store row
     if (at < 0).any():
         raise UniError(f"{dataset.spec}: instance {int(instance_ids[np.argmax(at < 0)])} of "
                        "its store is not in the dataset (use --overwrite to rebuild the store)")
-    paths = dataset.image_paths[dataset.image_index[at]]  # (N,) str
-    order = np.lexsort((np.arange(len(at)), paths))
-    ids, boxes = dataset.instance_ids[at], dataset.bboxes[at]
-    return [Item(int(r), int(ids[r]), str(paths[r]), tuple(boxes[r].tolist())) for r in order]
+    rank = _path_rank(dataset.image_paths)
+    order = np.lexsort((np.arange(len(at)), rank[dataset.image_index[at]]))
+    return Items(dataset, order.astype(np.int64), at[order].astype(np.int64))
 
 
-def plan_tasks(items: list[Item], dones: list[np.ndarray], batch: int) -> list[Task]:
+def _path_rank(paths: np.ndarray, block: int = 65536) -> np.ndarray:
+    """(I,) int64 rank of each image's path among the distinct paths, sorted: sorting by it
+    sorts by path (equal paths, equal rank) without copying the strings (a 150k-image file's
+    would be ~30 MB at once); the neighbours are compared a block at a time."""
+    perm = np.argsort(paths, kind="stable")
+    new = np.ones(len(paths), bool)  # sorted entry i starts a new path
+    for s in range(1, len(paths), block):
+        e = min(s + block, len(paths))
+        new[s:e] = paths[perm[s:e]] != paths[perm[s - 1:e - 1]]
+    rank = np.empty(len(paths), np.int64)
+    rank[perm] = np.cumsum(new) - 1
+    return rank
+
+
+def _task(items: Items, picked: np.ndarray, wants: list[np.ndarray]) -> Task:
+    """The task of items' entries `picked` (indices into items.rows)."""
+    ds, at = items.dataset, items.at[picked]
+    images, image_of = np.unique(ds.image_index[at], return_inverse=True)
+    return Task(items.rows[picked], ds.instance_ids[at].astype(np.int64),
+                ds.bboxes[at].astype(np.float64), tuple(str(p) for p in ds.image_paths[images]),
+                image_of.reshape(-1).astype(np.int32), wants)
+
+
+def plan_tasks(items: Items, dones: list[np.ndarray], batch: int) -> Iterator[Task]:
     """Cut `items` every `batch`; a task keeps the rows some teacher still needs (dones[t]:
-    (N,) bool per row of teacher t's store).
+    (N,) bool per row of teacher t's store). Tasks are made as they are taken.
 
     The cuts do not depend on `dones`, and each store writes a task's rows at once, so a
     resumed run gives every teacher exactly the batches of an uninterrupted one.
     """
-    out = []
-    for start in range(0, len(items), batch):
-        cut = items[start:start + batch]
-        rows = np.fromiter((it.row for it in cut), np.int64, len(cut))
-        wants = [~d[rows] for d in dones]  # per teacher (n,) bool
+    for start in range(0, len(items.rows), batch):
+        cut = np.arange(start, min(start + batch, len(items.rows)))
+        wants = [~d[items.rows[cut]] for d in dones]  # per teacher (n,) bool
         keep = np.any(wants, axis=0)
         if keep.any():
-            out.append(Task([cut[i] for i in np.flatnonzero(keep)], [w[keep] for w in wants]))
-    return out
+            yield _task(items, cut[keep], [w[keep] for w in wants])
 
 
 # --------------------------------------------------------------------------- stores

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,7 +149,7 @@ def _infer_encode(cropped: Cropped, specs: list[TeacherSpec]) -> TaskResult:
         bad = ~np.isfinite(maps).all(axis=(1, 2, 3))
         if bad.any():
             row = int(p.rows[bad][0])
-            instance = next(it.instance_id for it in cropped.task.items if it.row == row)
+            instance = cropped.task.instance_of(row)
             raise UniError(f"{spec.path}: instance {instance}: heatmaps not finite")
         encoded = encode_rows(maps, spec.threshold, spec.codec) if len(maps) else None
         t2 = time.perf_counter()
@@ -165,7 +165,7 @@ def run_task(specs: list[TeacherSpec], task: Task) -> TaskResult:
     return _infer_encode(Cropped(task, teachers, decode_pool(teachers)), specs)
 
 
-def local_results(specs: list[TeacherSpec], tasks: list[Task], pool: bool | None = None
+def local_results(specs: list[TeacherSpec], tasks: Iterable[Task], pool: bool | None = None
                   ) -> Iterator[TaskResult]:
     """The tasks in this process, in order. With the pool (default: when a teacher runs on a
     GPU) the next PREFETCH_BATCHES tasks are decoded and cropped while this one is inferred."""
@@ -204,7 +204,7 @@ def _result(client, fut) -> TaskResult:
                        "written so far are kept, run again to resume") from None
 
 
-def dask_results(client, specs: list[TeacherSpec], tasks: list[Task],
+def dask_results(client, specs: list[TeacherSpec], tasks: Iterable[Task],
                  in_flight: Callable[[], int]) -> Iterator[TaskResult]:
     """Results as they complete, never more than in_flight() tasks submitted at once
     (asked again every few seconds: workers may join or leave)."""
@@ -236,7 +236,12 @@ def dask_results(client, specs: list[TeacherSpec], tasks: list[Task],
 def start_client(workers: int, scheduler: str | None = None,
                  scheduler_file: Path | None = None, threads_per_worker: int = 1):
     """A dask client: of a running cluster (address or scheduler file), waiting for its first
-    worker, or of a LocalCluster of `workers` processes named 0, 1, … (their GPU slots)."""
+    worker, or of a LocalCluster of `workers` processes named 0, 1, … (their GPU slots).
+
+    Results come straight from the worker that holds them (direct_to_workers: `Future.result`
+    then asks the scheduler only who has a key, never for its bytes); otherwise the scheduler
+    fetches and forwards every result, carrying all of stage one's output twice through one
+    process (tests/test_cluster.py measures the bytes)."""
     from distributed import Client, LocalCluster
 
     if scheduler or scheduler_file:
@@ -247,8 +252,9 @@ def start_client(workers: int, scheduler: str | None = None,
         if scheduler_file and not Path(scheduler_file).is_file():
             raise UniError(f"{flag}: not found (start `dask scheduler --scheduler-file` first)")
         try:
-            client = (Client(scheduler, timeout="20s") if scheduler
-                      else Client(scheduler_file=str(scheduler_file), timeout="20s"))
+            client = (Client(scheduler, timeout="20s", direct_to_workers=True) if scheduler
+                      else Client(scheduler_file=str(scheduler_file), timeout="20s",
+                                  direct_to_workers=True))
         except (OSError, TimeoutError, ValueError) as e:
             raise UniError(f"{flag}: cannot connect ({e})") from None
         try:
@@ -259,4 +265,4 @@ def start_client(workers: int, scheduler: str | None = None,
         return client
     cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
                            processes=True, dashboard_address=None, silence_logs=logging.ERROR)
-    return Client(cluster)
+    return Client(cluster, direct_to_workers=True)

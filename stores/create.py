@@ -1,5 +1,5 @@
-"""Creating an empty soft-label store (format: stores/schema.py), and the failure type
-of every store write."""
+"""Creating an empty soft-label store (format: stores/schema.py), replacing a store by its
+rebuild, and the failure type of every store write."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from uniskel.core.errors import UniError, io_reason
 from uniskel.core.files import atomic_write
 from uniskel.stores.encode import CODEC, CODECS, THRESHOLD, heatmap_dataset_kwargs
 from uniskel.stores.schema import FORMAT_VERSION, StoreMeta, meta_to_attrs
+from uniskel.stores.verify import move_record, record_new_store
 
 # Rows per chunk of the small per-instance datasets. Each batch rewrites the chunks its rows
 # fall in (with their checksums), so smaller is faster to write (BENCHMARKS.md "Row chunks of
@@ -109,3 +110,11 @@ def create_store(path: Path, meta: StoreMeta, instance_ids, codec: str = CODEC,
         atomic_write(path, write, tmp=tmp)
     except (OSError, RuntimeError) as e:  # h5py raises both for failed writes
         raise write_failed(path, e) from None
+    record_new_store(path, n)
+
+
+def replace_store(work: Path, path: Path) -> None:
+    """A rebuild's finished store at `work` renamed over `path`, its verification record with
+    it. The caller holds `path`'s lock (no other writer may have `path` open meanwhile)."""
+    atomic_write(path, lambda tmp: None, tmp=work)
+    move_record(work, path)

@@ -4,7 +4,8 @@ drops an flock when its process dies, so a killed writer's lock needs no takeove
 The file names its holder ("pid host") for the refusal message. The holder removes it while it
 still holds it, and a taker checks that the file it locked is the one at the path, so a taker
 that opened the file just before its removal takes again rather than lock a file nobody sees.
-A file still naming a pid when taken was left by a killed writer: said once, as a warning.
+A file still naming a pid when taken was left by a killed writer: said once, as a warning (once
+per dead holder: a killed rebuild leaves the store's lock and its temp file's).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from uniskel.core.errors import UniError, io_reason
 log = logging.getLogger(__name__)
 
 WAIT_S = 0.5  # a taker waits this long, so that a check's momentary try (below) never refuses it
+_gone: set[str] = set()  # holders this process has said it took a lock over from
 
 
 @dataclass
@@ -54,6 +56,13 @@ def _same_file(fd: int, lock: Path) -> bool:
         return False
 
 
+def busy(path: Path, holder: str = "") -> UniError:
+    """The refusal of a second writer: wait for the first or stop it (never overwrite: a
+    rebuild would take the same lock, and a store replaced under its writer loses its work)."""
+    return UniError(f"{path}: is being written by {holder or 'another process'}; wait for it "
+                    "to finish or stop it, then run again")
+
+
 def take_lock(path: Path) -> StoreLock:
     """Lock the store at `path` for this process's writer; UniError when another holds it."""
     lock = lock_path(path)
@@ -70,8 +79,7 @@ def take_lock(path: Path) -> StoreLock:
             os.close(fd)
             if moved:  # its holder let go and removed it meanwhile: again
                 continue
-            raise UniError(f"{path}: is being written by {holder or 'another process'}"
-                           ) from None
+            raise busy(path, holder) from None
         except OSError as e:
             os.close(fd)
             raise UniError(f"{path}: cannot take the lock {lock} ({io_reason(e)})") from None
@@ -82,7 +90,9 @@ def take_lock(path: Path) -> StoreLock:
         taken = StoreLock(lock, held, fd)
         left = _holder(fd)
         if left:
-            log.warning("%s: taking over the lock of %s, which is gone", path, left)
+            log.log(logging.DEBUG if left in _gone else logging.WARNING,
+                    "%s: taking over the lock of %s, which is gone", path, left)
+            _gone.add(left)
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
@@ -105,6 +115,21 @@ def release_lock(lock: StoreLock | None) -> None:
     finally:
         lock.flock.release()
         os.close(lock.fd)
+
+
+def refuse_if_held(path: Path) -> None:
+    """UniError (`busy`, naming the holder) when a writer holds the lock of the store at
+    `path`: a momentary check, for refusing before any work starts."""
+    if held_by_live_writer(path):
+        try:
+            fd = os.open(lock_path(path), os.O_RDONLY)
+        except OSError:
+            raise busy(path) from None
+        try:
+            holder = _holder(fd)
+        finally:
+            os.close(fd)
+        raise busy(path, holder)
 
 
 def held_by_live_writer(path: Path) -> bool:

@@ -15,6 +15,7 @@ from uniskel.stores.encode import dequantize, row_crc
 from uniskel.stores.schema import IDENTITY, StoreMeta, check_layout, open_h5
 from uniskel.stores.verify import StoreCheck, check_store
 
+META_CACHE = 2**20  # bytes of chunk cache for each metadata dataset, per process
 _REPAIR_HINT = ("; if a cache-teachers run was killed while writing it, running it again "
                 "repairs the store")
 
@@ -41,8 +42,17 @@ class StoreReader:
         except (TypeError, ValueError, AttributeError):
             raise UniError(f"{self.path}: attribute 'skipped' is not JSON") from None
         self.done = self.done_raw != 0  # (N,) bool; a value not 0 or 1 is damage (check)
-        self.row_of = {int(i): r for r, i in enumerate(self.instance_ids)}
+        # The row index is arrays (ids sorted, `find` searches them), not a dict: forked
+        # DataLoader workers share its pages instead of copying one Python object per row.
+        # A store's rows are its dataset's ids in ascending order, so usually no permutation.
+        ids = self.instance_ids
+        self._order = None if bool((ids[1:] > ids[:-1]).all()) else np.argsort(ids, kind="stable")
+        self._sorted = ids if self._order is None else ids[self._order]
+        for a in (ids, self.done_raw, self.done, self._sorted, self._order):
+            if a is not None:
+                a.flags.writeable = False
         self._pid = None  # the process whose handle _f is
+        self._full = None  # (scales, affines, row_crc) of every row, while a check needs them
 
     def __getstate__(self) -> dict:
         return {"path": str(self.path)}
@@ -53,35 +63,113 @@ class StoreReader:
     def __len__(self) -> int:
         return len(self.instance_ids)
 
+    def find(self, instance_ids) -> np.ndarray:
+        """(M,) int64 rows of these instance ids; -1 for an id the store does not have."""
+        ids = np.asarray(instance_ids, dtype=np.int64).reshape(-1)
+        pos = np.searchsorted(self._sorted, ids)
+        hit = pos < len(self._sorted)
+        hit[hit] = self._sorted[pos[hit]] == ids[hit]
+        if self._order is not None:
+            pos[hit] = self._order[pos[hit]]
+        return np.where(hit, pos, -1)
+
+    def row(self, instance_id: int) -> int:
+        """The row of one instance id, or -1 (`find` for one id, without its array overhead)."""
+        pos = int(np.searchsorted(self._sorted, instance_id))
+        if pos < len(self._sorted) and self._sorted[pos] == instance_id:
+            return pos if self._order is None else int(self._order[pos])
+        return -1
+
+    def rows(self, instance_ids) -> np.ndarray:
+        """(M,) int64 rows of these instance ids; UniError naming the first the store lacks."""
+        ids = np.asarray(instance_ids, dtype=np.int64).reshape(-1)
+        rows = self.find(ids)
+        if (rows < 0).any():
+            raise UniError(f"{self.path}: instance {int(ids[np.argmax(rows < 0)])} is not in "
+                           f"this store ({int((rows < 0).sum())} of {len(ids)} ids unknown)")
+        return rows
+
     def _open(self) -> None:
-        """Open (or, after a fork, reopen) this process's handle; cache what every read needs."""
+        """Open (or, after a fork, reopen) this process's handle; cache what every read needs.
+        Per-row metadata is read row by row (`_row_meta`), not kept: a process's memory then
+        does not grow with the store's rows."""
         if self._pid == os.getpid():
             return
         f = open_h5(self.path)
         self._f = f
-        self._hm = f["heatmaps"]
-        try:
-            self._scales = f["scales"][:]
-            self._affines = f["affines"][:]
-            self._crc = f["row_crc"][:]  # (N,) uint32
-        except OSError as e:
-            raise UniError(f"{self.path}: scales / affines / row_crc unreadable ({e})"
-                           f"{_REPAIR_HINT}") from None
         k, h, w = self.meta.heatmap_shape
-        self._fspace = self._hm.id.get_space()
-        self._mspace = h5py.h5s.create_simple((1, k, h, w))
-        self._mtype = self._hm.id.get_type()  # cached: deriving it per read halves the rate
-        self._count = (1, k, h, w)
+        # One low-level read per dataset and row (h5py's indexing costs several times more):
+        # {name: (dataset id, file space, memory space, type, row shape, dtype)}. Each dataset
+        # is opened with its own chunk cache, before anything else opens it (HDF5 keeps the
+        # first open's): none for the heatmaps, whose chunks a run reads once an epoch, and
+        # HDF5's 1 MiB default for the metadata, not h5py's 8 MiB, which would hold a
+        # COCO-size store's metadata in every DataLoader worker.
+        self._readers = {}
+        for name, shape, dtype, cache in (("heatmaps", (k, h, w), np.uint8, 0),
+                                          ("scales", (k,), np.float32, META_CACHE),
+                                          ("affines", (2, 3), np.float64, META_CACHE),
+                                          ("row_crc", (), np.uint32, META_CACHE)):
+            dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
+            dapl.set_chunk_cache(521, cache, 0.75)
+            d = h5py.h5d.open(f.id, name.encode(), dapl)
+            self._readers[name] = (d, d.get_space(), h5py.h5s.create_simple((1, *shape)),
+                                   d.get_type(),  # cached: deriving it per read halves the rate
+                                   shape, dtype)
+        self._hm = f["heatmaps"]
         self._pid = os.getpid()
+
+    def _read_row(self, name: str, row: int) -> np.ndarray:
+        """Row `row` of dataset `name` (shape (1, *row shape)); OSError when its chunk's
+        checksum or decoding fails."""
+        d, fspace, mspace, mtype, shape, dtype = self._readers[name]
+        out = np.empty((1, *shape), dtype)
+        fspace.select_hyperslab((row,) + (0,) * len(shape), (1, *shape))
+        d.read(mspace, fspace, out, mtype)
+        return out
 
     def _read_chunk(self, row: int) -> np.ndarray:
         """uint8 (1, K, H, W): the row's heatmap chunk, decoded; OSError when its checksum or
         decoding fails. The one read path of read_raw and check."""
         self._open()
-        out = np.empty(self._count, np.uint8)
-        self._fspace.select_hyperslab((row, 0, 0, 0), self._count)
-        self._hm.id.read(self._mspace, self._fspace, out, self._mtype)
-        return out
+        return self._read_row("heatmaps", row)
+
+    def _row_meta(self, row: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """(scales (K,), affine (2, 3), row_crc) of one row: from the whole arrays while a
+        check holds them, else read from the file."""
+        if self._full is not None:
+            s, a, c = self._full
+            return s[row], a[row], int(c[row])
+        try:
+            return (self._read_row("scales", row)[0], self._read_row("affines", row)[0],
+                    int(self._read_row("row_crc", row)[0]))
+        except OSError as e:
+            raise UniError(f"{self.path}: scales / affines / row_crc of row {row} unreadable "
+                           f"({e}){_REPAIR_HINT}") from None
+
+    def _whole(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every row's (scales, affines, row_crc), read once for a check (stores/verify.py) and
+        kept until `close`."""
+        self._open()
+        if self._full is None:
+            try:
+                self._full = (self._f["scales"][:], self._f["affines"][:],
+                              self._f["row_crc"][:])
+            except OSError as e:
+                raise UniError(f"{self.path}: scales / affines / row_crc unreadable ({e})"
+                               f"{_REPAIR_HINT}") from None
+        return self._full
+
+    @property
+    def _scales(self) -> np.ndarray:
+        return self._whole()[0]
+
+    @property
+    def _affines(self) -> np.ndarray:
+        return self._whole()[1]
+
+    @property
+    def _crc(self) -> np.ndarray:
+        return self._whole()[2]
 
     def read_raw(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Row → (uint8 (K, H, W), scales (K,) float32, affine (2, 3) float64)."""
@@ -89,9 +177,8 @@ class StoreReader:
         if not self.done[row]:
             raise UniError(f"{self.path}: instance {self.instance_ids[row]} (row {row}) is "
                            "not in the store (skipped or not computed yet)")
-        if self._crc[row] != row_crc(
-                self._scales[row], self._affines[row], self.instance_ids[row],
-                self.done_raw[row]):
+        scales, affine, crc = self._row_meta(row)
+        if crc != row_crc(scales, affine, self.instance_ids[row], self.done_raw[row]):
             raise UniError(f"{self.path}: metadata (scales, affine, done) of instance "
                            f"{self.instance_ids[row]} (row {row}) fails its row_crc")
         try:
@@ -99,7 +186,7 @@ class StoreReader:
         except OSError as e:
             raise UniError(f"{self.path}: heatmaps of instance {self.instance_ids[row]} "
                            f"(row {row}) unreadable, checksum or decode failed ({e})") from None
-        return out[0], self._scales[row], self._affines[row]
+        return out[0], scales, affine
 
     def read(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         """Row → (heatmaps (K, H, W) float32 dequantised, affine (2, 3) float64)."""
@@ -107,9 +194,13 @@ class StoreReader:
         return dequantize(q, scales), affine
 
     def close(self) -> None:
+        """Close this process's handle and drop what a check read (forked workers then
+        inherit neither)."""
         if self._pid == os.getpid():
             self._f.close()
         self._pid = None
+        self._full = None
+        self._readers = {}
 
     def check(self, progress: bool = False, trust: bool = True) -> StoreCheck:
         """Every chunk's checksum, every row's metadata, the done mask and the attributes.

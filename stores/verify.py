@@ -7,7 +7,12 @@ check reads no recorded row again while the identity is unchanged, and every row
 changed — except through the store's own writer, which carries the record across its writes:
 opening the store it clears the recorded identity (a kill then leaves a record that vouches for
 nothing), and closing it cleanly it records the new identity with the rows it rewrote or reset
-taken out (`WriterRecord`). So a resumed store is read only for its new rows, and any other
+taken out and the rows it vouches for put in (`WriterRecord`). The writer vouches for a row it
+wrote when it computed the row's row_crc from the scales and affine it wrote and checked the
+heatmap chunk's fletcher32 against the chunk bytes it wrote (`chunk_checksum_ok`) — what a check's
+read would find, short of the disk changing them since. Rows an earlier, killed run wrote are
+vouched for by nobody and read by the next check. So a store written to the end by its writer
+starts trusted, a resumed store is read only for the rows no writer vouched for, and any other
 change to the file (a copy, a bit flipped by hand, another program) means a full read.
 
 Every check, trusting or not, checks every done row's metadata (done value, row_crc, finite
@@ -22,7 +27,7 @@ import base64
 import json
 import os
 import sys
-from collections.abc import Container, Iterable
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +111,32 @@ def _new_record(path: Path, identity: list[int] | None, clean: np.ndarray,
     return rec
 
 
+_WEIGHTS = np.arange(1 << 18, 0, -1, dtype=np.float64)  # n .. 1 for a chunk of ≤ 2**18 words
+
+
+def chunk_checksum_ok(chunk: bytes) -> bool:
+    """Whether a heatmap chunk's trailing fletcher32 (HDF5's H5_checksum_fletcher32 of the bytes
+    before it as big-endian 16-bit words, stored little-endian) matches those bytes, as HDF5's
+    read compares it, modulo 65535 (the one ambiguity fletcher32 has: 0x0000 ≡ 0xffff)."""
+    if len(chunk) < 4:
+        return False
+    body = memoryview(chunk)[:-4]
+    even = len(body) & ~1
+    w = np.frombuffer(body[:even], ">u2")
+    n = len(w)
+    if n <= len(_WEIGHTS):  # exact in float64: every sum stays below 2**53
+        w = w.astype(np.float64)
+        s1, s2 = int(w.sum()), int(w @ _WEIGHTS[len(_WEIGHTS) - n:])
+    else:
+        w = w.astype(np.int64)
+        s1, s2 = int(w.sum()), int(w @ np.arange(n, 0, -1, dtype=np.int64))
+    if len(body) & 1:  # an odd last byte counts as its word's high byte
+        s1 += body[-1] << 8
+        s2 += s1
+    stored = int.from_bytes(chunk[-4:], "little")
+    return s1 % 65535 == (stored & 0xFFFF) % 65535 and s2 % 65535 == (stored >> 16) % 65535
+
+
 class WriterRecord:
     """The verification record as the store's writer carries it across its writes."""
 
@@ -119,14 +150,45 @@ class WriterRecord:
             rec["identity"] = None
             _write_record(path, rec)
 
-    def close(self, touched: np.ndarray) -> None:
-        """After the writer closed the file cleanly: the record again, for the file as it is
-        now, less the rows the writer wrote or reset (`touched` (N,) bool)."""
+    def close(self, touched: np.ndarray, vouched: np.ndarray) -> None:
+        """After the writer closed the file cleanly (and it is still the file at the path): the
+        record for the file as it is now — the recorded rows less those the writer wrote or
+        reset (`touched` (N,) bool), plus those it vouches for (`vouched` (N,) bool, ⊆ touched:
+        see the module docstring). None when it vouches for nothing and nothing was recorded."""
         rec = self.rec
-        if rec is None or rec.get("rows") != len(touched):
+        n = len(touched)
+        kept = np.zeros(n, bool)
+        if rec is not None and rec.get("rows") == n:
+            try:
+                kept = _unpack(rec["verified"], n)
+            except (KeyError, ValueError, TypeError):
+                rec = None
+        clean = (kept & ~touched) | vouched
+        if rec is None and not clean.any():
             return
-        clean = _unpack(rec["verified"], len(touched)) & ~touched
-        _write_record(self.path, _new_record(self.path, _identity(self.path), clean))
+        try:  # the chunks the record knew of, and any the writer may have added (a superset)
+            allocated = _unpack(rec["allocated"], n) | touched
+        except (KeyError, ValueError, TypeError):
+            allocated = None
+        _write_record(self.path, _new_record(self.path, _identity(self.path), clean, allocated))
+
+
+def record_new_store(path: Path, n: int) -> None:
+    """The record of a store just created (no row done, no chunk): its writer carries it on, so
+    the first check after it neither reads a row it vouched for nor walks the chunk index."""
+    none = np.zeros(n, bool)
+    _write_record(path, _new_record(path, _identity(path), none, none))
+
+
+def move_record(src: Path, dst: Path) -> None:
+    """After the store at `src` was renamed to `dst` (identity unchanged): its record goes with
+    it, and whatever record `dst` had (of the file it replaced) goes."""
+    rec = load_record(src)
+    record_path(dst).unlink(missing_ok=True)
+    if rec is not None:
+        rec["store"] = dst.name
+        _write_record(dst, rec)
+    record_path(src).unlink(missing_ok=True)
 
 
 def _covered(reader, rec: dict | None, identity: list[int]) -> np.ndarray:
@@ -140,12 +202,22 @@ def _covered(reader, rec: dict | None, identity: list[int]) -> np.ndarray:
         return np.zeros(n, bool)
 
 
-def missing_instances(instance_ids: Iterable[int], row_of: dict[int, int], done: np.ndarray,
-                      skipped: Container[int]) -> list[int]:
-    """Those of `instance_ids` neither done (a row whose done is 1) nor skipped, in order:
-    what a complete store may not lack."""
-    return [i for i in map(int, instance_ids)
-            if i not in skipped and (i not in row_of or not done[row_of[i]])]
+def missing_instances(instance_ids, store_ids: np.ndarray, done: np.ndarray,
+                      skipped: Collection[int]) -> list[int]:
+    """Those of `instance_ids` neither done (a row whose done is 1) nor skipped, in
+    order: what a complete store may not lack. store_ids: the store's instance_ids (row r holds
+    store_ids[r]). Vectorised: a COCO-size store costs no Python object per row."""
+    ids = np.asarray(instance_ids, dtype=np.int64).reshape(-1)
+    store_ids = np.asarray(store_ids, dtype=np.int64).reshape(-1)
+    ok = np.zeros(len(ids), bool)
+    if len(store_ids):
+        order = np.argsort(store_ids, kind="stable")
+        rows = order[np.minimum(np.searchsorted(store_ids[order], ids), len(order) - 1)]
+        ok = (store_ids[rows] == ids) & np.asarray(done, bool)[rows]
+    gone = ids[~ok]
+    if len(gone) and len(skipped):
+        gone = gone[~np.isin(gone, np.fromiter(map(int, skipped), np.int64, len(skipped)))]
+    return gone.tolist()
 
 
 def meta_problems(reader) -> dict[int, str]:
@@ -212,7 +284,7 @@ def check_store(reader, progress: bool = False, trust: bool = True) -> StoreChec
         if reader.done[row]:
             out.damaged[row] = out.problems[-1]
     if reader.complete:
-        missing = missing_instances(reader.instance_ids, reader.row_of, reader.done,
+        missing = missing_instances(reader.instance_ids, reader.instance_ids, reader.done,
                                     reader.skipped)
         if missing:
             out.problems.append(f"marked complete but {len(missing)} instances neither done "

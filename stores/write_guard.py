@@ -33,12 +33,22 @@ class WriteGuard:
         self.overruns = 0  # reservations HDF5 wrote past (none in any test)
         self._extra = per_batch_bytes
         self.fd = os.open(path, os.O_RDWR)  # for posix_fallocate
+        self.file = os.fstat(self.fd)  # the file written, whatever comes to be at `path`
         # Rule 2: metadata changes stay in HDF5's cache until a flush (no evictions, so no
         # automatic resizing either).
         cfg = f.id.get_mdc_config()
         cfg.incr_mode = cfg.flash_incr_mode = cfg.decr_mode = 0  # H5C_*_off
         cfg.evictions_enabled = False
         f.id.set_mdc_config(cfg)
+
+    def replaced(self) -> bool:
+        """Whether the file at `path` is no longer the one written (replaced or removed)."""
+        try:
+            return not os.path.samestat(self.file, os.stat(self.path))
+        except FileNotFoundError:
+            return True
+        except OSError:  # cannot tell (a network file system's hiccup): the next call will
+            return False
 
     def refuse_if_stopped(self) -> None:
         if self.failed or self.short:

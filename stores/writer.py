@@ -27,12 +27,17 @@ limit), by two rules:
    stays as of the last batch, and the next run resumes it (StoreWriteFailed; exit 2).
 Disk almost full: a write also stops cleanly while MIN_FREE_BYTES are still free.
 The kill tests' log is in BENCHMARKS.md "Design measurements (earlier runs)".
+
+Should the file be replaced or removed at its path while a writer writes it, its next batch and
+its finish fail in one line, never reporting rows the store at the path lacks. Closing cleanly,
+it records the rows it vouches for: a store it wrote to the end starts trusted (stores/verify.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from dataclasses import fields
 from pathlib import Path
@@ -52,7 +57,7 @@ from uniskel.stores.encode import (
 )
 from uniskel.stores.lock import release_lock, take_lock
 from uniskel.stores.schema import STORE_ATTRS, StoreMeta, check_file, check_layout, open_h5
-from uniskel.stores.verify import WriterRecord, missing_instances
+from uniskel.stores.verify import WriterRecord, chunk_checksum_ok, missing_instances
 from uniskel.stores.write_guard import WRITE_ERRORS, WriteGuard
 
 log = logging.getLogger(__name__)
@@ -60,6 +65,11 @@ log = logging.getLogger(__name__)
 # A writer stops cleanly while this much disk is still free (plus the batch itself).
 MIN_FREE_BYTES = 64 << 20
 RESERVE_SLACK = 1 << 20  # bytes reserved per batch for HDF5's metadata (index nodes, headers)
+# HDF5's metadata cache evicts nothing while a writer writes (rule 2), so it would keep every
+# node of the heatmaps' chunk index it ever touched: ~450 B of RSS per row written, 65 MB at
+# 150k rows. Once it holds more than this (HDF5's count of the entries' bytes on disk), the
+# writer closes the file after a batch, its cache clean, and opens it again, which empties it.
+MDC_REOPEN_BYTES = 1 << 20
 
 
 def _text(v) -> str:
@@ -111,6 +121,8 @@ class StoreWriter:
         self._scales, self._affines = f["scales"], f["affines"]
         self._ids = f["instance_ids"][:]
         self._touched = np.zeros(len(self._ids), bool)  # rows written or reset: not verified
+        self._vouched = np.zeros(len(self._ids), bool)  # ⊆ _touched: see stores/verify.py
+        self._lost = False  # the file was replaced or removed at its path (said once)
         self.threshold = float(f.attrs["threshold"])
         self.codec = _text(f.attrs["codec"])
         self._filters_checked = False
@@ -201,6 +213,7 @@ class StoreWriter:
         if n == 0:
             return
         self._guard.refuse_if_stopped()
+        self.check_still_here()
         chunk_bytes = sum(map(len, encoded.chunks))
         self._check_space(chunk_bytes)
         order = np.argsort(rows)
@@ -208,6 +221,9 @@ class StoreWriter:
         scales = np.asarray(encoded.scales, np.float32)[order]
         masks = np.asarray(encoded.filter_masks, np.uint32)[order]
         crcs = row_crcs(scales, affines, self._ids[rows], np.ones(n, np.uint8))
+        # Vouched for once done: row_crc computed here, the chunk's checksum matches its bytes.
+        sound = np.array([masks[j] == 0 and chunk_checksum_ok(encoded.chunks[order[j]])
+                          for j in range(n)], bool)
         runs = _runs(rows)
         reserved_to = self._guard.reserve(2 * chunk_bytes + RESERVE_SLACK)
         self._touched[rows] = True
@@ -232,7 +248,35 @@ class StoreWriter:
             _write_runs(self._done, runs, np.ones(n, np.uint8))
             self._f.flush()
         self._is_done[rows] = True
+        self._vouched[rows] = sound
         self._guard.check_reserved(reserved_to)
+        if self._f.id.get_mdc_size()[2] > MDC_REOPEN_BYTES:
+            self._empty_metadata_cache()
+
+    def _empty_metadata_cache(self) -> None:
+        """Close and open the file again (between batches: everything flushed), on the same
+        file and with the same cache settings (rule 2's)."""
+        self.check_still_here()
+        cfg = self._f.id.get_mdc_config()
+        with self._guard.writing():
+            self._f.close()
+        self._f = f = open_h5(self.path, "r+")
+        self._guard.f = f
+        if not os.path.samestat(os.fstat(f.id.get_vfd_handle()), self._guard.file):
+            f.close()  # another process's file, left unchanged
+            self.check_still_here(replaced=True)
+        f.id.set_mdc_config(cfg)
+        self._hm, self._done, self._crc = f["heatmaps"], f["done"], f["row_crc"]
+        self._scales, self._affines = f["scales"], f["affines"]
+
+    def check_still_here(self, replaced: bool = False) -> None:
+        """UniError when the file this writer writes is no longer the one at its path
+        (replaced or removed by another process): what it wrote is not in the store there."""
+        if replaced or self._guard.replaced():
+            self._lost = True
+            raise UniError(f"{self.path}: was replaced or removed by another process while this "
+                           "one wrote it; the rows written here are not in the store at that "
+                           "path: run again when no other process writes it")
 
     def _check_rows(self, rows: np.ndarray) -> None:
         if len(rows) and (rows.min() < 0 or rows.max() >= len(self._ids)
@@ -275,6 +319,7 @@ class StoreWriter:
         if name in STORE_ATTRS or name in {f.name for f in fields(StoreMeta)}:
             raise UniError(f"{self.path}: attribute {name!r} belongs to the store format")
         self._guard.refuse_if_stopped()
+        self.check_still_here()
         self._guard.reserve(RESERVE_SLACK + len(str(value)))
         with self._guard.writing():
             self._attrs_set = True
@@ -288,14 +333,17 @@ class StoreWriter:
         the skipped and mark the store complete when none was; whether it is complete. Skipped
         rows stay not done, so the next run retries them (the image may be mended by then);
         readers take a row that is done or listed as skipped as covered."""
+        self.check_still_here()
         skipped = {int(k): str(v) for k, v in (skipped or {}).items()}
         done = self._done[:].astype(bool)
-        row_of = {int(i): r for r, i in enumerate(self._ids)}
-        unknown = [i for i in skipped if i not in row_of]
-        if unknown:
+        asked = np.fromiter(skipped, np.int64, len(skipped))
+        order = np.argsort(self._ids)  # arrays, not a dict per row: stage one stays small
+        at = order[np.minimum(np.searchsorted(self._ids[order], asked), len(order) - 1)]
+        unknown = asked[self._ids[at] != asked]
+        if len(unknown):
             raise UniError(f"{self.path}: skipped instance {unknown[0]} is not in the store")
-        skipped = {i: r for i, r in skipped.items() if not done[row_of[i]]}
-        missing = missing_instances(self._ids, row_of, done, skipped)
+        skipped = {i: r for (i, r), row in zip(skipped.items(), at, strict=True) if not done[row]}
+        missing = missing_instances(self._ids, self._ids, done, skipped)
         if missing:
             raise UniError(f"{self.path}: cannot finalize, {len(missing)} instances neither "
                            f"written nor skipped (first: {missing[0]})")
@@ -315,6 +363,7 @@ class StoreWriter:
         """Mark a complete store partial again, e.g. one finished with skipped rows by a uni
         that did not retry them; its skipped list stays until a pass replaces it."""
         self._guard.refuse_if_stopped()
+        self.check_still_here()
         self._guard.reserve(RESERVE_SLACK)
         with self._guard.writing():
             self._attrs_set = True
@@ -324,7 +373,8 @@ class StoreWriter:
 
     def close(self) -> None:
         """Flush and close (a cut-off handle closes onto nothing), trim the reservation's
-        unused tail, carry the verification record over, release the lock."""
+        unused tail, carry the verification record over, release the lock. UniError when the
+        file was replaced or removed at its path meanwhile (unless a write already said so)."""
         f, guard = getattr(self, "_f", None), self._guard
         try:
             end = None
@@ -335,7 +385,14 @@ class StoreWriter:
                 if guard is not None:
                     guard.close(end)  # None after a failure: no trimming
             if guard is not None and not guard.failed and hasattr(self, "_touched"):
-                self._record.close(self._touched)  # opened as a store
+                said, self._lost = self._lost, False
+                try:
+                    self.check_still_here()
+                except UniError:
+                    if not said:
+                        raise
+                else:  # the record only ever describes the file at the path
+                    self._record.close(self._touched, self._vouched)
         finally:
             self._guard = None
             release_lock(getattr(self, "_lock", None))

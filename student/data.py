@@ -25,10 +25,14 @@ M = A_student ∘ A_teacher⁻¹ (both image → grid, A_student includes the fl
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from uniskel.core.crops import crop_person, normalize, read_image
+from uniskel.core.dataset_cache import FileRows, row_access
 from uniskel.core.datasets import Dataset
 from uniskel.core.errors import UniError
 from uniskel.core.geometry import (
@@ -137,6 +141,24 @@ def simcc_gt(keypoints: np.ndarray, a_crop: np.ndarray, flip: bool, input_wh: tu
     return simcc_labels(pts, vis, input_wh, simcc_sigma(input_wh), SIMCC_SPLIT)
 
 
+@dataclass(frozen=True)
+class Persons:
+    """The columns a sample reads of one dataset, row by row: each the array itself or, for
+    columns memory-mapped from the dataset cache, read with pread (core/dataset_cache.py
+    FileRows), so DataLoader workers map none of the file and their memory does not grow with
+    the persons they visit."""
+
+    instance_ids: np.ndarray | FileRows
+    image_index: np.ndarray | FileRows
+    image_paths: np.ndarray | FileRows
+    bboxes: np.ndarray | FileRows
+    keypoints: np.ndarray | FileRows
+
+    @classmethod
+    def of(cls, ds: Dataset) -> Persons:
+        return cls(*(row_access(getattr(ds, f.name)) for f in fields(cls)))
+
+
 class PoseSamples(torch.utils.data.Dataset):
     """All instances of several datasets, as training (augmented) or validation samples.
 
@@ -154,7 +176,7 @@ class PoseSamples(torch.utils.data.Dataset):
                  teachers: list[str] = (), sources: dict[tuple[str, str], TeacherSource] = None,
                  augment: Augment | RTMPoseAugment | None = Augment(), seed: int = 0,
                  padding: float = PADDING, sigma: float = SIGMA,
-                 instances: list[tuple[int, int]] | None = None, unified: Skeleton = UNIFIED,
+                 instances: np.ndarray | None = None, unified: Skeleton = UNIFIED,
                  head: str = "heatmap", sample_ratio: list[float] | None = None,
                  stage2_from: int | None = None, kd_power: float = 1.0):
         self.datasets = datasets
@@ -188,6 +210,7 @@ class PoseSamples(torch.utils.data.Dataset):
             self.base_items[self.base_items[:, 0] == d] for d in range(len(datasets))]
         self.items = self._epoch_items()
         self._to_grid = crop_to_heatmap(self.input_wh, self.hm_wh)
+        self._persons = [Persons.of(ds) for ds in datasets]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -219,16 +242,16 @@ class PoseSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         d, i = self.items[index].tolist()
-        ds = self.datasets[d]
-        inst = ds.instance(i)  # built from the dataset's columns
+        ds, p = self.datasets[d], self._persons[d]
+        instance_id, bbox = int(p.instance_ids[i]), p.bboxes[i]
         try:
-            image = read_image(inst.image_path)
+            image = read_image(Path(str(p.image_paths[int(p.image_index[i])])))
         except UniError as e:
-            return {"skipped": f"{e} ({ds.kind.name} instance {inst.instance_id})"}
-        kp = native_to_unified(inst.keypoints, ds.skeleton, self.unified)  # (U, 3)
+            return {"skipped": f"{e} ({ds.kind.name} instance {instance_id})"}
+        kp = native_to_unified(p.keypoints[i], ds.skeleton, self.unified)  # (U, 3)
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        v = self.view(index, rng, kp, inst.bbox)
-        box = inst.bbox if v.box is None else np.asarray(v.box, np.float64)
+        v = self.view(index, rng, kp, bbox)
+        box = bbox if v.box is None else np.asarray(v.box, np.float64)
         crop, a_crop = crop_person(image, box, self.input_wh, self.padding, v.rotation,
                                    v.scale, v.shift, v.flip)
         if isinstance(self.augment, RTMPoseAugment):  # pixels only: the geometry is a_crop
@@ -249,8 +272,8 @@ class PoseSamples(torch.utils.data.Dataset):
             src = self.sources.get((name, ds.dataset_id))
             if src is None:
                 continue
-            row = src.reader.row_of.get(inst.instance_id)
-            if row is None or not src.reader.done[row]:
+            row = src.reader.row(instance_id)  # -1: not in the store
+            if row < 0 or not src.reader.done[row]:
                 continue
             try:
                 maps, a_teacher = src.reader.read(row)
@@ -285,14 +308,14 @@ def all_items(datasets: list[Dataset]) -> np.ndarray:
 
 
 def split_items(datasets: list[Dataset], val_fraction: float, seed: int
-                ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """(training items, held-out items) as (dataset index, instance index) pairs: a seeded
-    random `val_fraction` of all instances held out (at least one; none when it is 0)."""
-    items = [(d, i) for d, ds in enumerate(datasets) for i in range(len(ds.instance_ids))]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(training items, held-out items), each (M, 2) int64 (dataset index, instance index): a
+    seeded random `val_fraction` of all instances held out (at least one; none when it is 0).
+    Arrays, not lists of tuples: no Python object per person in the trainer or its workers."""
+    items = all_items(datasets)
     if val_fraction == 0.0:
-        return items, []
+        return items, items[:0]
     rng = np.random.default_rng(seed)
-    n_val = max(1, round(len(items) * val_fraction))
-    held = set(rng.permutation(len(items))[:n_val].tolist())
-    return ([x for j, x in enumerate(items) if j not in held],
-            [x for j, x in enumerate(items) if j in held])
+    held = np.zeros(len(items), bool)
+    held[rng.permutation(len(items))[:max(1, round(len(items) * val_fraction))]] = True
+    return items[~held], items[held]

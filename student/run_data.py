@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -38,7 +39,7 @@ class Data:
     teachers: list[str]
     unified: Skeleton  # the run's: the student's output channels
     train_ds: PoseSamples
-    sampler: DistributedSampler
+    sampler: ArraySampler
     val_loader: DataLoader | None
     loader_kw: dict
     steps_per_epoch: int
@@ -81,15 +82,15 @@ def build_data(cfg: TrainConfig, rank: int, world: int, device: torch.device, pr
                            kd_power=cfg.kd_beta if head == "simcc" else 1.0)
     if val_sets:
         val_ds = PoseSamples(val_sets, input_wh, augment=None, unified=unified, head=head)
-    elif held_items:
+    elif len(held_items):
         val_ds = PoseSamples(train_sets, input_wh, augment=None, instances=held_items,
                              unified=unified, head=head)
     else:
         val_ds = None
     if len(train_ds) == 0:
         raise UniError("--data: no training instances")
-    sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True,
-                                 seed=cfg.seed)
+    sampler = ArraySampler(train_ds, num_replicas=world, rank=rank, shuffle=True,
+                           seed=cfg.seed)
     steps_per_epoch = math.ceil(len(sampler) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
@@ -104,6 +105,25 @@ def build_data(cfg: TrainConfig, rank: int, world: int, device: torch.device, pr
                                 generator=loader_generator(cfg.seed, -1))
     return cfg, Data(teachers, unified, train_ds, sampler, val_loader, loader_kw,
                      steps_per_epoch, total_steps)
+
+
+class ArraySampler(DistributedSampler):
+    """DistributedSampler's order exactly, kept as one tensor instead of a list of Python ints
+    (two per item, in the trainer, every epoch); each index becomes an int as it is taken."""
+
+    def __iter__(self) -> Iterator[int]:
+        n = len(self.dataset)
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            idx = torch.randperm(n, generator=g)
+        else:
+            idx = torch.arange(n)
+        if not self.drop_last and self.total_size > n:  # padded by repeating the order
+            idx = torch.cat([idx, idx.repeat(math.ceil((self.total_size - n) / n))[
+                :self.total_size - n]])
+        idx = idx[:self.total_size][self.rank:self.total_size:self.num_replicas].numpy()
+        return map(int, idx)
 
 
 def rtmpose_stage2_epoch(epochs: int) -> int:

@@ -9,6 +9,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from uniskel.core.datasets import Dataset
 from uniskel.core.errors import UniError
 from uniskel.core.skeletons import Skeleton
@@ -74,8 +76,8 @@ def match_stores(store_paths: list[Path], datasets: list[Dataset],
                            f"here but {defs[meta.teacher_name].name} (as defined) in another "
                            "store")
         skeletons[meta.teacher_name] = sk.name
-        missing = len(missing_instances(ds.instance_ids.tolist(), reader.row_of,
-                                        reader.done, reader.skipped))
+        missing = len(missing_instances(ds.instance_ids, reader.instance_ids, reader.done,
+                                        reader.skipped))
         if missing:
             raise UniError(f"{f}: missing {missing} of {len(ds.instances)} instances of "
                            f"{ds.spec} (run uni cache-teachers again)")
@@ -120,19 +122,21 @@ def check_stores(sources: dict[tuple[str, str], TeacherSource], progress: bool =
 
 
 def drop_damaged(bad: dict[str, set[int]], first: str | None, datasets: list[Dataset],
-                 items: list[tuple[int, int]], skip_corrupt: bool, verbose: bool = True
-                 ) -> list[tuple[int, int]]:
+                 items: np.ndarray, skip_corrupt: bool, verbose: bool = True) -> np.ndarray:
     """check_stores' damaged instances refused in one line, or (skip_corrupt) dropped from
-    `items` and counted."""
+    `items` ((M, 2) int64 (dataset index, row)) and counted."""
     if not bad:
         return items
     n = sum(len(ids) for ids in bad.values())
     if not skip_corrupt:
         raise UniError(f"{first}; {n} damaged instance(s) in the stores (uni inspect-store "
                        "--verify lists them; --skip-corrupt trains without them)")
-    keep = [(d, i) for d, i in items if int(datasets[d].instance_ids[i])
-            not in bad.get(datasets[d].dataset_id, ())]
+    drop = np.zeros(len(items), bool)
+    for d, ds in enumerate(datasets):
+        ids = np.fromiter(bad.get(ds.dataset_id, ()), np.int64)
+        mine = items[:, 0] == d
+        drop[mine] = np.isin(ds.instance_ids[items[mine, 1]], ids)
     if verbose:
-        print(f"uni: skipping {len(items) - len(keep)} training instances whose cached "
+        print(f"uni: skipping {int(drop.sum())} training instances whose cached "
               f"targets are damaged (--skip-corrupt); first: {first}", file=sys.stderr)
-    return keep
+    return items[~drop]

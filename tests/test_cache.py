@@ -71,7 +71,7 @@ def test_store_matches_direct_run(teacher, request, tmp_path):
     t = Teacher(path)
     reader = open_store(s.path)
     for inst in ds.instances:
-        row = reader.row_of[inst.instance_id]
+        row = int(reader.rows(inst.instance_id)[0])
         crop, crop_aff = crop_person(read_image(inst.image_path), inst.bbox, t.info.input_wh,
                                      t.info.padding)
         raw = t.predict(crop[None])[0]  # (K, h, w) float32
@@ -148,7 +148,7 @@ def test_unreadable_images_skipped_or_strict(heatmap_teacher, tmp_path):
     assert f"{n_victim} skipped" in text and str(victim) in text
     done, _, _ = _contents(s.path)
     r = open_store(s.path)
-    skipped_rows = [r.row_of[i] for i in s.skipped]
+    skipped_rows = r.rows(list(s.skipped))
     assert done.sum() + n_victim == s.instances and not done[skipped_rows].any()
 
 
@@ -229,7 +229,9 @@ def test_torn_partial_store_is_mended_and_finished(heatmap_teacher, tmp_path):
         fh.seek(info.byte_offset + info.size // 2)
         fh.write(b"\x5a" * 16)
     with pytest.raises(UniError, match="repairs the store"):
-        open_store(s.path)._open()
+        open_store(s.path).read_raw(0)  # a row's metadata is read with the row
+    with pytest.raises(UniError, match="repairs the store"):
+        open_store(s.path).check()
     (again,) = cache_teachers([spec], [heatmap_teacher], out, workers=1, progress=False)
     assert again.computed == 12
     got = _contents(s.path)

@@ -7,12 +7,13 @@ import os
 import pickle
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from conftest import DATA
 
 from uniskel.core.datasets import load_dataset
-from uniskel.pipeline.cache_plan import Item, dataset_items, plan_tasks
+from uniskel.pipeline.cache_plan import Items, dataset_items, plan_tasks
 from uniskel.pipeline.cache_tasks import TeacherSpec, dask_results, local_results, start_client
 from uniskel.pipeline.devices import worker_slot
 from uniskel.pipeline.teachers import Teacher
@@ -23,7 +24,8 @@ def _tasks(times: int, batch: int, teachers: int = 1):
     """(dataset, tasks) of the real COCO sample repeated `times` times, nothing done."""
     ds = load_dataset(f"coco:{DATA / 'coco/test_coco.json'}")
     ids = np.asarray([i.instance_id for i in ds.instances] * times)
-    return ds, plan_tasks(dataset_items(ds, ids), [np.zeros(len(ids), bool)] * teachers, batch)
+    return ds, list(plan_tasks(dataset_items(ds, ids), [np.zeros(len(ids), bool)] * teachers,
+                               batch))
 
 
 def _spec(path: Path, device: str = "cpu") -> TeacherSpec:
@@ -50,18 +52,23 @@ def test_pool_gives_the_same_results(heatmap_teacher, simcc_teacher):
 
 def test_plan_cuts_do_not_depend_on_what_is_done():
     """Each teacher gets the cut minus its done rows; cuts wholly done by all are dropped."""
-    items = [Item(r, 100 + r, f"img{r // 3}", (0.0, 0.0, 1.0, 1.0)) for r in range(10)]
+    ds = SimpleNamespace(image_paths=np.array([f"img{i}" for i in range(4)]),
+                         image_index=np.arange(10) // 3, instance_ids=100 + np.arange(10),
+                         bboxes=np.zeros((10, 4)))
+    items = Items(ds, np.arange(10), np.arange(10))  # dataset row = store row
     a = np.zeros(10, bool)
     b = np.zeros(10, bool)
     b[:4] = True  # b finished the first cut (rows 0-3)
     a[4:8] = True  # a the second
-    tasks = plan_tasks(items, [a, b], 4)
-    assert [[it.row for it in t.items] for t in tasks] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    tasks = list(plan_tasks(items, [a, b], 4))
+    assert [t.rows.tolist() for t in tasks] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert tasks[1].image_paths == ("img1", "img2") and tasks[1].image_of.tolist() == [0, 0, 1, 1]
+    assert tasks[1].instance_ids.tolist() == [104, 105, 106, 107] and tasks[1].instance_of(6) == 106
     assert [w.tolist() for w in tasks[0].wants] == [[True] * 4, [False] * 4]
     assert [w.tolist() for w in tasks[1].wants] == [[False] * 4, [True] * 4]
     # Rows done by both leave the cut; the cut stays where it was.
     a[9] = b[9] = True
-    assert [[it.row for it in t.items] for t in plan_tasks(items, [a, b], 4)][2] == [8]
+    assert [t.rows.tolist() for t in plan_tasks(items, [a, b], 4)][2] == [8]
 
 
 def test_killed_dask_worker_loses_nothing(heatmap_teacher):

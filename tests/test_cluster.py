@@ -1,6 +1,7 @@
 """Stage one on a real dask cluster: `dask scheduler` and two `dask worker` processes started
 from the command line on localhost (the engine a user starts, not a LocalCluster), one worker
-SIGKILLed mid-run; the store equals an in-process run's, bytes and metadata."""
+SIGKILLed mid-run; the store equals an in-process run's, bytes and metadata. Results travel
+from the workers to the client, not through the scheduler (bytes counted at the sockets)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ from uniskel.stores.reader import open_store
 UNI = [sys.executable, "-m", "uniskel"]  # the installed package's uni command
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))  # the cluster and byte counters bench/wire_bytes.py uses
+import wire_bytes  # noqa: E402
+
 DASK = Path(sys.executable).parent / "dask"  # the venv's own `dask`: it finds uniskel installed
 BATCH = 4
 TIMES = 20  # the 12 people of the COCO sample, 20 times: 240 rows, 60 tasks
@@ -44,39 +48,9 @@ def cluster(tmp_path):
     """(scheduler file, victim worker, other worker, scheduler): a scheduler and two one-thread
     workers, no nannies (a killed worker stays dead); the victim carries the UNI_KILL_AT kill
     hook. Every process is killed in teardown, whatever happened."""
-    from distributed import Client
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("UNI_KILL_AT", None)
-    sched_file = tmp_path / "scheduler.json"
-    procs: list[subprocess.Popen] = []
-
-    def start(*args: str, **extra: str) -> subprocess.Popen:
-        log = open(tmp_path / f"dask{len(procs)}.log", "w")  # noqa: SIM115 (closed by the OS)
-        p = subprocess.Popen([str(DASK), *args], cwd=tmp_path, env={**env, **extra},
-                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        procs.append(p)
-        return p
-
-    worker = ["worker", "--scheduler-file", str(sched_file), "--nworkers", "1", "--nthreads",
-              "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1"]
-    try:
-        scheduler = start("scheduler", "--scheduler-file", str(sched_file), "--host", "127.0.0.1",
-              "--port", "0", "--no-dashboard")
-        deadline = time.time() + 20
-        while not sched_file.is_file() and time.time() < deadline:
-            time.sleep(0.1)
-        assert sched_file.is_file(), (tmp_path / "dask0.log").read_text()
-        victim = start(*worker, UNI_KILL_AT=f"cache-task:{KILL_AT}")
-        other = start(*worker)
-        with Client(scheduler_file=str(sched_file), timeout="20s") as client:
-            client.wait_for_workers(2, timeout=30)
-        yield sched_file, victim, other, scheduler
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+    with wire_bytes.command_line_cluster(
+            tmp_path, [{"UNI_KILL_AT": f"cache-task:{KILL_AT}"}, {}]) as c:
+        yield c.scheduler_file, *c.workers, c.scheduler
 
 
 def test_killed_worker_on_a_real_cluster_equals_a_local_run(cluster, heatmap_teacher, tmp_path):
@@ -169,3 +143,40 @@ def test_killed_scheduler_stops_the_run_and_a_new_cluster_finishes_it(cluster, h
     for row in range(len(b)):
         for x, y in zip(a.read_raw(row), b.read_raw(row), strict=True):
             np.testing.assert_array_equal(x, y)
+
+
+def test_results_go_from_workers_to_the_client_never_through_the_scheduler(tmp_path):
+    """Bytes counted at the sockets of the scheduler process and of the client (this process,
+    running cache_teachers on the cluster) against the store's size: the client receives about
+    what it stores, and the scheduler carries only task messages. A scheduler that relays each
+    result reads and writes at least the store's bytes."""
+    teacher = wire_bytes.make_teacher(tmp_path / "wire.onnx")  # 17×64×48 maps: data dominates
+    spec = wire_bytes.sample_spec(tmp_path, 120)
+    with wire_bytes.command_line_cluster(tmp_path / "cluster", [{}, {}]) as c:
+        m = wire_bytes.measure(c.scheduler_file, spec, teacher, tmp_path / "out", batch=BATCH)
+    assert m["persons"] > 90 and open_store(next((tmp_path / "out").glob("*.h5"))).complete
+    stored = m["stored"]
+    assert m["client_read"] <= 1.1 * stored, m
+    assert max(m["scheduler_read"], m["scheduler_written"]) < 0.1 * stored, m
+
+
+
+def test_a_local_cluster_fetches_results_from_its_workers(heatmap_teacher, tmp_path,
+                                                          monkeypatch):
+    """`cache-teachers --workers 2` runs a LocalCluster whose scheduler lives in this process:
+    every result its gather handler relays is counted, and none is (the scheduler's old way
+    relays all of them)."""
+    from distributed.scheduler import Scheduler
+
+    relayed = []
+    gather = Scheduler.gather
+
+    async def counted(self, keys, serializers=None):
+        relayed.extend(keys)
+        return await gather(self, keys, serializers=serializers)
+
+    monkeypatch.setattr(Scheduler, "gather", counted)  # bound as a handler when it starts
+    (s,) = cache_teachers([_spec(tmp_path, times=4)], [heatmap_teacher], tmp_path / "out",
+                          workers=2, batch_size=BATCH, progress=False)
+    assert s.computed == 12 * 4 and len(s.workers) >= 1
+    assert relayed == []

@@ -65,10 +65,15 @@ def test_body7_factors():
 
 
 class _Ids:
-    """Just what PoseSamples reads to list items: a dataset's instance ids."""
+    """Just what PoseSamples reads to list items (a dataset's instance ids) and the columns it
+    reads persons from, empty of meaning here."""
 
     def __init__(self, n: int):
         self.instance_ids = np.arange(n)
+        self.image_index = np.zeros(n, np.int64)
+        self.image_paths = np.array(["none.jpg"])
+        self.bboxes = np.zeros((n, 4))
+        self.keypoints = np.zeros((n, 17, 3))
 
 
 def test_pose_samples_take_each_epochs_windows_of_their_training_items():

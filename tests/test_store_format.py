@@ -96,7 +96,7 @@ def test_round_trip_and_layout_readable_with_plain_h5py(tmp_path):
     r = open_store(path)
     assert r.complete and r.done.all() and r.meta == sample_meta()
     np.testing.assert_array_equal(r.instance_ids, ids)
-    assert r.row_of[int(ids[5])] == 5
+    assert r.find(int(ids[5]))[0] == 5 and r.rows(ids[[5, 2]]).tolist() == [5, 2]
     for row in range(len(ids)):
         got, a = r.read(row)
         q, s, a2 = r.read_raw(row)

@@ -4,6 +4,10 @@ clean check (stores/verify.py), and `uni inspect-store`."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -23,10 +27,12 @@ from store_helpers import (
 
 from uniskel.cli import uni
 from uniskel.core.errors import UniError
-from uniskel.stores.create import create_store
-from uniskel.stores.encode import CODEC
+from uniskel.stores import verify
+from uniskel.stores.create import create_store, replace_store
+from uniskel.stores.encode import CODEC, THRESHOLD, encode_rows
 from uniskel.stores.lock import release_lock, take_lock
 from uniskel.stores.reader import open_store
+from uniskel.stores.verify import chunk_checksum_ok, record_path
 from uniskel.stores.writer import StoreWriter, write_store
 
 # --------------------------------------------------------------------------- damaged chunks
@@ -100,18 +106,19 @@ def test_a_clean_check_is_recorded_and_trusted_until_the_file_changes(tmp_path):
     with StoreWriter(path) as w:
         w.write(np.arange(6), maps[:6], aff[:6])
     record = Path(str(path) + ".verified")
+    record.unlink()  # as a store from elsewhere comes: no record
     r = open_store(path)
     first = r.check()
     assert first.problems == [] and first.rows_read == 6 and record.is_file()
     assert r.check().rows_read == 0  # trusted: nothing read again
     assert r.check(trust=False).rows_read == 6  # inspect-store --verify reads everything
     r.close()
-    # A resume by the store's writer: only its new rows are read next time.
+    # A resume by the store's writer: the record carried over, its new rows vouched for.
     with StoreWriter(path) as w:
         w.write(np.arange(6, 10), maps[6:], aff[6:])
         w.finalize()
     r = open_store(path)
-    assert r.check().rows_read == 4 and r.check().rows_read == 0
+    assert r.check().rows_read == 0 and r.check(trust=False).rows_read == 10
     r.close()
     # Any other change (here a chunk damaged in place): everything is read again.
     corrupt_chunk(path, 3)
@@ -127,6 +134,7 @@ def test_no_record_beside_a_writer_and_none_from_a_killed_one(tmp_path):
     ids, maps, aff = np.arange(4), sample_maps(4), sample_affines(4)
     write_store(path, sample_meta(), ids, maps, aff)
     record = Path(str(path) + ".verified")
+    record.unlink()
     lock = take_lock(path)  # as a writer at work holds it
     assert open_store(path).check().rows_read == 4 and not record.exists()
     release_lock(lock)
@@ -138,6 +146,108 @@ def test_no_record_beside_a_writer_and_none_from_a_killed_one(tmp_path):
     assert json.loads(record.read_text())["identity"] is None  # for nothing
     w.close()
     assert open_store(path).check().rows_read == 0  # closed cleanly: carried over
+
+
+_KILLED_WRITER = """
+import os, signal, sys
+import numpy as np
+sys.path.insert(0, sys.argv[2])
+from store_helpers import sample_affines, sample_maps
+from uniskel.stores.writer import StoreWriter
+w = StoreWriter(sys.argv[1])
+w.write(np.arange(4), sample_maps(10, seed=9)[:4], sample_affines(4))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _counting_reads(monkeypatch) -> list[int]:
+    """The rows a check reads (stores/verify.py's _scan_row), recorded as it reads them, and -1
+    for each walk of the chunk index."""
+    seen, scan, walk = [], verify._scan_row, verify._allocated
+    monkeypatch.setattr(verify, "_scan_row", lambda r, row, a: seen.append(row) or scan(r, row, a))
+    monkeypatch.setattr(verify, "_allocated", lambda r: seen.append(-1) or walk(r))
+    return seen
+
+
+def test_a_store_written_to_the_end_starts_trusted(tmp_path, monkeypatch):
+    """Written to the end by its own writer (batches, then finalize), a store's first check
+    reads no row; `--verify` still reads every row and finds damage the record cannot see."""
+    path = tmp_path / "t.h5"
+    ids, maps, aff = np.arange(20) + 3, sample_maps(20, seed=4), sample_affines(20)
+    create_store(path, sample_meta(), ids)
+    with StoreWriter(path) as w:
+        for start in range(0, 20, 8):
+            w.write(np.arange(start, min(start + 8, 20)), maps[start:start + 8],
+                    aff[start:start + 8])
+        w.finalize()
+    reads = _counting_reads(monkeypatch)
+    found = open_store(path).check()
+    assert found.problems == [] and found.rows_read == 0 and reads == []
+    assert open_store(path).check(trust=False).rows_read == 20 and reads == [-1, *range(20)]
+    st = path.stat()  # bit rot: the bytes change, the size and mtime do not
+    corrupt_chunk(path, 11)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert open_store(path).check().problems == []  # what trust means: the record vouches
+    res = CliRunner().invoke(uni, ["inspect-store", str(path), "--verify"])
+    assert res.exit_code == 1 and f"instance {ids[11]} (row 11)" in res.output, res.output
+
+
+def test_the_writer_vouches_only_for_rows_it_checked(tmp_path, monkeypatch):
+    """Rows a killed writer wrote, and a row whose chunk came with a wrong checksum, are vouched
+    for by nobody: the next check reads exactly those rows (and names the bad one)."""
+    path = tmp_path / "k.h5"
+    ids, maps, aff = np.arange(10) + 3, sample_maps(10, seed=9), sample_affines(10)
+    create_store(path, sample_meta(), ids)
+    killed = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(path),
+                             str(Path(__file__).parent)], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    enc = encode_rows(maps[4:], THRESHOLD, CODEC)
+    bad = bytearray(enc.chunks[2])  # row 6: one payload byte changed after its checksum
+    bad[len(bad) // 2] ^= 0x10
+    enc.chunks[2] = bytes(bad)
+    assert not chunk_checksum_ok(enc.chunks[2]) and chunk_checksum_ok(enc.chunks[3])
+    with StoreWriter(path) as w:
+        w.write_encoded(np.arange(4, 10), enc, aff[4:])
+        w.finalize()
+    reads = _counting_reads(monkeypatch)
+    found = open_store(path).check()
+    assert sorted(reads) == [-1, 0, 1, 2, 3, 6] and found.rows_read == 5  # and the index
+    assert list(found.damaged) == [6] and "checksum" in found.damaged[6]
+
+
+def test_a_rebuild_renamed_into_place_brings_its_record(tmp_path):
+    """replace_store (a --overwrite rebuild's last step): the old store's record goes, the
+    rebuild's comes along, so the rebuilt store starts trusted too."""
+    path, ids, maps, aff = sample_store(tmp_path)
+    open_store(path).check(trust=False)
+    old = json.loads(record_path(path).read_text())
+    work = path.with_name(path.name + ".tmp")
+    create_store(work, sample_meta(), ids)
+    with StoreWriter(work) as w:
+        w.write(np.arange(len(ids)), maps[::-1], aff)
+        w.finalize()
+    replace_store(work, path)
+    rec = json.loads(record_path(path).read_text())
+    assert rec["identity"] != old["identity"] and rec["store"] == path.name
+    assert not record_path(work).exists() and not work.exists()
+    r = open_store(path)
+    assert r.check().rows_read == 0 and r.check(trust=False).problems == []
+    got = r.read(0)[0].reshape(K, -1).argmax(-1)  # the rebuild's rows, not the old ones
+    np.testing.assert_array_equal(got, maps[-1].reshape(K, -1).argmax(-1))
+
+
+@pytest.mark.parametrize("codec", ["zstd-1", "gzip-4", "blosc-lz4"])
+def test_chunk_checksum_as_hdf5_computes_it(codec):
+    """chunk_checksum_ok agrees with the fletcher32 HDF5 wrote, for chunks of odd and even
+    length, and sees a changed byte."""
+    chunks = encode_rows(sample_maps(16, seed=1), THRESHOLD, codec).chunks
+    assert {len(c) % 2 for c in chunks} == {0, 1}
+    assert all(chunk_checksum_ok(c) for c in chunks)
+    for c in chunks[:4]:
+        for at in (0, len(c) // 3, len(c) - 5):
+            b = bytearray(c)
+            b[at] ^= 0x01
+            assert not chunk_checksum_ok(bytes(b))
 
 
 # --------------------------------------------------------------------------- CLI
