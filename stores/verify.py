@@ -137,6 +137,34 @@ def chunk_checksum_ok(chunk: bytes) -> bool:
     return s1 % 65535 == (stored & 0xFFFF) % 65535 and s2 % 65535 == (stored >> 16) % 65535
 
 
+def chunk_checksums_ok(chunks: list[bytes]) -> np.ndarray:
+    """chunk_checksum_ok of every chunk at once → (n,) bool: one pass over their joined words
+    (the writer checks every batch it writes; per chunk in Python it cost a third of its time).
+    A body of odd length is padded with a zero byte, which makes its last word byte << 8, as
+    fletcher32 counts an odd last byte."""
+    n = len(chunks)
+    if n == 0:
+        return np.zeros(0, bool)
+    short = np.array([len(c) < 4 for c in chunks])
+    bodies = [b"" if bad else (c[:-4] + b"\0" if len(c) & 1 else c[:-4])
+              for c, bad in zip(chunks, short, strict=True)]
+    words = np.array([len(b) // 2 for b in bodies], np.int64)  # (n,)
+    w = np.frombuffer(b"".join(bodies), ">u2").astype(np.int64)  # every body's words
+    starts = np.concatenate([[0], np.cumsum(words)[:-1]])
+    local = np.arange(len(w), dtype=np.int64) - np.repeat(starts, words)  # i within its chunk
+    nonempty = words > 0
+    s1, iw = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    if nonempty.any():
+        at = starts[nonempty]
+        s1[nonempty] = np.add.reduceat(w, at)
+        iw[nonempty] = np.add.reduceat(local * w, at)
+    s2 = words * s1 - iw  # Σ w_i (n - i)
+    stored = np.array([int.from_bytes(c[-4:], "little") if len(c) >= 4 else 0 for c in chunks],
+                      np.int64)
+    ok = (s1 % 65535 == (stored & 0xFFFF) % 65535) & (s2 % 65535 == (stored >> 16) % 65535)
+    return ok & ~short
+
+
 class WriterRecord:
     """The verification record as the store's writer carries it across its writes."""
 

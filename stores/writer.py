@@ -57,7 +57,7 @@ from uniskel.stores.encode import (
 )
 from uniskel.stores.lock import release_lock, take_lock
 from uniskel.stores.schema import STORE_ATTRS, StoreMeta, check_file, check_layout, open_h5
-from uniskel.stores.verify import WriterRecord, chunk_checksum_ok, missing_instances
+from uniskel.stores.verify import WriterRecord, chunk_checksums_ok, missing_instances
 from uniskel.stores.write_guard import WRITE_ERRORS, WriteGuard
 
 log = logging.getLogger(__name__)
@@ -222,8 +222,7 @@ class StoreWriter:
         masks = np.asarray(encoded.filter_masks, np.uint32)[order]
         crcs = row_crcs(scales, affines, self._ids[rows], np.ones(n, np.uint8))
         # Vouched for once done: row_crc computed here, the chunk's checksum matches its bytes.
-        sound = np.array([masks[j] == 0 and chunk_checksum_ok(encoded.chunks[order[j]])
-                          for j in range(n)], bool)
+        sound = (masks == 0) & chunk_checksums_ok([encoded.chunks[i] for i in order])
         runs = _runs(rows)
         reserved_to = self._guard.reserve(2 * chunk_bytes + RESERVE_SLACK)
         self._touched[rows] = True

@@ -32,7 +32,7 @@ from uniskel.stores.create import create_store, replace_store
 from uniskel.stores.encode import CODEC, THRESHOLD, encode_rows
 from uniskel.stores.lock import release_lock, take_lock
 from uniskel.stores.reader import open_store
-from uniskel.stores.verify import chunk_checksum_ok, record_path
+from uniskel.stores.verify import chunk_checksum_ok, chunk_checksums_ok, record_path
 from uniskel.stores.writer import StoreWriter, write_store
 
 # --------------------------------------------------------------------------- damaged chunks
@@ -243,11 +243,16 @@ def test_chunk_checksum_as_hdf5_computes_it(codec):
     chunks = encode_rows(sample_maps(16, seed=1), THRESHOLD, codec).chunks
     assert {len(c) % 2 for c in chunks} == {0, 1}
     assert all(chunk_checksum_ok(c) for c in chunks)
+    changed = []
     for c in chunks[:4]:
         for at in (0, len(c) // 3, len(c) - 5):
             b = bytearray(c)
             b[at] ^= 0x01
             assert not chunk_checksum_ok(bytes(b))
+            changed.append(bytes(b))
+    # The writer's batched form (one pass over a batch's chunks) says the same of each chunk.
+    mixed = [x for pair in zip(chunks[:12], changed, strict=True) for x in pair] + [b"", b"ab"]
+    assert chunk_checksums_ok(mixed).tolist() == [chunk_checksum_ok(c) for c in mixed]
 
 
 # --------------------------------------------------------------------------- CLI
