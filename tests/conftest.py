@@ -74,7 +74,8 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
-    """A small synthetic dataset (60 persons per dataset, seed 0), generated once per session.
+    """A small synthetic dataset (60 persons per dataset, seed 0, `--same-domain`), generated once
+    per session.
 
     Layout: coco/{train,val}.json, mpii/{train,val}.json, halpe/val.json, <kind>/images/.
     Read-only for tests: copy before changing.
@@ -82,7 +83,7 @@ def synth_dir(tmp_path_factory) -> Path:
     from uniskel.app.synth import generate
 
     out = tmp_path_factory.mktemp("synth")
-    generate(out, persons=60, seed=0, progress=False)
+    generate(out, persons=60, seed=0, progress=False, same_domain=True)
     return out
 
 

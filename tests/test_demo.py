@@ -1,8 +1,8 @@
 """`uni demo`: the whole pipeline end to end on a test-sized run, then a second run that reuses
 everything; app.steps, which runs its steps two processes at a time.
 
-The quick and full demos' quality (the joint KD student ahead on Average) is measured, not tested
-here: README "The demo" gives the figures and settings.
+The quick and full demos' quality (the joint KD student ahead on Average, the cross-domain gap) is
+measured, not tested here: README "The demo" gives the figures and settings.
 """
 
 import dataclasses
@@ -19,36 +19,51 @@ SMOKE = DemoSettings(persons=24, input_wh=(32, 32), teacher_model="tiny", studen
 
 
 def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, capfd):
+    """Both tables: the datasets' own domains, then the same students on shared-domain data."""
     out = tmp_path / "demo"
     report = run_demo(out, settings=SMOKE)
     first = capfd.readouterr()
     assert json.loads((out / "report.json").read_text())["rows"] == report["rows"]
-    names = [r["model"] for r in report["rows"]]
-    assert len(names) == 6 and any(n.startswith("joint_gt_kd") for n in names)
-    for row in report["rows"]:
-        values = [v for k, v in row.items() if k != "model" and v is not None]
-        assert len(values) == 4  # COCO AP, MPII PCKh, Halpe AP, Average
-        assert all(0.0 <= v <= 100.0 for v in values)
-    for name in ("report.md", "report.csv", "report.png", "predictions.png"):
+    assert set(report["tables"]) == {"own", "shared"}
+    assert report["rows"] == report["tables"]["own"]
+    for rows in report["tables"].values():
+        names = [r["model"] for r in rows]
+        assert len(names) == 6 and any(n.startswith("joint_gt_kd") for n in names)
+        for row in rows:
+            values = [v for k, v in row.items() if k != "model" and v is not None]
+            assert len(values) == 4  # COCO AP, MPII PCKh, Halpe AP, Average
+            assert all(0.0 <= v <= 100.0 for v in values)
+    for name in ("report.md", "report.csv", "report.png", "predictions.png",
+                 "same_domain/report.csv"):
         assert (out / name).stat().st_size > 0
-    assert "| model |" in first.out
+    md = (out / "report.md").read_text()
+    own, shared = md.index("## Each dataset in its own domain"), md.index("## One shared domain")
+    assert own < shared and md.count("| model |") == 2
+    assert report["what_changed"] and report["what_changed"] in md
+    assert first.out.count("| model |") == 2
     assert report["jobs"] >= 1 and report["cpu_seconds"] > 0
-    stores = sorted((out / "stores").glob("*.h5"))
-    assert len(stores) == 4  # 2 teachers × 2 training sets
+    # The shared table's data is today's generator's, the own table's is not.
+    shared_desc = json.loads((out / "same_domain/data/coco/val.json").read_text())["info"]
+    assert shared_desc == json.loads((out / "data/coco/val.json").read_text())["info"]
+    assert (out / "same_domain/data/mpii/val.json").read_bytes() != (
+        out / "data/mpii/val.json").read_bytes()
+    stores = sorted(out.glob("**/stores/*.h5"))
+    assert len(stores) == 8  # 2 teachers × 2 training sets × 2 tables
     mtimes = [p.stat().st_mtime_ns for p in stores]
 
     again = run_demo(out, settings=SMOKE)
     second = capfd.readouterr()
     assert "no teacher inference" in second.err
-    assert second.err.count("reusing teacher") == 2
-    assert second.err.count("reusing finished run") == 4
+    assert second.err.count("reusing teacher") == 4
+    assert second.err.count("reusing finished run") == 8
     assert [p.stat().st_mtime_ns for p in stores] == mtimes
-    assert again["rows"] == report["rows"]  # same models, same numbers
+    assert again["tables"] == report["tables"]  # same models, same numbers
 
 
 def test_quick_mode_uses_the_single_dataset_students_as_teachers(tmp_path, capfd):
-    shared = dataclasses.replace(SMOKE, teacher_model=None, student_epochs=1)
+    shared = dataclasses.replace(SMOKE, teacher_model=None, student_epochs=1, domains=("own",))
     report = run_demo(tmp_path / "demo", settings=shared)
+    assert set(report["tables"]) == {"own"} and not report["what_changed"]
     err = capfd.readouterr().err
     assert [r["model"] for r in report["rows"]] == [
         "coco_only (tiny)", "mpii_only (tiny)", "joint_gt (tiny)", "joint_gt_kd (tiny)"]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -15,18 +17,81 @@ from conftest import one_line_error
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from uniskel.app.synth import dot_colour, generate
+from uniskel.app.synth import generate
+from uniskel.app.synth_domains import DOMAINS, mark_colour
+from uniskel.app.synth_draw import dot_colour
 from uniskel.cli import uni
 from uniskel.core.datasets import load_dataset, summarize
 from uniskel.core.errors import UniError
 from uniskel.core.skeletons import SKELETONS, UNIFIED_NAMES
 
 FILES = ["coco/train.json", "coco/val.json", "mpii/train.json", "mpii/val.json", "halpe/val.json"]
+# sha256 over (relative path, bytes) of every file `generate(persons=12, seed=3)` wrote before
+# the datasets had their own domains (commit 574753a): `same_domain=True` must still write them.
+TODAYS_FILES = "3a25ed5369b97072cab9c3298c62d373c192285f4e643359b5d850e2ec0a0765"
+BOTH = ["synth_dir", "own_dir"]  # today's shared style, each dataset's own domain
+
+
+@pytest.fixture(scope="module")
+def own_dir(tmp_path_factory) -> Path:
+    """60 persons per dataset, seed 0, each dataset in its own domain (the default)."""
+    out = tmp_path_factory.mktemp("own")
+    generate(out, persons=60, seed=0, progress=False)
+    return out
 
 
 def _all_files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file()}
+
+
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for name, data in _all_files(root).items():
+        h.update(name.encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+def test_same_domain_writes_todays_files_and_own_domains_differ(tmp_path):
+    generate(tmp_path / "shared", persons=12, seed=3, progress=False, same_domain=True)
+    assert _digest(tmp_path / "shared") == TODAYS_FILES
+    generate(tmp_path / "own", persons=12, seed=3, progress=False)
+    generate(tmp_path / "again", persons=12, seed=3, progress=False)
+    assert _all_files(tmp_path / "own") == _all_files(tmp_path / "again")
+    assert _digest(tmp_path / "own") != TODAYS_FILES
+    sizes = {kind: {cv2.imread(str(p)).shape[:2] for p in (tmp_path / "own" / kind).rglob("*.jpg")}
+             for kind in ("coco", "mpii")}
+    assert sizes["mpii"] == {(180, 320)}  # 16:9 video frames
+    assert all(w == 320 and 190 <= h <= 222 for h, w in sizes["coco"])
+
+
+def test_marks_none_domain_shared(tmp_path):
+    """Own domains draw no keypoint marks by default; --marks domain gives each dataset its own
+    dot palette, --marks shared today's dots."""
+    def error(root: Path, kind: str, colour) -> float:
+        ds = load_dataset(f"{kind}:{root}/{kind}/train.json")
+        errs = []
+        for inst in ds.instances:
+            img = cv2.imread(str(inst.image_path))[..., ::-1].astype(int)
+            for k, name in enumerate(UNIFIED_NAMES):
+                x, y, v = inst.unified[k]
+                if v == 2 and name not in ("left_eye", "right_eye", "nose"):
+                    errs.append(np.abs(img[int(round(y)), int(round(x))] - colour(name)).max())
+        return float(np.median(errs))
+
+    for marks in ("none", "domain", "shared"):
+        generate(tmp_path / marks, persons=16, seed=1, progress=False, marks=marks)
+    mpii_palette = partial(mark_colour, d=DOMAINS["mpii"])
+    # MPII's frames are blurred and compressed (and COCO's labels moved by annotator noise):
+    # its marks are compared, not thresholded.
+    assert error(tmp_path / "shared", "mpii", dot_colour) + 30 < error(
+        tmp_path / "none", "mpii", dot_colour)
+    own = error(tmp_path / "domain", "mpii", mpii_palette)
+    assert own + 30 < error(tmp_path / "domain", "mpii", dot_colour)
+    assert own + 30 < error(tmp_path / "none", "mpii", mpii_palette)
+    with pytest.raises(UniError, match="--marks"):
+        generate(tmp_path / "x", persons=4, progress=False, marks="dots")
 
 
 def test_layout(synth_dir):
@@ -57,7 +122,9 @@ def test_refuses_to_overwrite_unless_asked(tmp_path):
     assert (tmp_path / "coco" / "train.json").read_bytes() != before
 
 
-def test_counts_and_split(synth_dir):
+@pytest.mark.parametrize("root", BOTH)
+def test_counts_and_split(root, request):
+    synth_dir = request.getfixturevalue(root)
     persons = {"train": 51, "val": 9}  # 60 persons, 15 % val
     for kind in ("coco", "mpii"):
         for split, n in persons.items():
@@ -73,7 +140,10 @@ def test_counts_and_split(synth_dir):
     assert (v == 1).any() and (v == 0).any() and (v == 2).mean() > 0.5
 
 
-def test_coco_files_are_valid_coco(synth_dir):
+@pytest.mark.parametrize("root", BOTH)
+def test_coco_files_are_valid_coco(root, request):
+    synth_dir = request.getfixturevalue(root)
+    unlabelled = 0
     for split in ("train", "val"):
         raw = json.loads((synth_dir / "coco" / f"{split}.json").read_text())
         cat = raw["categories"][0]
@@ -85,7 +155,8 @@ def test_coco_files_are_valid_coco(synth_dir):
             sizes[im["id"]] = (w, h)
         for a in raw["annotations"]:
             kp = np.array(a["keypoints"], float).reshape(17, 3)
-            assert a["num_keypoints"] == (kp[:, 2] > 0).sum() > 0
+            assert a["num_keypoints"] == (kp[:, 2] > 0).sum()
+            unlabelled += a["num_keypoints"] == 0  # COCO's persons too small to label
             assert a["iscrowd"] == 0 and a["area"] > 0 and a["category_id"] == 1
             w, h = sizes[a["image_id"]]
             x, y, bw, bh = a["bbox"]
@@ -98,9 +169,12 @@ def test_coco_files_are_valid_coco(synth_dir):
         with contextlib.redirect_stdout(io.StringIO()):
             coco = COCO(str(synth_dir / "coco" / f"{split}.json"))
         assert len(coco.getAnnIds()) == len(raw["annotations"])
+    assert (unlabelled > 0) == (root == "own_dir")
 
 
-def test_coco_val_scores_ap_1_with_gt_as_predictions(synth_dir):
+@pytest.mark.parametrize("root", BOTH)
+def test_coco_val_scores_ap_1_with_gt_as_predictions(root, request):
+    synth_dir = request.getfixturevalue(root)
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(synth_dir / "coco" / "val.json"))
         dets = [{"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"],
@@ -121,7 +195,9 @@ def test_coco_val_scores_ap_1_with_gt_as_predictions(synth_dir):
     assert ev.stats[0] < 0.5
 
 
-def test_mpii_format_is_one_based_and_labels_only_mpii(synth_dir):
+@pytest.mark.parametrize("root", BOTH)
+def test_mpii_format_is_one_based_and_labels_only_mpii(root, request):
+    synth_dir = request.getfixturevalue(root)
     raw = json.loads((synth_dir / "mpii" / "val.json").read_text())
     ds = load_dataset(f"mpii:{synth_dir}/mpii/val.json")
     assert len(raw) == len(ds.instances)
@@ -137,6 +213,8 @@ def test_mpii_format_is_one_based_and_labels_only_mpii(synth_dir):
         top = inst.unified[UNIFIED_NAMES.index("head_top")]
         if top[2] > 0:
             assert hb[0] <= top[0] <= hb[2] and hb[1] - 1 <= top[1] <= hb[3]
+        if root == "own_dir":  # MPII's own framing: checked in test_synth_stats.py
+            continue
         # The crop box made from (center, scale) holds every labeled joint.
         x, y, w, h = inst.bbox
         lab = inst.keypoints[vis]
@@ -147,7 +225,9 @@ def test_mpii_format_is_one_based_and_labels_only_mpii(synth_dir):
     assert all(s[n] > 0 for n in UNIFIED_NAMES[5:])
 
 
-def test_halpe_labels_head_neck_hip_not_feet(synth_dir):
+@pytest.mark.parametrize("root", BOTH)
+def test_halpe_labels_head_neck_hip_not_feet(root, request):
+    synth_dir = request.getfixturevalue(root)
     raw = json.loads((synth_dir / "halpe" / "val.json").read_text())
     assert raw["categories"][0]["keypoints"] == list(SKELETONS["halpe26"].keypoints)
     for a in raw["annotations"]:
