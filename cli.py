@@ -225,11 +225,13 @@ def cache_teachers(data: tuple[str, ...], teachers: tuple[Path, ...], out: Path,
 @click.option("--same-domain", is_flag=True, help="Draw every dataset in one shared style (a "
               "dot names each keypoint alike everywhere) instead of each in its own domain.")
 @click.option("--marks", type=click.Choice(["none", "domain", "shared"]), default=None,
-              help="Keypoint marks in the datasets' own domains: none (the default: the body "
-              "alone), domain (a dot palette of each dataset's own), shared (today's dots).")
+              show_default="none", help="Keypoint marks in the datasets' own domains: none (the "
+              "body alone), domain (a dot palette of each dataset's own), shared (the shared "
+              "style's dots).")
 def synth(out: Path, persons: int, seed: int, overwrite: bool, same_domain: bool,
           marks: str | None) -> None:
-    """Write synthetic COCO / MPII / Halpe datasets of stick people (real file formats)."""
+    """Write synthetic COCO / MPII / Halpe datasets (real file formats), each dataset drawn in
+    its own domain unless --same-domain."""
     from uniskel.app.synth import generate
 
     for key, path in generate(out, persons, seed, overwrite, same_domain=same_domain,
@@ -402,17 +404,19 @@ def predict_cmd(model: Path, images: tuple[Path, ...], out: Path, boxes: Path | 
 
 @uni.command("demo")
 @click.option("--out", default="demo_out", type=OutPath(file_okay=False, path_type=Path))
-@click.option("--quick", is_flag=True, help="About 3 minutes on 2 cores: the datasets' own "
-              "domains only (no shared-domain table), fewer epochs.")
+@click.option("--quick", is_flag=True, help="About 3 minutes on 2 cores: smaller crops, fewer "
+              "epochs, and the single-dataset students serve as the teachers.")
 @click.option("--seed", default=0)
+@click.option("--ablation", is_flag=True, help="Add the same students trained on data drawn in "
+              "one shared domain (`uni synth --same-domain`): a second table, twice the time.")
 @click.option("--same-domain", is_flag=True, help="Only the table on data drawn in one shared "
-              "domain (`uni synth --same-domain`).")
-def demo_cmd(out: Path, quick: bool, seed: int, same_domain: bool) -> None:
-    """The whole method on synthetic data: teachers, caches, four students, the paper's table
-    with each dataset in its own domain and again in one shared domain."""
+              "domain.")
+def demo_cmd(out: Path, quick: bool, seed: int, ablation: bool, same_domain: bool) -> None:
+    """The whole method on synthetic data: teachers, caches, four students, the paper's table,
+    each dataset drawn in its own domain."""
     from uniskel.app.demo import run_demo
 
-    run_demo(out, quick, seed, same_domain=same_domain)
+    run_demo(out, quick, seed, same_domain=same_domain, ablation=ablation)
 
 
 def main() -> None:

@@ -1,10 +1,10 @@
-"""`uni demo`: the whole method on synthetic data, on a CPU, in minutes, twice.
+"""`uni demo`: the whole method on synthetic data, on a CPU, in minutes.
 
-1. synthetic COCO-, MPII- and Halpe-format datasets (app.synth): each in its own domain (the
-   first table), and again all in one shared domain (`uni synth --same-domain`, the second
-   table, under OUT/same_domain/);
-2. a COCO-only and an MPII-only teacher (ground truth only; by default the COCO-only and
-   MPII-only students themselves, or bigger models), exported to ONNX with their own skeleton
+1. synthetic COCO-, MPII- and Halpe-format datasets (app.synth), each in its own domain (the
+   table); with `ablation`, again all in one shared domain (`uni synth --same-domain`, a second
+   table under OUT/same_domain/);
+2. a COCO-only and an MPII-only teacher (ground truth only; `small` models, or in the quick run
+   the COCO-only and MPII-only students themselves), exported to ONNX with their own skeleton
    (coco17, mpii16): each knows only its dataset's keypoints;
 3. stage one: each teacher cached over both training sets (pipeline.cache);
 4. stage two: four students — COCO only, MPII only, joint GT only, joint GT + KD from the caches;
@@ -12,7 +12,7 @@
    setting (report.md / .json / .csv / .png), two sentences on what changed between them, and
    predictions.png (the four students on COCO's and MPII's own validation images).
 
-Steps 2–5 of both tables run as separate processes, as many at a time as the cores allow (two on
+Steps 2–5 of every table run as separate processes, as many at a time as the cores allow (two on
 two cores, one torch thread each), each as soon as what it needs is done. Everything lands in one
 directory; a second run over it reuses data, teachers, stores and finished runs (and says so), so
 no teacher inference happens twice.
@@ -57,9 +57,6 @@ class DemoSettings:
     batch_size: int
     lr: float = 4e-3
     caveat: str = ""  # one line under the table: how far this size's ordering can be trusted
-    # "own": each dataset in its own domain (the first table); "shared": today's one shared
-    # style (`uni synth --same-domain`), the ablation
-    domains: tuple[str, ...] = ("own", "shared")
     marks: str | None = None  # override the domains' keypoint marks (the docs' measurement)
 
     @property
@@ -69,17 +66,18 @@ class DemoSettings:
         return max(1, self.student_epochs // 2)
 
 
-# Both tables in one run within ten minutes on two cores: the single-dataset students double as
-# the teachers and the crops are 72×96 (README "The demo" gives the CPU seconds per step).
-FULL = DemoSettings(persons=650, input_wh=(72, 96), teacher_model=None, student_model="tiny",
-                    teacher_epochs=8, student_epochs=8, batch_size=32)
-# Quick: the own-domain table alone at half the epochs (≈ 15 CPU s per single-dataset epoch and
-# 30 per joint one in the full demo's run: about 300 CPU s, under 3 minutes on two cores).
+# The own-domain table with real teachers (`small`, 96×128, 7 epochs) in about eight minutes on
+# two cores; `--ablation` adds the shared-domain table at the same settings, as long again
+# (README "The demo" gives the CPU seconds per step).
+FULL = DemoSettings(persons=650, input_wh=(96, 128), teacher_model="small", student_model="tiny",
+                    teacher_epochs=7, student_epochs=8, batch_size=32)
+# Quick: the single-dataset students double as the teachers, at 72×96 (about 300 CPU s, under
+# 3 minutes on two cores).
 QUICK = DemoSettings(
-    persons=650, input_wh=(72, 96), teacher_model=None, student_model="tiny", teacher_epochs=4,
-    student_epochs=4, batch_size=32, domains=("own",),
-    caveat="Quick run: the datasets' own domains only, at half the epochs: too short for a "
-           "reliable order; `make demo` trains twice as long and adds the shared-domain table.")
+    persons=650, input_wh=(72, 96), teacher_model=None, student_model="tiny", teacher_epochs=8,
+    student_epochs=8, batch_size=32,
+    caveat="Quick run, teachers = the single-dataset students: too short for a reliable order; "
+           "`make demo` trains real teachers at a larger input size.")
 VARIANTS = {"own": "", "shared": "same_domain"}  # variant → its folder under --out
 TITLES = {"own": "Each dataset in its own domain",
           "shared": "One shared domain (`uni synth --same-domain`)"}
@@ -309,12 +307,15 @@ def what_changed(tables: dict[str, list[dict]]) -> str:
 
 
 def run_demo(out_dir: Path, quick: bool = False, seed: int = 0,
-             settings: DemoSettings | None = None, same_domain: bool = False) -> dict:
+             settings: DemoSettings | None = None, same_domain: bool = False,
+             ablation: bool = False) -> dict:
     """Run (or resume) the demo in out_dir; returns the report dict also written as JSON.
     settings: FULL or QUICK by `quick` unless given (tests pass smaller ones); same_domain: only
-    the shared-domain table."""
+    the shared-domain table; ablation: the shared-domain table after the own-domain one."""
     s = settings or (QUICK if quick else FULL)
-    variants = ("shared",) if same_domain else s.domains
+    # "own": each dataset in its own domain (the first table); "shared": all in one shared
+    # style (`uni synth --same-domain`), the ablation's second table
+    variants = ("shared",) if same_domain else ("own", "shared") if ablation else ("own",)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}

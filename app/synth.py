@@ -186,7 +186,7 @@ def _write_mpii(root: Path, split: str, look: Style | Domain, persons: int,
 
 
 def looks(same_domain: bool = False, marks: str | None = None) -> dict[str, Style | Domain]:
-    """Each dataset's look: its own domain, or today's shared style; marks overrides the
+    """Each dataset's look: its own domain, or the shared style; marks overrides the
     domains' marks ("none", "domain", "shared": the measurement in the docs)."""
     if same_domain:
         return dict(STYLES)
@@ -201,7 +201,7 @@ def generate(out_dir: Path, persons: int = DEFAULT_PERSONS, seed: int = 0,
     """Write the synthetic COCO / MPII / Halpe datasets under out_dir.
 
     persons: figures per dataset (COCO-style and MPII-style, split ~85/15 into train/val);
-    Halpe val gets 15 % of it. same_domain: every dataset in today's one shared style.
+    Halpe val gets 15 % of it. same_domain: every dataset in the one shared style.
     Returns {"coco/train": annotation path, ...}.
     """
     if persons < 2:

@@ -2,7 +2,7 @@
 
 The figures, their constants and their sources are in docs/conventions.md, "Synthetic datasets";
 tests/test_synth_stats.py checks the drawn data against that page. `uni synth --same-domain`
-draws every dataset in today's shared style instead (app.synth_draw.shared_scene).
+draws every dataset in the shared style instead (app.synth_draw.shared_scene).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ class Domain:
     limbs: str  # "round" (thick lines) or "tapered" (quads narrowing towards the hand / foot)
     blur: tuple[float, float]  # Gaussian sigma in pixels over the whole frame
     jpeg_quality: int
-    marks: str  # "none", "domain" (own dot palette) or "shared" (today's dots)
-    hue_turn: float  # "domain" marks: today's dot colours turned by this much hue
+    marks: str  # "none", "domain" (own dot palette) or "shared" (the shared style's dots)
+    hue_turn: float  # "domain" marks: the shared style's dot colours turned by this much hue
     label_noise: bool  # annotator noise of std sigma · sqrt(area) (COCO's OKS sigmas)
     mpii_labels: bool  # MPII's thorax / upper neck convention, center and scale framing
 
@@ -62,7 +62,7 @@ def with_marks(marks: str) -> dict[str, Domain]:
 
 
 def mark_colour(name: str, d: Domain) -> tuple[int, int, int]:
-    """The mark on unified keypoint `name` in domain d: today's dot colour, hue turned."""
+    """The mark on unified keypoint `name` in domain d: the shared style's dot, hue turned."""
     r, g, b = (c / 255 for c in dot_colour(name))
     hue, sat, val = colorsys.rgb_to_hsv(r, g, b)
     r, g, b = colorsys.hsv_to_rgb((hue + d.hue_turn) % 1.0, sat, val)
@@ -70,8 +70,8 @@ def mark_colour(name: str, d: Domain) -> tuple[int, int, int]:
 
 
 def _backdrop(rng: np.random.Generator, d: Domain, w: int, h: int) -> np.ndarray:
-    """Everyday scenes: today's textures with common objects strewn over them. Activity videos:
-    a room, wall above a floor, with a few upright pieces of furniture, in muted tones."""
+    """Everyday scenes: the shared style's textures with common objects strewn over them.
+    Activity videos: a room, wall above a floor, a few upright pieces of furniture, muted."""
     if d.backdrop == "objects":
         img = background(rng, w, h)
         for _ in range(int(rng.integers(3, 9))):

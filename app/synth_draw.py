@@ -1,4 +1,4 @@
-"""Drawing the synthetic people: the body model, today's shared style (`uni synth --same-domain`)
+"""Drawing the synthetic people: the body model, the shared style (`uni synth --same-domain`)
 and the pieces the datasets' own domains (app.synth_domains) reuse.
 
 Every person is an articulated figure of the 21-keypoint unified skeleton (random limb lengths,

@@ -21,7 +21,7 @@ SMOKE = DemoSettings(persons=24, input_wh=(32, 32), teacher_model="tiny", studen
 def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, capfd):
     """Both tables: the datasets' own domains, then the same students on shared-domain data."""
     out = tmp_path / "demo"
-    report = run_demo(out, settings=SMOKE)
+    report = run_demo(out, settings=SMOKE, ablation=True)
     first = capfd.readouterr()
     assert json.loads((out / "report.json").read_text())["rows"] == report["rows"]
     assert set(report["tables"]) == {"own", "shared"}
@@ -42,7 +42,7 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, capfd):
     assert report["what_changed"] and report["what_changed"] in md
     assert first.out.count("| model |") == 2
     assert report["jobs"] >= 1 and report["cpu_seconds"] > 0
-    # The shared table's data is today's generator's, the own table's is not.
+    # The shared table's data is the shared style's (as before domains), the own table's is not.
     shared_desc = json.loads((out / "same_domain/data/coco/val.json").read_text())["info"]
     assert shared_desc == json.loads((out / "data/coco/val.json").read_text())["info"]
     assert (out / "same_domain/data/mpii/val.json").read_bytes() != (
@@ -51,7 +51,7 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, capfd):
     assert len(stores) == 8  # 2 teachers × 2 training sets × 2 tables
     mtimes = [p.stat().st_mtime_ns for p in stores]
 
-    again = run_demo(out, settings=SMOKE)
+    again = run_demo(out, settings=SMOKE, ablation=True)
     second = capfd.readouterr()
     assert "no teacher inference" in second.err
     assert second.err.count("reusing teacher") == 4
@@ -61,7 +61,7 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, capfd):
 
 
 def test_quick_mode_uses_the_single_dataset_students_as_teachers(tmp_path, capfd):
-    shared = dataclasses.replace(SMOKE, teacher_model=None, student_epochs=1, domains=("own",))
+    shared = dataclasses.replace(SMOKE, teacher_model=None, student_epochs=1)
     report = run_demo(tmp_path / "demo", settings=shared)
     assert set(report["tables"]) == {"own"} and not report["what_changed"]
     err = capfd.readouterr().err

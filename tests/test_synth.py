@@ -28,8 +28,8 @@ from uniskel.core.skeletons import SKELETONS, UNIFIED_NAMES
 FILES = ["coco/train.json", "coco/val.json", "mpii/train.json", "mpii/val.json", "halpe/val.json"]
 # sha256 over (relative path, bytes) of every file `generate(persons=12, seed=3)` wrote before
 # the datasets had their own domains (commit 574753a): `same_domain=True` must still write them.
-TODAYS_FILES = "3a25ed5369b97072cab9c3298c62d373c192285f4e643359b5d850e2ec0a0765"
-BOTH = ["synth_dir", "own_dir"]  # today's shared style, each dataset's own domain
+SHARED_STYLE_FILES = "3a25ed5369b97072cab9c3298c62d373c192285f4e643359b5d850e2ec0a0765"
+BOTH = ["synth_dir", "own_dir"]  # the shared style, each dataset's own domain
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +53,13 @@ def _digest(root: Path) -> str:
     return h.hexdigest()
 
 
-def test_same_domain_writes_todays_files_and_own_domains_differ(tmp_path):
+def test_same_domain_writes_the_files_of_before_domains_and_own_domains_differ(tmp_path):
     generate(tmp_path / "shared", persons=12, seed=3, progress=False, same_domain=True)
-    assert _digest(tmp_path / "shared") == TODAYS_FILES
+    assert _digest(tmp_path / "shared") == SHARED_STYLE_FILES
     generate(tmp_path / "own", persons=12, seed=3, progress=False)
     generate(tmp_path / "again", persons=12, seed=3, progress=False)
     assert _all_files(tmp_path / "own") == _all_files(tmp_path / "again")
-    assert _digest(tmp_path / "own") != TODAYS_FILES
+    assert _digest(tmp_path / "own") != SHARED_STYLE_FILES
     sizes = {kind: {cv2.imread(str(p)).shape[:2] for p in (tmp_path / "own" / kind).rglob("*.jpg")}
              for kind in ("coco", "mpii")}
     assert sizes["mpii"] == {(180, 320)}  # 16:9 video frames
@@ -68,7 +68,7 @@ def test_same_domain_writes_todays_files_and_own_domains_differ(tmp_path):
 
 def test_marks_none_domain_shared(tmp_path):
     """Own domains draw no keypoint marks by default; --marks domain gives each dataset its own
-    dot palette, --marks shared today's dots."""
+    dot palette, --marks shared the shared style's dots."""
     def error(root: Path, kind: str, colour) -> float:
         ds = load_dataset(f"{kind}:{root}/{kind}/train.json")
         errs = []

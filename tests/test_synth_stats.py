@@ -62,7 +62,7 @@ def test_synthetic_statistics_match_the_docs(own_domains):
 
 
 def test_the_shared_style_does_not_match_them(synth_dir):
-    """The check can fail: today's shared style misses MPII's framing and neck, COCO's small
+    """The check can fail: the shared style misses MPII's framing and neck, COCO's small
     unlabelled persons and its aspect."""
     synth = _measure(synth_dir)
     missed = {(d, k) for d, k, v, _, tol in _stated() if abs(synth[d][k] - v) > tol}
