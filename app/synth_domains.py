@@ -13,7 +13,18 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from uniskel.app.synth_draw import IDX, SHIFT, background, colour, dot_colour, fx, people_of, pose
+from uniskel.app.synth_draw import (
+    IDX,
+    SHIFT,
+    background,
+    clothes,
+    colour,
+    dot_colour,
+    fx,
+    occlude,
+    people_of,
+    pose,
+)
 from uniskel.core.skeletons import UNIFIED_NAMES
 
 
@@ -180,19 +191,10 @@ def domain_scene(rng: np.random.Generator, d: Domain, n_people: int
         bodies.append(dict(pose(rng, height, pelvis), labelled=not small))
     bodies.sort(key=lambda b: b["head_r"])  # small (far) people first, larger ones occlude
     for k, body in enumerate(bodies):
-        skin = colour(rng, (0.2, 0.6), (0.35, 0.95))
-        skin = (max(skin), int(np.mean(skin)), min(skin))  # warm skin-like tones
-        shirt = colour(rng, d.saturation, d.value)
-        look = {"skin": skin, "shirt": shirt, "pants": colour(rng, d.saturation, d.value),
-                "sleeve": shirt if rng.uniform() < 0.5 else skin,
-                "hair": np.array(colour(rng, (0.3, 0.8), (0.05, 0.45)))}
+        look = clothes(rng, d.saturation, d.value)
+        look["hair"] = np.array(colour(rng, (0.3, 0.8), (0.05, 0.45)))
         _draw_body(img, owner, k + 1, body, look, d)
-    if rng.uniform() < 0.3:  # an occluder in front of everything
-        c = tuple(int(v) for v in rng.integers(0, 256, 3))
-        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
-        x1, y1 = x0 + int(rng.integers(15, w // 3)), y0 + int(rng.integers(15, h // 3))
-        cv2.rectangle(img, (x0, y0), (x1, y1), c, -1)
-        cv2.rectangle(owner, (x0, y0), (x1, y1), -1, -1)
+    occlude(rng, img, owner)
     if d.blur[1] > 0:  # video frames: defocus and motion
         img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(*d.blur)))
     people = people_of(bodies, owner)

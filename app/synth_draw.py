@@ -187,19 +187,30 @@ def shared_scene(rng: np.random.Generator, style: Style, n_people: int
         bodies.append(pose(rng, height, pelvis))
     bodies.sort(key=lambda b: b["head_r"])  # small (far) people first, larger ones occlude
     for k, body in enumerate(bodies):
-        skin = colour(rng, (0.2, 0.6), (0.35, 0.95))
-        skin = (max(skin), int(np.mean(skin)), min(skin))  # warm skin-like tones
-        shirt = colour(rng, style.saturation, style.value)
-        look = {"skin": skin, "shirt": shirt, "pants": colour(rng, style.saturation, style.value),
-                "sleeve": shirt if rng.uniform() < 0.5 else skin}
-        draw_person(img, owner, k + 1, body, look)
-    if rng.uniform() < 0.3:  # an occluder in front of everything
+        draw_person(img, owner, k + 1, body, clothes(rng, style.saturation, style.value))
+    occlude(rng, img, owner)
+    return img, people_of(bodies, owner)
+
+
+def clothes(rng: np.random.Generator, saturation: tuple[float, float],
+            value: tuple[float, float]) -> dict:
+    """One person's skin, shirt, pants and sleeve colours."""
+    skin = colour(rng, (0.2, 0.6), (0.35, 0.95))
+    skin = (max(skin), int(np.mean(skin)), min(skin))  # warm skin-like tones
+    shirt = colour(rng, saturation, value)
+    return {"skin": skin, "shirt": shirt, "pants": colour(rng, saturation, value),
+            "sleeve": shirt if rng.uniform() < 0.5 else skin}
+
+
+def occlude(rng: np.random.Generator, img: np.ndarray, owner: np.ndarray) -> None:
+    """A 30 % chance of a block in front of everything (owner -1 under it)."""
+    if rng.uniform() < 0.3:
+        h, w = owner.shape
         c = tuple(int(v) for v in rng.integers(0, 256, 3))
         x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
         x1, y1 = x0 + int(rng.integers(15, w // 3)), y0 + int(rng.integers(15, h // 3))
         cv2.rectangle(img, (x0, y0), (x1, y1), c, -1)
         cv2.rectangle(owner, (x0, y0), (x1, y1), -1, -1)
-    return img, people_of(bodies, owner)
 
 
 def people_of(bodies: list[dict], owner: np.ndarray) -> list[dict]:
